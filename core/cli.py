@@ -1,0 +1,173 @@
+"""`transfer-studio`: the command-line front door onto the same core functions as the pages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from core.settings import PROJECT_ROOT
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    import pandas as pd
+
+    if not rows:
+        return "(none)"
+    return pd.DataFrame(rows)[columns].to_string(index=False)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from core.catalog import system_info
+
+    info = system_info()
+    if args.json:
+        _print_json(info)
+        return 0
+    for key in ("python", "torch", "torchvision", "timm", "streamlit", "device_name", "precision", "threads",
+                "data_root"):
+        print(f"{key:12} {info[key]}")
+    print(info["device_note"])
+    print("weight packages:")
+    for row in info["weight_packages"]:
+        state = f"{row['version']}" if row["version"] else f"MISSING - {row['install']}"
+        print(f"  {row['model']:24} {row['package']:36} {state}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from core.catalog import backbone_rows
+
+    def progress(i: int, n: int, title: str) -> None:
+        if title and not args.json:
+            print(f"measuring latency {i + 1}/{n}: {title}", file=sys.stderr, flush=True)
+
+    rows = backbone_rows(measure=not args.no_measure, include_scratch=not args.pretrained_only, on_progress=progress)
+    if args.json:
+        _print_json({"models": rows})
+        return 0
+    print(_table(rows, ["name", "title", "family", "params_m", "input_size", "imagenet_top1", "licence",
+                        "pretrained", "latency_ms"]))
+    print(f"\nlatency: one image, {rows[0]['latency_device'] if rows else ''}, measured on this machine.")
+    for row in rows:
+        if not row["pretrained"]:
+            print(f"{row['name']}: {row['weights']}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from core.catalog import group_rows
+    from core.config import FreezeConfig
+    from core.zoo import ZooError
+
+    try:
+        freeze = FreezeConfig(args.freeze)
+        rows = group_rows(args.model, freeze, num_classes=args.classes, epochs=args.epochs)
+    except (ZooError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    estimate = None
+    if args.estimate:
+        from core.measure import estimate_training_isolated
+
+        estimate = estimate_training_isolated(args.model, freeze, args.batch_size, args.estimate,
+                                              num_classes=args.classes).to_dict()
+    if args.json:
+        _print_json({"model": args.model, "freeze": freeze.to_dict(), "groups": rows, "estimate": estimate})
+        return 0
+    print(f"{args.model}: {len(rows)} layer groups, freeze preset '{args.freeze}'")
+    print(_table(rows, list(rows[0])))
+    total = sum(r["params"] for r in rows)
+    trains_key = [k for k in rows[0] if k.startswith("trains")][-1]
+    trainable = sum(r["params"] for r in rows if r[trains_key])
+    print(f"trainable {trainable:,} / {total:,} parameters ({100 * trainable / total:.1f} %)")
+    if estimate:
+        print(f"estimate for {estimate['n_images']} images at batch {estimate['batch_size']}: "
+              f"{estimate['seconds_per_epoch']} s/epoch, {estimate['images_per_second']} img/s, "
+              f"peak memory {estimate['peak_memory_mb']:.0f} MB. {estimate['note']}")
+    return 0
+
+
+def cmd_weights_add(args: argparse.Namespace) -> int:
+    from core.zoo import ZooError, register_user_weights
+
+    try:
+        spec = register_user_weights(Path(args.file), args.arch, args.label, title=args.title or "")
+    except (ZooError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"registered {spec.name} ({spec.title}); use it as --model {spec.name}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace, passthrough: list[str]) -> int:
+    """Launch the Streamlit UI from the project root (so .streamlit/config.toml applies), bound to 127.0.0.1."""
+    cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py")]
+    if not any(a.startswith("--server.address") for a in passthrough):
+        cmd.append("--server.address=127.0.0.1")
+    cmd += passthrough
+    os.chdir(PROJECT_ROOT)
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transfer-studio", description="Train image models by transfer learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="versions, device, data root and weight packages")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="list the backbones with their facts and measured CPU latency")
+    p.add_argument("--json", action="store_true", help="one JSON object: {'models': [...]}")
+    p.add_argument("--no-measure", action="store_true", help="show cached latencies only")
+    p.add_argument("--pretrained-only", action="store_true", help="hide architectures without local weights")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("layers", help="a backbone's layer groups and what a freeze preset trains")
+    p.add_argument("model")
+    p.add_argument("--freeze", default="head", help="head | last-N (e.g. last-2) | all | gradual")
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--estimate", type=int, metavar="N_IMAGES", help="measure training cost for N images")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("weights", help="register your own safetensors weights for a timm architecture")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    w = wsub.add_parser("add", help="validate and register a .safetensors file")
+    w.add_argument("file")
+    w.add_argument("--arch", required=True, help="timm architecture, e.g. resnet18")
+    w.add_argument("--label", required=True, help="short tag; the model is then named ARCH.LABEL")
+    w.add_argument("--title", default="")
+    w.set_defaults(func=cmd_weights_add)
+
+    p = sub.add_parser("app", help="open the web app (extra options go to Streamlit, e.g. --server.port 8600)")
+    p.set_defaults(func=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] == "app":
+        if any(a in ("-h", "--help") for a in argv[1:]):
+            parser.parse_args(argv)
+        return cmd_app(argparse.Namespace(), argv[1:])
+    args = parser.parse_args(argv)
+    from core.device import configure_threads
+
+    configure_threads()
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

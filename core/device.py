@@ -1,0 +1,82 @@
+"""Device and precision choice: CUDA + autocast when a GPU is present, otherwise a fast CPU path with a plain note."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from core.settings import cpu_threads
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where and how tensors run: device, autocast dtype (None = fp32) and memory format."""
+
+    device: str
+    name: str
+    memory_gb: float | None
+    amp_dtype: str | None
+    channels_last: bool
+    threads: int
+    note: str
+
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context for this plan (a no-op for fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=getattr(torch, self.amp_dtype))
+
+    @property
+    def precision(self) -> str:
+        return self.amp_dtype or "float32"
+
+
+def configure_threads() -> int:
+    """Set torch's compute threads to the cores this process may use; returns the count."""
+    n = cpu_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="ascii", errors="ignore").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def plan_device(prefer: str = "auto", precision: str = "auto") -> DevicePlan:
+    """Choose the device and precision. prefer: auto|cpu|cuda; precision: auto|fp32|bf16|fp16."""
+    threads = configure_threads()
+    if prefer in ("auto", "cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        amp = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}.get(precision)
+        if precision == "auto":
+            amp = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return DevicePlan("cuda", props.name, round(props.total_memory / 2**30, 1), amp, True, threads,
+                          f"GPU: {props.name} ({props.total_memory / 2**30:.1f} GB), {amp or 'float32'} autocast.")
+    if prefer == "cuda":
+        note = "No CUDA GPU was found, so training runs on the CPU."
+    else:
+        note = "No GPU on this machine: training runs on the CPU."
+    amp = None
+    if precision == "bf16" or (precision == "auto" and cpu_supports_bf16()):
+        amp = "bfloat16"
+    detail = "bf16 autocast + channels_last" if amp else "float32 + channels_last"
+    return DevicePlan("cpu", "CPU", None, amp, True, threads, f"{note} Using {threads} threads, {detail}.")
+
+
+@contextlib.contextmanager
+def inference_mode(plan: DevicePlan) -> Iterator[None]:
+    """no_grad + the plan's autocast."""
+    with torch.inference_mode(), plan.autocast():
+        yield
