@@ -33,7 +33,12 @@ def datasets_root() -> Path:
 
 
 def runs_root() -> Path:
-    return Path(os.environ.get("TRANSFER_STUDIO_RUNS", "")) if os.environ.get("TRANSFER_STUDIO_RUNS") else subdir("runs")
+    """Where runs live: TRANSFER_STUDIO_RUNS if set, else `<data root>/runs`."""
+    env = os.environ.get("TRANSFER_STUDIO_RUNS")
+    if env:
+        Path(env).mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    return subdir("runs")
 
 
 def cache_root() -> Path:

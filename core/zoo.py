@@ -229,6 +229,11 @@ def classifier_prefix(model: torch.nn.Module) -> str:
     return name if isinstance(name, str) else name[0]
 
 
+def _keyed(spec: BackboneSpec) -> BackboneSpec:
+    """The same spec, with tensors already renamed to timm's keys."""
+    return replace(spec, weights=replace(spec.weights, mapping="keys"))
+
+
 def load_pretrained(spec: BackboneSpec, model: torch.nn.Module, keep_classifier: bool) -> list[str]:
     """Load the spec's local weights into `model`; returns the keys left at their fresh initialisation."""
     path = weights_file(spec)
@@ -240,7 +245,13 @@ def load_pretrained(spec: BackboneSpec, model: torch.nn.Module, keep_classifier:
                        f"{spec.weights.install_command or 'register the file again'}")
     target = model.state_dict()
     head = classifier_prefix(model)
-    mapped = map_state(spec, _read_state(path), target, skip_prefix="" if keep_classifier else head + ".")
+    source = _read_state(path)
+    if spec.weights.mapping == "position":  # positions are those of the architecture with its ImageNet head
+        with torch.device("meta"):
+            reference = timm.create_model(spec.arch, pretrained=False).state_dict()
+        source = map_state(spec, source, reference)
+    mapped = map_state(_keyed(spec), source, target,
+                       skip_prefix="" if keep_classifier else head + ".")
     result = model.load_state_dict(mapped, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     unexpected_body = [k for k in missing if not k.startswith(head + ".")]

@@ -1,0 +1,19 @@
+"""Transfer Studio: only a router. Each page is a short view over `core`."""
+
+import streamlit as st
+
+from pages.common import sidebar_status
+
+st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
+
+PAGES = {
+    "": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True, url_path="home")],
+    "Steps": [
+        st.Page("pages/model.py", title="1 · Model", icon=":material/view_in_ar:", url_path="model"),
+        st.Page("pages/layers.py", title="3 · Layers", icon=":material/layers:", url_path="layers"),
+    ],
+}
+
+page = st.navigation(PAGES)
+sidebar_status()
+page.run()

@@ -1,0 +1,66 @@
+"""Small helpers shared by the pages: the session draft (ids and small values only) and cached core calls."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from core.config import FreezeConfig
+from core.device import DevicePlan, plan_device
+
+DEFAULT_BACKBONE = "mobilenetv2_100"
+DRAFT_KEYS = ("backbone", "dataset_id", "freeze")
+
+
+def draft(key: str, default=None):
+    """A value of the user's draft (kept in st.session_state under a non-widget key, so it survives page switches)."""
+    return st.session_state.get(f"draft_{key}", default)
+
+
+def set_draft(key: str, value) -> None:
+    st.session_state[f"draft_{key}"] = value
+
+
+def draft_freeze() -> FreezeConfig:
+    raw = draft("freeze")
+    return FreezeConfig.from_dict(json.loads(raw)) if raw else FreezeConfig()
+
+
+@st.cache_resource(show_spinner=False)
+def device_plan() -> DevicePlan:
+    return plan_device()
+
+
+@st.cache_data(show_spinner=False)
+def cached_group_rows(name: str, freeze_json: str, num_classes: int) -> list[dict]:
+    from core.catalog import group_rows
+
+    return group_rows(name, FreezeConfig.from_dict(json.loads(freeze_json)), num_classes=num_classes)
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def cached_spec_dict(name: str) -> dict:
+    from core import zoo
+
+    return zoo.get_spec(name).to_dict()
+
+
+def sidebar_status() -> None:
+    """The device note and the current draft, on every page."""
+    plan = device_plan()
+    with st.sidebar:
+        st.caption((":material/memory: " if plan.device == "cuda" else ":material/computer: ") + plan.note)
+        backbone = draft("backbone")
+        st.caption(f"Model: **{backbone}**" if backbone else "Model: not chosen yet")
+        st.caption(f"Freeze: **{draft_freeze().preset}**")
+
+
+def need_backbone() -> str | None:
+    """The chosen backbone, or a friendly pointer to the Model page (returns None)."""
+    name = draft("backbone")
+    if not name:
+        st.info("Choose a model first.")
+        st.page_link("pages/model.py", label="Go to the Model page", icon=":material/view_in_ar:")
+        return None
+    return name

@@ -1,0 +1,38 @@
+"""Home: the steps with their status for this session, and a one-click sample-data path for first-time users."""
+
+import streamlit as st
+
+from core.settings import sample_data_root
+from pages.common import DEFAULT_BACKBONE, draft, set_draft
+
+st.title("Transfer Studio")
+st.write("Teach a pretrained image model your own classes, without programming. "
+         "Follow the steps; each page tells you what it needs.")
+
+if st.button("Try it with sample data", key="home_try_sample", type="primary", icon=":material/auto_awesome:",
+             help="Chooses MobileNetV2 and the built-in textures set (brick, grass, gravel), head-only training."):
+    set_draft("backbone", DEFAULT_BACKBONE)
+    set_draft("dataset_id", "sample:textures")
+    set_draft("freeze", '{"preset": "head"}')
+    st.switch_page("pages/layers.py")
+
+samples_ready = (sample_data_root() / "textures").is_dir()
+if not samples_ready:
+    st.warning("The sample data is not there yet: run the setup command from the README once.")
+
+STEPS = [
+    ("1 · Model", "Pick a pretrained backbone.", "pages/model.py", bool(draft("backbone"))),
+    ("2 · Data", "Bring folders of photos, one per class.", None, bool(draft("dataset_id"))),
+    ("3 · Layers", "Choose which layers to freeze.", "pages/layers.py", bool(draft("freeze"))),
+    ("4 · Train", "Watch it learn, live.", None, False),
+    ("5 · Test", "Try it on new pictures.", None, False),
+    ("6 · Export", "Take it away as a file or a report.", None, False),
+]
+for title, what, page, done in STEPS:
+    cols = st.columns([1, 4, 2])
+    cols[0].markdown(f"**{title}**")
+    cols[1].write(what)
+    if page is None:
+        cols[2].caption("coming soon")
+    else:
+        cols[2].page_link(page, label="done ✓ — change" if done else "open →")

@@ -1,0 +1,96 @@
+"""Layers: the chosen backbone's layer groups, freeze presets, trainable counts and a measured cost estimate."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from core.config import PRESET_HELP, FreezeConfig
+from core.measure import estimate_training_isolated
+from core.plots import layer_groups_figure
+from pages.common import cached_group_rows, draft, draft_freeze, need_backbone, set_draft
+
+st.title("3 · Choose what to train")
+backbone = need_backbone()
+if backbone is None:
+    st.stop()
+
+st.write(f"Model: **{backbone}**. A pretrained model is a stack of layer groups: early groups see edges and "
+         "textures, later ones whole objects. Freezing keeps a group as it was learned on ImageNet.")
+
+saved = draft_freeze()
+kinds = ["head", "last-N", "all", "gradual", "custom"]
+saved_kind = "last-N" if saved.last_n is not None else saved.preset
+preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), key="freeze_preset",
+                  format_func=lambda k: {"head": "Head only", "last-N": "Head + last N groups", "all": "Everything",
+                                         "gradual": "Head first, then everything (lower LR early)",
+                                         "custom": "Choose per group"}[k], horizontal=True)
+st.caption(PRESET_HELP[preset])
+
+all_rows = cached_group_rows(backbone, json.dumps(FreezeConfig("all").to_dict()), 2)
+group_names = [r["group"] for r in all_rows]
+body_names = [n for n in group_names if n != "head"]
+
+kwargs: dict = {"train_bn": False}
+if preset == "last-N":
+    n = st.slider("N (groups before the head)", 1, max(1, len(body_names)), value=saved.last_n or 2,
+                  key="freeze_last_n")
+    kwargs["preset"] = f"last-{n}"
+elif preset == "custom":
+    chosen = st.multiselect("Groups to train (the head always trains)", body_names,
+                            default=[g for g in saved.groups if g in body_names], key="freeze_groups")
+    kwargs.update(preset="custom", groups=tuple(chosen))
+else:
+    kwargs["preset"] = preset
+if preset == "gradual":
+    kwargs["head_epochs"] = st.number_input("Epochs with the head only", 1, 20, value=saved.head_epochs,
+                                            key="freeze_head_epochs")
+    kwargs["lr_floor"] = st.select_slider("Learning rate of the first group, relative to the head",
+                                          [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0], value=saved.lr_floor,
+                                          key="freeze_lr_floor")
+kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen groups", value=saved.train_bn,
+                                 key="freeze_train_bn",
+                                 help="Off (recommended): frozen groups keep their ImageNet statistics.")
+freeze = FreezeConfig(**kwargs)
+set_draft("freeze", json.dumps(freeze.to_dict()))
+
+rows = cached_group_rows(backbone, json.dumps(freeze.to_dict()), 2)
+trains_keys = [k for k in rows[0] if k.startswith("trains")]
+final_key = trains_keys[-1]
+total = sum(r["params"] for r in rows)
+first = sum(r["params"] for r in rows if r[trains_keys[0]])
+final = sum(r["params"] for r in rows if r[final_key])
+c1, c2, c3 = st.columns(3)
+c1.metric("Layer groups", len(rows))
+c2.metric("Trainable parameters", f"{final:,}", help="In the last phase." if len(trains_keys) > 1 else None)
+c3.metric("Frozen parameters", f"{total - final:,}")
+if len(trains_keys) > 1:
+    st.caption(f"Phase 1 trains {first:,} parameters (the head); phase 2 trains all {final:,}.")
+
+left, right = st.columns([3, 2])
+left.plotly_chart(layer_groups_figure(rows, final_key), key="layers_chart")
+right.dataframe(pd.DataFrame(rows), hide_index=True, key="layers_table")
+
+st.subheader("How long and how much memory?")
+st.write("Measured now with a few real training steps on this machine (not a guess).")
+c1, c2 = st.columns(2)
+n_images = c1.number_input("Number of training images", 10, 1_000_000, value=1000, step=100, key="estimate_images")
+batch = c2.select_slider("Batch size", [4, 8, 16, 32, 64, 128], value=32, key="estimate_batch")
+if st.button("Measure", key="estimate_run"):
+    with st.spinner("Running a few training steps…"):
+        try:
+            est = estimate_training_isolated(backbone, freeze, int(batch), int(n_images))
+        except (RuntimeError, TimeoutError) as err:
+            st.error(f"Could not measure: {err}")
+        else:
+            st.session_state["estimate"] = est.to_dict()
+est = st.session_state.get("estimate")
+if est and est["model"] == backbone and est["freeze"] == freeze.preset and est["batch_size"] == batch:
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Time per epoch", f"{est['seconds_per_step'] * -(-int(n_images) // int(batch)):.0f} s")
+    c2.metric("Images / second", f"{est['images_per_second']:.0f}")
+    c3.metric("Peak memory", f"{est['peak_memory_mb'] / 1024:.2f} GB")
+    st.caption(est["note"])
+
+if draft("dataset_id") is None:
+    st.caption("Next: bring your photos (the Data step arrives with the next release).")

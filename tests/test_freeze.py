@@ -1,0 +1,120 @@
+"""Layer groups cover every parameter once; presets train exactly what they say; BatchNorm of frozen groups is fixed."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from core import zoo
+from core.config import FreezeConfig
+from core.freeze import (
+    apply_phase,
+    layer_groups,
+    optimizer_groups,
+    phase_at,
+    plan_phases,
+    set_phase_lrs,
+    set_train_mode,
+    trainable_counts,
+)
+
+TINY = [n for n in timm.list_models("test_*")]
+REGISTERED = [s.name for s in zoo.list_backbones()]
+
+
+def _model(name: str) -> torch.nn.Module:
+    return zoo.create_model(name, num_classes=3, pretrained=False)
+
+
+@pytest.mark.parametrize("name", sorted(set(TINY + REGISTERED)))
+def test_groups_cover_every_parameter_exactly_once(name: str) -> None:
+    model = _model(name)
+    groups = layer_groups(model)
+    names = [n for g in groups for n in g.params]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert len(names) == len(set(names))
+    assert groups[0].name == "stem" and groups[-1].name == "head"
+    assert sum(g.n_params for g in groups) == sum(p.numel() for p in model.parameters())
+
+
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_vit", "mobilenetv2_100"])
+def test_each_preset_leaves_exactly_the_intended_parameters_trainable(name: str) -> None:
+    model = _model(name)
+    groups = layer_groups(model)
+    head = set(groups[-1].params)
+    expected = {
+        "head": head,
+        "all": {n for n, _ in model.named_parameters()},
+        "last-1": head | set(groups[-2].params),
+        "last-2": head | set(groups[-2].params) | set(groups[-3].params),
+    }
+    for preset, want in expected.items():
+        phase = plan_phases(groups, FreezeConfig(preset), epochs=5)[0]
+        apply_phase(model, groups, phase)
+        assert _trainable_names(model) == want, preset
+        assert trainable_counts(groups, phase)[0] == sum(p.numel() for n, p in model.named_parameters() if n in want)
+    custom = FreezeConfig("custom", groups=(groups[1].name,))
+    apply_phase(model, groups, plan_phases(groups, custom, 5)[0])
+    assert _trainable_names(model) == head | set(groups[1].params)
+
+
+def test_gradual_trains_the_head_first_then_everything_with_lower_rates_early() -> None:
+    model = _model("test_efficientnet")
+    groups = layer_groups(model)
+    phases = plan_phases(groups, FreezeConfig("gradual", head_epochs=2, lr_floor=0.01), epochs=6)
+    assert [p.start_epoch for p in phases] == [0, 2]
+    assert phase_at(phases, 1) is phases[0] and phase_at(phases, 2) is phases[1]
+    apply_phase(model, groups, phases[0])
+    assert _trainable_names(model) == set(groups[-1].params)
+    apply_phase(model, groups, phases[1])
+    assert all(p.requires_grad for p in model.parameters())
+    mult = phases[1].lr_mult
+    assert mult[0] == pytest.approx(0.01) and mult[-1] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(mult, mult[1:], strict=False))
+
+
+def test_unknown_presets_and_groups_are_refused() -> None:
+    with pytest.raises(ValueError, match="Unknown freeze preset"):
+        FreezeConfig("middle")
+    groups = layer_groups(_model("test_resnet"))
+    with pytest.raises(ValueError, match="Unknown layer groups"):
+        plan_phases(groups, FreezeConfig("custom", groups=("nope",)), 3)
+
+
+def test_frozen_batchnorm_keeps_its_statistics_unless_asked() -> None:
+    torch.manual_seed(0)
+    model = _model("test_resnet")
+    groups = layer_groups(model)
+    phase = plan_phases(groups, FreezeConfig("head"), 3)[0]
+    apply_phase(model, groups, phase)
+    set_train_mode(model, groups, phase)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model(torch.randn(4, 3, 64, 64) * 3 + 1)
+    assert torch.equal(bn.running_mean, before)
+    assert not bn.training
+    set_train_mode(model, groups, phase, train_bn=True)
+    model(torch.randn(4, 3, 64, 64) * 3 + 1)
+    assert not torch.equal(bn.running_mean, before)
+
+
+def test_optimizer_groups_hold_each_parameter_once_with_phase_rates() -> None:
+    model = _model("test_vit")
+    groups = layer_groups(model)
+    opt = torch.optim.AdamW(optimizer_groups(model, groups, base_lr=1e-3))
+    assert len(opt.param_groups) == len(groups)
+    phases = plan_phases(groups, FreezeConfig("gradual", lr_floor=0.1), epochs=4)
+    set_phase_lrs(opt, phases[1], 1e-3)
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-3)
+    # A frozen group gets no gradient, so a step leaves it unchanged.
+    apply_phase(model, groups, phases[0])
+    stem = [p.detach().clone() for p in opt.param_groups[0]["params"]]
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(stem, opt.param_groups[0]["params"], strict=True))

@@ -1,0 +1,39 @@
+"""Latency is measured once and cached; training estimates come from real steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core import measure
+from core.config import FreezeConfig
+from core.settings import cache_root
+
+
+def test_latency_is_measured_once_then_read_from_the_cache(home: Path) -> None:
+    assert measure.cached_latency("test_resnet") is None
+    ms = measure.measure_latency("test_resnet", repeats=3)
+    assert ms > 0
+    cache = json.loads((cache_root() / measure.LATENCY_FILE).read_text())
+    (key,) = [k for k in cache if k.startswith("test_resnet|")]
+    cache[key] = 123.0  # a cached value is used as it is, not measured again
+    (cache_root() / measure.LATENCY_FILE).write_text(json.dumps(cache))
+    assert measure.measure_latency("test_resnet") == 123.0
+    assert measure.measure_latency("test_resnet", repeats=3, force=True) != 123.0
+
+
+def test_training_estimate_comes_from_real_steps_and_scales_with_the_dataset() -> None:
+    head = measure.estimate_training("test_efficientnet", FreezeConfig("head"), batch_size=8, n_images=80, steps=2)
+    assert head.seconds_per_step > 0 and head.peak_memory_mb > 0
+    assert head.seconds_per_epoch == round(10 * head.seconds_per_step, 1)
+    assert head.trainable_params < head.frozen_params
+    full = measure.estimate_training("test_efficientnet", FreezeConfig("all"), batch_size=8, n_images=80, steps=2)
+    assert full.frozen_params == 0 and full.trainable_params == head.trainable_params + head.frozen_params
+
+
+def test_isolated_estimate_runs_in_a_fresh_process_and_is_cached(home: Path) -> None:
+    est = measure.estimate_training_isolated("test_resnet", FreezeConfig("last-1"), batch_size=4, n_images=40)
+    assert est.peak_memory_mb > 50  # a whole Python + torch process
+    again = measure.estimate_training_isolated("test_resnet", FreezeConfig("last-1"), batch_size=4, n_images=400)
+    assert again.seconds_per_step == est.seconds_per_step
+    assert again.n_images == 400 and again.seconds_per_epoch >= est.seconds_per_epoch

@@ -1,0 +1,65 @@
+"""AppTest: the pages render without exception, and the selection carries from page to page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_home_renders_steps_and_sample_button() -> None:
+    at = _app().run()
+    _ok(at)
+    assert at.title[0].value == "Transfer Studio"
+    assert at.button(key="home_try_sample")
+
+
+def test_layers_without_a_model_points_to_the_model_page() -> None:
+    at = _app()
+    at.switch_page("pages/layers.py").run()
+    _ok(at)
+    assert any("Choose a model first" in i.value for i in at.info)
+
+
+def test_model_choice_carries_to_the_layers_page() -> None:
+    at = _app()
+    at.switch_page("pages/model.py").run()
+    _ok(at)
+    assert any("mobilenetv2_100" in o for o in at.selectbox(key="model_select").options)
+    at.selectbox(key="model_select").set_value("tf_efficientnet_lite0").run()
+    _ok(at)
+    assert at.session_state["draft_backbone"] == "tf_efficientnet_lite0"
+    assert any(m.value == "224 px" for m in at.metric)
+    at.switch_page("pages/layers.py").run()
+    _ok(at)
+    assert any("tf_efficientnet_lite0" in md.value for md in at.markdown)
+    frozen = next(m for m in at.metric if m.label == "Frozen parameters")
+    assert frozen.value != "0"
+    at.radio(key="freeze_preset").set_value("all").run()
+    _ok(at)
+    assert next(m for m in at.metric if m.label == "Frozen parameters").value == "0"
+    assert json.loads(at.session_state["draft_freeze"])["preset"] == "all"
+    at.radio(key="freeze_preset").set_value("last-N").run()
+    at.slider(key="freeze_last_n").set_value(3).run()
+    _ok(at)
+    assert json.loads(at.session_state["draft_freeze"])["preset"] == "last-3"
+
+
+def test_try_sample_data_sets_a_working_draft() -> None:
+    at = _app().run()
+    at.button(key="home_try_sample").click().run()
+    _ok(at)
+    assert at.session_state["draft_backbone"] == "mobilenetv2_100"
+    assert at.session_state["draft_dataset_id"] == "sample:textures"
