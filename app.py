@@ -15,5 +15,5 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
-sidebar_status()
 page.run()
+sidebar_status()  # after the page, so it shows this run's choices

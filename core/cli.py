@@ -106,6 +106,77 @@ def cmd_weights_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume, or fit the quick model) in this process, with a text progress bar on stderr."""
+    import signal
+
+    from core import runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from core.recorder import RunRecorder, TextProgress
+
+    stop = {"asked": False}
+
+    def on_sigint(signum, frame):  # noqa: ARG001
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print("\nstopping after this batch (Ctrl-C again to abort)…", file=sys.stderr)
+
+    try:
+        if args.resume:
+            run_dir = Path(args.resume).resolve()
+            config = runs.load_config(run_dir)
+        else:
+            if not args.data or not args.model:
+                print("error: --data and --model are required (or --resume RUN_DIR)", file=sys.stderr)
+                return 2
+            augment = () if args.no_augment else TrainConfig().augment
+            train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                augment=augment, device=args.device, precision=args.precision,
+                                class_weights=args.class_weights)
+            config = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze), train,
+                               task=args.task, name=args.name or "", quick=args.quick)
+            from core import zoo
+
+            zoo.get_spec(args.model)
+            manifest = trainset.resolve(config.dataset, args.val_fraction, args.seed)
+            run_dir = runs.create_run(config, manifest, Path(args.runs_dir) if args.runs_dir else None)
+    except (trainset.DatasetProblem, runs.RunError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # ZooError, DatasetError: a clear message, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    subscribers = [RunRecorder(run_dir)] + ([] if args.quiet else [TextProgress()])
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    if config.quick:
+        from core.quick import train_quick
+
+        runs.write_status(run_dir, state="running", pid=os.getpid())
+        result = train_quick(run_dir, subscribers)
+        out = {"run_dir": str(run_dir), "state": "completed", **result}
+    else:
+        from core.engine import fit
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        runs.clear_stop(run_dir)
+        runs.write_status(run_dir, state="running", pid=os.getpid())
+        try:
+            res = fit(run_dir, subscribers, should_stop=lambda: stop["asked"] or runs.stop_requested(run_dir))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            runs.clear_stop(run_dir)
+        out = {"run_dir": str(run_dir), "state": res.state, "best_val_accuracy": res.best_val_accuracy,
+               "epochs": res.epochs_done, "seconds": round(res.seconds, 2), "device": res.device,
+               "message": res.message}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{out['state']}: best val accuracy {out['best_val_accuracy']} in {out['seconds']:.1f} s; "
+              f"run folder {run_dir}")
+    return 0 if out["state"] in ("completed", "stopped") else 1
+
+
 def cmd_app(args: argparse.Namespace, passthrough: list[str]) -> int:
     """Launch the Streamlit UI from the project root (so .streamlit/config.toml applies), bound to 127.0.0.1."""
     cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py")]
@@ -149,6 +220,30 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--label", required=True, help="short tag; the model is then named ARCH.LABEL")
     w.add_argument("--title", default="")
     w.set_defaults(func=cmd_weights_add)
+
+    from core.tasks import list_tasks
+
+    p = sub.add_parser("train", help="train a model on a folder of images (or resume a run)")
+    p.add_argument("--data", help="folder with one sub-folder per class (optionally inside train/ and val/)")
+    p.add_argument("--model", help="backbone name, e.g. mobilenetv2_100")
+    p.add_argument("--task", default="classification", choices=[t.name for t in list_tasks() if t.available])
+    p.add_argument("--freeze", default="head", help="head | last-N (e.g. last-2) | all | gradual")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: chosen for the freeze preset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="used when the data has no val/ folder")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--quick", action="store_true", help="a linear head on cached embeddings, in seconds")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run to its planned end")
+    p.add_argument("--runs-dir", help="where to create the run folder (default: the data root's runs/)")
+    p.add_argument("--name", default="")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="last line: a JSON summary")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("app", help="open the web app (extra options go to Streamlit, e.g. --server.port 8600)")
     p.set_defaults(func=None)

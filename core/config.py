@@ -46,3 +46,82 @@ class FreezeConfig:
         data = dict(data)
         data["groups"] = tuple(data.get("groups", ()))
         return cls(**data)
+
+
+AUGMENTATIONS = {
+    "crop": "Random crop and zoom (the model sees different parts of each photo).",
+    "flip": "Mirror left-right (off when left/right matters, e.g. arrows or text).",
+    "color": "Small changes of brightness, contrast and saturation.",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. lr None = the recommended default for the freeze choice."""
+
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float | None = None
+    weight_decay: float = 5e-5
+    momentum: float = 0.9
+    warmup_fraction: float = 0.05
+    label_smoothing: float = 0.1
+    augment: tuple[str, ...] = ("crop", "flip", "color")
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    class_weights: bool = False
+    max_bad_steps: int = 3
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be at least 1")
+        if self.lr is not None and not 0 < self.lr < 10:
+            raise ValueError("the learning rate must be between 0 and 10")
+        unknown = set(self.augment) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"Unknown augmentations: {sorted(unknown)}; use {sorted(AUGMENTATIONS)}")
+
+    def effective_lr(self, freeze: FreezeConfig) -> float:
+        """The learning rate used: the user's, or 0.05 for head-only and 0.01 when backbone layers train
+        (SGD with momentum, scaled linearly with the batch size from 32)."""
+        if self.lr is not None:
+            return self.lr
+        base = 0.05 if freeze.preset == "head" else 0.01
+        return base * self.batch_size / 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data["augment"] = tuple(data.get("augment", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to be reproduced: task, backbone, dataset, freeze and training settings."""
+
+    backbone: str
+    dataset: str  # a dataset id of the app's store, or a folder path
+    freeze: FreezeConfig = FreezeConfig()
+    train: TrainConfig = TrainConfig()
+    task: str = "classification"
+    name: str = ""
+    pretrained: bool = True
+    quick: bool = False
+
+    def to_dict(self) -> dict:
+        return {"backbone": self.backbone, "dataset": self.dataset, "freeze": self.freeze.to_dict(),
+                "train": self.train.to_dict(), "task": self.task, "name": self.name, "pretrained": self.pretrained,
+                "quick": self.quick}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        return cls(backbone=data["backbone"], dataset=data["dataset"],
+                   freeze=FreezeConfig.from_dict(data.get("freeze", {})),
+                   train=TrainConfig.from_dict(data.get("train", {})), task=data.get("task", "classification"),
+                   name=data.get("name", ""), pretrained=bool(data.get("pretrained", True)),
+                   quick=bool(data.get("quick", False)))

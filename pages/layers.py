@@ -83,9 +83,9 @@ if st.button("Measure", key="estimate_run"):
         except (RuntimeError, TimeoutError) as err:
             st.error(f"Could not measure: {err}")
         else:
-            st.session_state["estimate"] = est.to_dict()
+            st.session_state["estimate"] = {**est.to_dict(), "freeze_config": freeze.to_dict()}
 est = st.session_state.get("estimate")
-if est and est["model"] == backbone and est["freeze"] == freeze.preset and est["batch_size"] == batch:
+if est and est["model"] == backbone and est["freeze_config"] == freeze.to_dict() and est["batch_size"] == batch:
     c1, c2, c3 = st.columns(3)
     c1.metric("Time per epoch", f"{est['seconds_per_step'] * -(-int(n_images) // int(batch)):.0f} s")
     c2.metric("Images / second", f"{est['images_per_second']:.0f}")

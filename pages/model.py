@@ -51,8 +51,9 @@ if current not in names:
 labels = {r["name"]: f"{r['title']} ({r['name']})" + ("" if r["pretrained"] else " — trains from scratch")
           for r in rows}
 choice = st.selectbox("Model to use", names, index=names.index(current), key="model_select",
-                      format_func=lambda n: labels.get(n, n))
-set_draft("backbone", choice)
+                      format_func=lambda n: labels.get(n, n),
+                      on_change=lambda: set_draft("backbone", st.session_state["model_select"]))
+
 
 spec = zoo.get_spec(choice)
 row = next((r for r in rows if r["name"] == choice), None)
@@ -71,7 +72,9 @@ st.caption(f"Preprocessing: resize with {spec.interpolation}, centre crop {spec.
            f"mean {spec.mean}, std {spec.std}. {spec.notes}")
 if row and row["latency_ms"]:
     st.caption(f"About {1000 / row['latency_ms']:.0f} images per second for predictions on this machine.")
-st.page_link("pages/layers.py", label="Next: choose the layers to train →", icon=":material/layers:")
+if st.button("Next: choose the layers to train →", key="model_use", type="primary", icon=":material/layers:"):
+    set_draft("backbone", choice)
+    st.switch_page("pages/layers.py")
 
 with st.expander("Use your own weights (safetensors)"):
     st.write("Have a `.safetensors` file for a timm architecture? It is checked (names and shapes) before it is "

@@ -6,7 +6,9 @@ import re
 import unicodedata
 
 #: Extensions we try to decode as images (lower case, with the dot).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
+)
 
 #: Image formats people upload that we do not decode, with a hint for the user.
 UNSUPPORTED_IMAGE_EXTENSIONS = {

@@ -16,8 +16,16 @@ class ClassificationTask:
     description: str = "Sort photos into classes you define (a folder per class)."
 
     def build_model(self, backbone: str, num_classes: int, pretrained: bool = True) -> nn.Module:
-        """Backbone with its pretrained weights and a new classifier for `num_classes`."""
-        return zoo.create_model(backbone, num_classes=num_classes, pretrained=pretrained)
+        """Backbone with its pretrained weights and a new, zero-initialised classifier for `num_classes`.
+
+        A zero head starts every class at the same score (loss = log(classes)), so the first steps refine the
+        pretrained features instead of undoing random large logits."""
+        model = zoo.create_model(backbone, num_classes=num_classes, pretrained=pretrained)
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        if pretrained and isinstance(head, nn.Linear):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        return model
 
 
 CLASSIFICATION = ClassificationTask()

@@ -1,0 +1,5 @@
+"""Dataset ingest and validation: safe decoding (images), safe zip extraction (archive), folder indexing (scan),
+the validation report (validate), train/val/test splits (splits) and the app's dataset store (store).
+
+Plain Python: nothing here imports streamlit. Submodules are imported explicitly (``from core.data import store``).
+"""

@@ -1,0 +1,254 @@
+"""The training engine: `fit(run_dir)` trains what the run folder describes, emitting typed events.
+
+Resumable at any batch: the data order and every augmentation draw are pure functions of (seed, epoch, position),
+and checkpoints hold model, optimizer, position and history, so a resumed run on the CPU ends with the same weights
+as an uninterrupted one. A `should_stop` callable is checked between batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from core import runs, zoo
+from core.device import DevicePlan, plan_device
+from core.events import BatchEnded, EpochEnded, Event, FitEnded, FitFailed, FitStarted, Notice, PhaseChanged, Preparing
+from core.freeze import (
+    apply_phase,
+    layer_groups,
+    optimizer_groups,
+    phase_at,
+    plan_phases,
+    set_train_mode,
+    trainable_counts,
+)
+from core.pipeline import ImageCache, batch_generator, build_cache, epoch_order, eval_batch, prep_for, train_batch
+from core.tasks import get_task
+
+Subscriber = Callable[[Event], None]
+
+
+@dataclass
+class FitResult:
+    state: str
+    best_val_accuracy: float | None
+    epochs_done: int
+    seconds: float
+    device: str
+    history: list[dict] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    pos: int = 0
+    step: int = 0
+    batch_size: int = 32
+    history: list = field(default_factory=list)
+    best: float | None = None
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    warm = max(1, round(warmup_fraction * total))
+    if step < warm:
+        return base * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _is_oom(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
+
+
+@torch.inference_mode()
+def evaluate_indices(model: torch.nn.Module, cache: ImageCache, idx: Sequence[int], labels: torch.Tensor,
+                     plan: DevicePlan, batch_size: int = 64) -> tuple[float, float, torch.Tensor]:
+    """(loss, accuracy, logits) of the model on cached images at `idx` (eval transform)."""
+    model.eval()
+    dev = plan.torch_device()
+    outs = []
+    for start in range(0, len(idx), batch_size):
+        chunk = list(idx[start:start + batch_size])
+        x = eval_batch(cache.squares[chunk], cache.prep, plan.channels_last).to(dev)
+        with plan.autocast():
+            outs.append(model(x).float().cpu())
+    logits = torch.cat(outs) if outs else torch.zeros(0, 1)
+    y = labels[list(idx)]
+    loss = float(F.cross_entropy(logits, y)) if len(y) else float("nan")
+    acc = float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
+    return loss, acc, logits
+
+
+def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Callable[[], bool] = lambda: False
+        ) -> FitResult:
+    """Train (or resume) the run in `run_dir` to its planned end, a stop request, or a clear failure."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+
+    def emit(event: Event) -> None:
+        for sub in subscribers:
+            sub(event)
+
+    cfg = runs.load_config(run_dir)
+    manifest = runs.load_dataset(run_dir)
+    tc = cfg.train
+    plan = plan_device(tc.device, tc.precision)
+    dev = plan.torch_device()
+    classes = list(manifest["classes"])
+    items = manifest["items"]
+    spec = zoo.get_spec(cfg.backbone)
+    prep = prep_for(spec)
+
+    torch.manual_seed(tc.seed)
+    model = get_task(cfg.task).build_model(cfg.backbone, len(classes), cfg.pretrained).to(dev)
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    groups = layer_groups(model)
+    phases = plan_phases(groups, cfg.freeze, tc.epochs)
+    base_lr = tc.effective_lr(cfg.freeze)
+    opt = torch.optim.SGD(optimizer_groups(model, groups, base_lr, tc.weight_decay), lr=base_lr,
+                          momentum=tc.momentum, nesterov=True)
+
+    cache = build_cache([it["path"] for it in items], prep, lambda d, t: emit(Preparing(d, t)))
+    for i, reason in sorted(cache.failed.items()):
+        emit(Notice("warning", f"{items[i].get('name', items[i]['path'])}: skipped, {reason}."))
+    label_of = {c: k for k, c in enumerate(classes)}
+    labels = torch.tensor([label_of[it["label"]] for it in items])
+    train_idx = [i for i, it in enumerate(items) if it["split"] == "train" and i not in cache.failed]
+    val_idx = [i for i, it in enumerate(items) if it["split"] == "val" and i not in cache.failed]
+    if not train_idx or not val_idx:
+        return _fail(emit, run_dir, t0, plan, "No readable training or validation images are left.", 0)
+    weights = None
+    if tc.class_weights:
+        counts = torch.bincount(labels[train_idx], minlength=len(classes)).float().clamp(min=1)
+        weights = (counts.sum() / (len(classes) * counts)).to(dev)
+
+    st = _State(batch_size=tc.batch_size)
+    ckpt, skipped = runs.load_checkpoint(run_dir)
+    resumed = None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        st = _State(**ckpt["state"])
+        resumed = {"epoch": st.epoch, "pos": st.pos, "step": st.step}
+    steps_per_epoch = math.ceil(len(train_idx) / st.batch_size)
+    total_steps = max(st.step + 1, tc.epochs * steps_per_epoch)
+    emit(FitStarted(tc.epochs, steps_per_epoch, len(train_idx), len(val_idx), classes, plan.device, plan.precision,
+                    plan.note, st.batch_size, base_lr, resumed, skipped))
+
+    def checkpoint() -> None:
+        runs.save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                       "state": st.to_dict(), "epoch": st.epoch, "pos": st.pos, "step": st.step})
+
+    session_images, session_t0, bad_steps = 0, time.time(), 0
+    current = None
+    lr_now = base_lr
+    for epoch in range(st.epoch, tc.epochs):
+        phase = phase_at(phases, epoch)
+        if phase is not current:
+            apply_phase(model, groups, phase)
+            trainable, frozen = trainable_counts(groups, phase)
+            emit(PhaseChanged(epoch, phase.label, trainable, frozen))
+            current = phase
+        set_train_mode(model, groups, phase, cfg.freeze.train_bn)
+        order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
+        epoch_t0 = time.time()
+        while st.pos < len(train_idx):
+            if should_stop():
+                checkpoint()
+                msg = f"Stopped at epoch {epoch + 1}, image {st.pos} of {len(train_idx)}; resume to continue."
+                emit(FitEnded("stopped", epoch, st.best, time.time() - t0, msg))
+                return FitResult("stopped", st.best, epoch, time.time() - t0, plan.device, st.history, msg)
+            idx = [train_idx[j] for j in order[st.pos:st.pos + st.batch_size]]
+            gen = batch_generator(tc.seed, epoch, st.pos)
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            x = train_batch(cache.squares[idx], prep, tc.augment, gen, plan.channels_last).to(dev)
+            y = labels[idx].to(dev)
+            lr_now = lr_at(st.step, total_steps, base_lr, tc.warmup_fraction)
+            for group, mult in zip(opt.param_groups, phase.lr_mult, strict=True):
+                group["lr"] = lr_now * mult
+            oom = False
+            try:
+                with plan.autocast():
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=tc.label_smoothing)
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            except RuntimeError as err:
+                if not _is_oom(err):
+                    raise
+                oom = True
+            if oom:  # recover outside the except block, so the failed step's tensors are freed
+                logits = loss = x = None
+                if plan.device == "cuda":
+                    torch.cuda.empty_cache()
+                if st.batch_size == 1:
+                    return _fail(emit, run_dir, t0, plan, "Out of memory even with a batch of 1 image: choose a "
+                                 "smaller model or freeze more layers.", epoch, checkpoint, st.best)
+                st.batch_size = max(1, st.batch_size // 2)
+                emit(Notice("warning", f"Out of memory: the batch size is now {st.batch_size}."))
+                continue
+            if not finite:
+                bad_steps += 1
+                if bad_steps >= tc.max_bad_steps:
+                    reason = (f"The loss became NaN or infinite {bad_steps} times in a row: lower the learning "
+                              "rate. The last good weights were kept.")
+                    return _fail(emit, run_dir, t0, plan, reason, epoch, checkpoint, st.best)
+                emit(Notice("warning", "A step gave a non-finite loss and was skipped."))
+            else:
+                bad_steps = 0
+                st.loss_sum += float(loss.detach()) * len(idx)
+                st.correct += int((logits.argmax(1) == y).sum())
+                st.seen += len(idx)
+            st.pos += len(idx)
+            st.step += 1
+            session_images += len(idx)
+            rate = session_images / max(1e-6, time.time() - session_t0)
+            left = (tc.epochs - epoch) * len(train_idx) - st.pos
+            shown = float(loss.detach()) if finite else float("nan")
+            emit(BatchEnded(epoch, st.pos, st.step, total_steps, shown, lr_now, round(rate, 2),
+                            round(left / max(rate, 1e-6), 1)))
+        val_loss, val_acc, _ = evaluate_indices(model, cache, val_idx, labels, plan)
+        is_best = st.best is None or val_acc > st.best
+        if is_best:
+            st.best = val_acc
+            runs.save_weights(run_dir, model.state_dict(), {"epoch": epoch + 1, "val_accuracy": val_acc,
+                                                            "val_loss": val_loss, "classes": classes})
+        row = {"epoch": epoch + 1, "train_loss": st.loss_sum / max(1, st.seen), "train_accuracy":
+               st.correct / max(1, st.seen), "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr_now,
+               "seconds": time.time() - epoch_t0}
+        st.history.append(row)
+        st.epoch, st.pos, st.loss_sum, st.correct, st.seen = epoch + 1, 0, 0.0, 0, 0
+        checkpoint()
+        emit(EpochEnded(epoch + 1, row["train_loss"], row["train_accuracy"], val_loss, val_acc, lr_now,
+                        round(row["seconds"], 2), round(len(train_idx) / max(1e-6, row["seconds"]), 2), st.best,
+                        is_best))
+    msg = f"Finished {tc.epochs} epochs; best validation accuracy {st.best:.3f}."
+    emit(FitEnded("completed", tc.epochs, st.best, time.time() - t0, msg))
+    return FitResult("completed", st.best, tc.epochs, time.time() - t0, plan.device, st.history, msg)
+
+
+def _fail(emit: Subscriber, run_dir: Path, t0: float, plan: DevicePlan, reason: str, epochs_done: int,
+          checkpoint: Callable[[], None] | None = None, best: float | None = None) -> FitResult:
+    if checkpoint is not None:
+        checkpoint()
+    emit(FitFailed(reason, epochs_done))
+    return FitResult("failed", best, epochs_done, time.time() - t0, plan.device, [], reason)

@@ -1,0 +1,107 @@
+"""Training jobs: one OS process per run (`python -m core.worker RUN_DIR`), found again from the run folder after a
+page refresh or an app restart. Stop = a flag the worker honours within one batch; cancel = SIGTERM then SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from core import runs
+from core.settings import PROJECT_ROOT
+
+JOB_FILE = "job.json"
+
+
+def start(run_dir: Path) -> int:
+    """Start (or resume) the run's worker process; returns its pid."""
+    run_dir = Path(run_dir).resolve()
+    if is_alive(run_dir):
+        raise runs.RunError("This run is already running.")
+    runs.clear_stop(run_dir)
+    runs.write_status(run_dir, state="queued", message="Starting…", queued_at=time.time())
+    log = open(run_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "core.worker", str(run_dir)], cwd=PROJECT_ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    log.close()
+    created = psutil.Process(proc.pid).create_time()
+    (run_dir / JOB_FILE).write_text(json.dumps({"pid": proc.pid, "create_time": created, "started": time.time()}))
+    return proc.pid
+
+
+def _process(run_dir: Path) -> psutil.Process | None:
+    try:
+        job = json.loads((Path(run_dir) / JOB_FILE).read_text())
+        proc = psutil.Process(job["pid"])
+        if abs(proc.create_time() - job["create_time"]) > 1 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return None
+
+
+def is_alive(run_dir: Path) -> bool:
+    return _process(run_dir) is not None
+
+
+def state(run_dir: Path) -> dict:
+    """The run's status; a run that says it is active but has no live worker is marked 'crashed' with a reason."""
+    status = runs.read_status(run_dir)
+    if status.get("state") in runs.ACTIVE_STATES and (Path(run_dir) / JOB_FILE).exists() and not is_alive(run_dir):
+        time.sleep(0.2)  # the worker may be writing its last status
+        status = runs.read_status(run_dir)
+        if status.get("state") in runs.ACTIVE_STATES:
+            tail = _log_tail(run_dir)
+            status = runs.write_status(run_dir, state="crashed", ended=time.time(),
+                                       message="The training process ended unexpectedly" + (f": {tail}" if tail
+                                                                                            else "."))
+    return status
+
+
+def _log_tail(run_dir: Path, n: int = 400) -> str:
+    try:
+        text = (Path(run_dir) / "worker.log").read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][-n:] if lines else ""
+
+
+def stop(run_dir: Path) -> None:
+    """Ask the worker to finish its batch, save and stop."""
+    runs.request_stop(run_dir)
+    if runs.read_status(run_dir).get("state") in ("running", "queued"):
+        runs.write_status(run_dir, state="stopping", message="Stopping after this batch…")
+
+
+def cancel(run_dir: Path, grace: float = 1.5) -> None:
+    """End the worker now: SIGTERM, then SIGKILL after `grace` seconds. The last checkpoint stays."""
+    proc = _process(run_dir)
+    if proc is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(grace)
+        except psutil.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(2)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    if runs.read_status(run_dir).get("state") in runs.ACTIVE_STATES:
+        runs.write_status(run_dir, state="cancelled", message="Cancelled.", ended=time.time())
+
+
+def queue_position(run_dir: Path) -> int | None:
+    """1-based place among queued runs (by time queued), or None when not queued."""
+    me = runs.read_status(run_dir)
+    if me.get("state") != "queued":
+        return None
+    mine = me.get("queued_at", 0)
+    others = [runs.read_status(p) for p in runs.list_runs(Path(run_dir).parent)]
+    return 1 + sum(1 for s in others if s.get("state") == "queued" and s.get("queued_at", 0) < mine)

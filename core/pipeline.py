@@ -1,0 +1,209 @@
+"""Images for training and prediction, prepared the same way for both.
+
+Every photo is decoded once (EXIF orientation, colour modes: `core.data.images.load_rgb`), resized so its short side
+is the backbone's eval resize size and centre-cropped to a square, and cached as uint8 (in memory and on disk, so a
+second run starts at once). Validation and prediction take the centre crop of that square (= timm's eval transform);
+training takes random resized crops, flips and colour changes from it, all drawn from a generator seeded by
+(seed, epoch, position), so a resumed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from core.data.images import ImageError, load_rgb
+from core.settings import cache_root
+from core.storage import write_json_atomic
+from core.zoo import BackboneSpec
+
+_INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+           "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+@dataclass(frozen=True)
+class Prep:
+    """The preprocessing identity of a backbone: crop size, resize size, interpolation, normalisation."""
+
+    size: int
+    scale_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def prep_for(spec: BackboneSpec) -> Prep:
+    return Prep(spec.input_size, math.floor(spec.input_size / spec.crop_pct), spec.interpolation, spec.mean, spec.std)
+
+
+def square(img: Image.Image, prep: Prep) -> np.ndarray:
+    """Resize the short side to prep.scale_size and centre-crop a square: uint8 HxWx3."""
+    s = prep.scale_size
+    w, h = img.size
+    scale = s / min(w, h)
+    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+    img = img.resize((nw, nh), _INTERP.get(prep.interpolation, Image.Resampling.BILINEAR))
+    left, top = (nw - s) // 2, (nh - s) // 2
+    return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
+
+
+def load_square(source: str | os.PathLike | bytes, prep: Prep) -> np.ndarray:
+    """Decode (safely, normalised) and square one image: the single preprocessing entry for files and uploads."""
+    return square(load_rgb(source), prep)
+
+
+def _centre(batch: torch.Tensor, size: int) -> torch.Tensor:
+    s = batch.shape[-1]
+    off = (s - size) // 2
+    return batch[..., off:off + size, off:off + size]
+
+
+def normalise(batch_u8: torch.Tensor, prep: Prep, channels_last: bool = True) -> torch.Tensor:
+    """uint8 NCHW → float normalised, in channels_last memory when asked."""
+    mean = torch.tensor(prep.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(prep.std).view(1, 3, 1, 1) * 255
+    x = (batch_u8.float() - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def eval_batch(squares: np.ndarray, prep: Prep, channels_last: bool = True) -> torch.Tensor:
+    """Centre crops of cached squares (N,S,S,3 uint8) → normalised model input."""
+    t = torch.from_numpy(np.ascontiguousarray(squares)).permute(0, 3, 1, 2)
+    return normalise(_centre(t, prep.size), prep, channels_last)
+
+
+def predict_input(source: str | os.PathLike | bytes, prep: Prep) -> torch.Tensor:
+    """The model input for one file or upload, exactly as validation sees it (1,3,H,W)."""
+    return eval_batch(load_square(source, prep)[None], prep, channels_last=False)
+
+
+def train_batch(squares: np.ndarray, prep: Prep, augment: Sequence[str], gen: torch.Generator,
+                channels_last: bool = True) -> torch.Tensor:
+    """Augmented training input from cached squares; every random draw comes from `gen`."""
+    t = torch.from_numpy(np.ascontiguousarray(squares)).permute(0, 3, 1, 2)
+    s, size = t.shape[-1], prep.size
+    out = []
+    for img in t:
+        if "crop" in augment:
+            area = s * s * float(torch.empty(1).uniform_(0.25, 1.0, generator=gen))
+            logr = float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen))
+            ratio = math.exp(logr)
+            w = min(s, round(math.sqrt(area * ratio)))
+            h = min(s, round(math.sqrt(area / ratio)))
+            top = int(torch.randint(0, s - h + 1, (1,), generator=gen))
+            left = int(torch.randint(0, s - w + 1, (1,), generator=gen))
+            img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+        else:
+            img = _centre(img, size)
+        if "flip" in augment and float(torch.rand(1, generator=gen)) < 0.5:
+            img = TF.horizontal_flip(img)
+        if "color" in augment:
+            b, c, sat = (float(v) for v in torch.empty(3).uniform_(0.8, 1.2, generator=gen))
+            img = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(img, b), c), sat)
+        out.append(img)
+    return normalise(torch.stack(out), prep, channels_last)
+
+
+def batch_generator(seed: int, epoch: int, pos: int) -> torch.Generator:
+    """The generator for the batch starting at `pos` of `epoch`: a pure function of its place in the run."""
+    gen = torch.Generator()
+    gen.manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + pos)
+    return gen
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    gen = torch.Generator()
+    gen.manual_seed(seed * 7919 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+# --- the decoded-image cache ----------------------------------------------------------------------------------
+
+def _decode_one(args: tuple[str, Prep]) -> tuple[np.ndarray | None, str]:
+    path, prep = args
+    try:
+        return load_square(path, prep), ""
+    except ImageError as err:
+        return None, str(err)
+    except OSError as err:
+        return None, f"cannot read file ({err})"
+
+
+def _cache_key(paths: Sequence[str], prep: Prep) -> str:
+    h = hashlib.sha256(prep.key().encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class ImageCache:
+    """Decoded squares for a list of files; `failed` maps index → reason for files that could not be decoded."""
+
+    squares: np.ndarray
+    failed: dict[int, str]
+    prep: Prep
+
+    def __len__(self) -> int:
+        return len(self.squares)
+
+
+def build_cache(paths: Sequence[str], prep: Prep, on_progress: Callable[[int, int], None] | None = None,
+                workers: int | None = None) -> ImageCache:
+    """Decode every file once (in worker processes), reusing a matching cache on disk when there is one."""
+    folder = cache_root() / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(paths, prep)
+    data_path, meta_path = folder / f"{key}.u8", folder / f"{key}.json"
+    shape = (len(paths), prep.scale_size, prep.scale_size, 3)
+    if data_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        arr = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
+        if on_progress:
+            on_progress(len(paths), len(paths))
+        return ImageCache(arr, {int(k): v for k, v in meta["failed"].items()}, prep)
+    tmp = data_path.with_suffix(f".{os.getpid()}.tmp")
+    arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)  # bounded memory for big sets
+    failed: dict[int, str] = {}
+    n_workers = workers if workers is not None else min(len(os.sched_getaffinity(0)), 4)
+    jobs = [(str(p), prep) for p in paths]
+    if n_workers > 1 and len(paths) > 32:
+        ctx = __import__("multiprocessing").get_context("spawn")
+        with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+            results = pool.map(_decode_one, jobs, chunksize=16)
+            _fill(arr, failed, results, len(paths), on_progress)
+    else:
+        _fill(arr, failed, map(_decode_one, jobs), len(paths), on_progress)
+    arr.flush()
+    del arr
+    os.replace(tmp, data_path)
+    write_json_atomic(meta_path, {"n": len(paths), "prep": asdict(prep), "failed": failed})
+    return ImageCache(np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape), failed, prep)
+
+
+def _fill(arr: np.ndarray, failed: dict[int, str], results, total: int,
+          on_progress: Callable[[int, int], None] | None) -> None:
+    for i, (img, reason) in enumerate(results):
+        if img is None:
+            failed[i] = reason
+        else:
+            arr[i] = img
+        if on_progress and (i % 16 == 0 or i + 1 == total):
+            on_progress(i + 1, total)

@@ -1,0 +1,79 @@
+"""Subscribers to engine events: the run-folder recorder (events.jsonl + status.json) and a text progress bar."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from core import runs
+from core.events import BatchEnded, EpochEnded, Event, FitEnded, FitFailed, FitStarted, Notice, Preparing
+
+
+class RunRecorder:
+    """Appends every event to events.jsonl and keeps status.json current (batch updates at most every 0.5 s)."""
+
+    def __init__(self, run_dir: Path, min_interval: float = 0.5) -> None:
+        self.run_dir, self.min_interval, self._last = Path(run_dir), min_interval, 0.0
+
+    def __call__(self, event: Event) -> None:
+        now = time.time()
+        if isinstance(event, Preparing):
+            if event.done == event.total or now - self._last >= self.min_interval:
+                self._last = now
+                runs.write_status(self.run_dir, state="running", phase="preparing",
+                                  message=f"Preparing images {event.done}/{event.total}", progress=0.0)
+            return
+        runs.append_event(self.run_dir, event.to_dict())
+        if isinstance(event, FitStarted):
+            runs.write_status(self.run_dir, state="running", phase="training", epochs=event.epochs,
+                              device=event.device, precision=event.precision, device_note=event.device_note,
+                              message="Training started" if not event.resumed_from else "Resumed training")
+        elif isinstance(event, BatchEnded):
+            if now - self._last >= self.min_interval:
+                self._last = now
+                runs.write_status(self.run_dir, state="running", epoch=event.epoch, step=event.step,
+                                  total_steps=event.total_steps, progress=event.step / max(1, event.total_steps),
+                                  images_per_second=event.images_per_second, eta_seconds=event.eta_seconds,
+                                  message=f"Epoch {event.epoch + 1}, step {event.step}/{event.total_steps}")
+        elif isinstance(event, EpochEnded):
+            runs.write_status(self.run_dir, best_val_accuracy=event.best_val_accuracy, epochs_done=event.epoch,
+                              last_val_accuracy=event.val_accuracy)
+        elif isinstance(event, FitEnded):
+            runs.write_status(self.run_dir, state=event.state, message=event.message, seconds=event.seconds,
+                              best_val_accuracy=event.best_val_accuracy, epochs_done=event.epochs_done,
+                              progress=1.0 if event.state == "completed" else None, ended=time.time())
+        elif isinstance(event, FitFailed):
+            runs.write_status(self.run_dir, state="failed", message=event.reason, ended=time.time())
+
+
+class TextProgress:
+    """A one-line progress bar on a terminal (stderr), plus one line per epoch."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+
+    def __call__(self, event: Event) -> None:
+        out = self.stream
+        if isinstance(event, FitStarted):
+            where = "resuming" if event.resumed_from else "training"
+            out.write(f"{where} on {event.device} ({event.precision}): {event.n_train} train / {event.n_val} val "
+                      f"images, {len(event.classes)} classes, {event.epochs} epochs\n")
+        elif isinstance(event, Preparing) and (event.done == event.total or event.done % 64 == 0):
+            out.write(f"\rpreparing images {event.done}/{event.total}")
+            if event.done == event.total:
+                out.write("\n")
+        elif isinstance(event, BatchEnded):
+            frac = event.step / max(1, event.total_steps)
+            bar = "#" * int(frac * self.width)
+            out.write(f"\r[{bar:<{self.width}}] step {event.step}/{event.total_steps} loss {event.loss:.3f} "
+                      f"{event.images_per_second:.0f} img/s ETA {event.eta_seconds:.0f}s ")
+        elif isinstance(event, EpochEnded):
+            out.write(f"\nepoch {event.epoch}: train loss {event.train_loss:.3f} acc {event.train_accuracy:.3f} | "
+                      f"val loss {event.val_loss:.3f} acc {event.val_accuracy:.3f} ({event.seconds:.0f}s)\n")
+        elif isinstance(event, Notice):
+            out.write(f"\n{event.level}: {event.message}\n")
+        elif isinstance(event, FitEnded | FitFailed):
+            out.write(f"\n{getattr(event, 'message', '') or getattr(event, 'reason', '')}\n")
+        out.flush()

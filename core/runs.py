@@ -1,0 +1,193 @@
+"""Run store: one folder per run, the contract between the training worker and the UI/CLI.
+
+<runs root>/<run id>/
+  config.json        RunConfig (what to reproduce)
+  dataset.json       classes and the exact split manifest (absolute file paths, label, split)
+  events.jsonl       append-only event log (one JSON object per line)
+  status.json        current state, written atomically
+  checkpoints/       last.pt (resume), best.safetensors + best.json (best weights), manifest.json
+  exports/           exported models
+  STOP               present = stop requested (the worker finishes its batch, saves and stops)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from core.config import RunConfig
+from core.settings import runs_root
+from core.storage import read_json, write_atomic, write_json_atomic
+
+ACTIVE_STATES = ("queued", "running", "stopping")
+FINAL_STATES = ("completed", "stopped", "failed", "crashed", "cancelled")
+
+
+class RunError(Exception):
+    """A run folder that cannot be used as asked; the message says why."""
+
+
+def new_run_id() -> str:
+    """Sortable by creation time, unguessable by the random part."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(6)
+
+
+def create_run(config: RunConfig, dataset: dict, runs_dir: Path | None = None) -> Path:
+    """Make a run folder with its config, dataset manifest and a 'created' status."""
+    root = Path(runs_dir) if runs_dir else runs_root()
+    run_dir = root / new_run_id()
+    (run_dir / "checkpoints").mkdir(parents=True)
+    write_json_atomic(run_dir / "config.json", config.to_dict())
+    write_json_atomic(run_dir / "dataset.json", dataset)
+    write_status(run_dir, state="created", created=time.time(), message="Ready to train.")
+    return run_dir
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    data = read_json(Path(run_dir) / "config.json")
+    if data is None:
+        raise RunError(f"{run_dir} is not a run folder (no readable config.json).")
+    return RunConfig.from_dict(data)
+
+
+def load_dataset(run_dir: Path) -> dict:
+    data = read_json(Path(run_dir) / "dataset.json")
+    if data is None:
+        raise RunError(f"{run_dir} has no readable dataset.json.")
+    return data
+
+
+def read_status(run_dir: Path) -> dict:
+    return read_json(Path(run_dir) / "status.json", {}) or {}
+
+
+def write_status(run_dir: Path, **fields: Any) -> dict:
+    """Merge `fields` into status.json (atomic)."""
+    status = read_status(run_dir)
+    status.update(fields, updated=time.time())
+    write_json_atomic(Path(run_dir) / "status.json", status)
+    return status
+
+
+def append_event(run_dir: Path, event: dict) -> None:
+    """Append one event line (one write call, so concurrent readers never see half a line as complete)."""
+    line = json.dumps({"t": round(time.time(), 3), **event}, default=str) + "\n"
+    with open(Path(run_dir) / "events.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(line)
+
+
+def read_events(run_dir: Path, types: tuple[str, ...] | None = None) -> list[dict]:
+    """All complete events (a torn last line from a crash is ignored)."""
+    path = Path(run_dir) / "events.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if types is None or event.get("type") in types:
+            out.append(event)
+    return out
+
+
+def request_stop(run_dir: Path) -> None:
+    (Path(run_dir) / "STOP").write_text(str(time.time()))
+
+
+def stop_requested(run_dir: Path) -> bool:
+    return (Path(run_dir) / "STOP").exists()
+
+
+def clear_stop(run_dir: Path) -> None:
+    (Path(run_dir) / "STOP").unlink(missing_ok=True)
+
+
+def list_runs(runs_dir: Path | None = None) -> list[Path]:
+    """Run folders, newest first."""
+    root = Path(runs_dir) if runs_dir else runs_root()
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if (p / "config.json").is_file()), reverse=True)
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest(run_dir: Path) -> dict:
+    return read_json(run_dir / "checkpoints" / "manifest.json", {}) or {}
+
+
+def save_checkpoint(run_dir: Path, state: dict, name: str = "last") -> Path:
+    """Write a resumable checkpoint atomically, then record it (with its sha256) in the manifest.
+
+    The previous complete checkpoint is kept as `<name>.prev.pt` until the new one is recorded."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    path = ckpt_dir / f"{name}.pt"
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    if path.exists():
+        os.replace(path, ckpt_dir / f"{name}.prev.pt")
+    write_atomic(path, lambda fh: fh.write(buf.getbuffer()))
+    manifest = _manifest(Path(run_dir))
+    manifest[name] = {"file": path.name, "sha256": hashlib.sha256(buf.getbuffer()).hexdigest(),
+                      "epoch": state.get("epoch"), "pos": state.get("pos"), "step": state.get("step"),
+                      "saved": time.time()}
+    write_json_atomic(ckpt_dir / "manifest.json", manifest)
+    (ckpt_dir / f"{name}.prev.pt").unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(run_dir: Path, name: str = "last") -> tuple[dict | None, list[str]]:
+    """The newest complete checkpoint (checked against the manifest), and the files it had to skip, with why."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    entry = _manifest(Path(run_dir)).get(name)
+    skipped: list[str] = []
+    for candidate in (ckpt_dir / f"{name}.pt", ckpt_dir / f"{name}.prev.pt"):
+        if not candidate.exists():
+            continue
+        if entry and candidate.name == entry["file"] and _sha256(candidate) != entry["sha256"]:
+            skipped.append(f"{candidate.name}: incomplete or damaged (checksum differs)")
+            continue
+        try:
+            return torch.load(candidate, map_location="cpu", weights_only=True), skipped
+        except Exception as err:  # a torn or foreign file: fall back to the previous one
+            skipped.append(f"{candidate.name}: unreadable ({type(err).__name__})")
+    return None, skipped
+
+
+def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor], meta: dict, name: str = "best") -> Path:
+    """Model weights as safetensors (+ a JSON sidecar with the metrics), written atomically."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    tmp = ckpt_dir / f".{name}.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, ckpt_dir / f"{name}.safetensors")
+    write_json_atomic(ckpt_dir / f"{name}.json", meta)
+    return ckpt_dir / f"{name}.safetensors"
+
+
+def load_weights(run_dir: Path, name: str = "best") -> dict[str, torch.Tensor]:
+    path = Path(run_dir) / "checkpoints" / f"{name}.safetensors"
+    if not path.exists():
+        raise RunError(f"This run has no saved {name} weights yet.")
+    return load_file(str(path))

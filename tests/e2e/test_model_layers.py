@@ -1,0 +1,98 @@
+"""In a real browser: choose a backbone on the Model page, then the layers to train on the Layers page."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+LITE0 = "tf_efficientnet_lite0"
+LITE0_LABEL = f"EfficientNet-Lite0 ({LITE0})"
+LITE0_GROUPS = ["stem", "blocks.6 + conv_head + bn2", "head"]
+
+
+def _count(text: str) -> int:
+    """A metric value such as '3,371,008' as an int."""
+    return int(text.strip().replace(",", ""))
+
+
+def test_choose_model_then_layers(page, app_url, st_helpers):
+    from playwright.sync_api import expect
+
+    st = st_helpers
+    st.open(page, app_url)
+    expect(st.main(page).get_by_role("heading", name="Transfer Studio")).to_be_visible()
+
+    # Model page (from the sidebar). Its first visit measures each backbone's CPU latency: slow.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="1 · Model", exact=True).click()
+    expect(page).to_have_url(f"{app_url}/model", timeout=st.SLOW_MS)
+    box = page.get_by_role("combobox", name="Model to use")
+    expect(box).to_be_visible(timeout=st.SLOW_MS)
+    st.wait_idle(page)
+
+    table = st.dataframe_cells(page)
+    expect(table.filter(has_text="mobilenetv2_100").first).to_be_attached()
+    expect(table.filter(has_text="EfficientNet-Lite0").first).to_be_attached()
+    expect(box).to_have_value("MobileNetV2 1.0 (mobilenetv2_100)")
+
+    st.choose(page, "Model to use", LITE0_LABEL)
+    st.wait_idle(page)
+    expect(st.metric_value(page, "Input size")).to_have_text("224 px")
+    expect(st.main(page).get_by_text(
+        "Pretrained weights are on this machine: TF EfficientNet-Lite0 ImageNet checkpoint.")).to_be_visible()
+
+    # Layers page (from the page link at the bottom of the Model page).
+    st.main(page).get_by_role("button", name="Next: choose the layers to train").click()
+    expect(page).to_have_url(f"{app_url}/layers", timeout=st.SLOW_MS)
+    expect(st.main(page).get_by_text(f"Model: {LITE0}")).to_be_visible(timeout=st.SLOW_MS)
+    st.wait_idle(page)
+
+    # The group names: in the plotly chart's y axis (SVG text) and in the dataframe's accessible grid.
+    y_labels = st.chart_y_labels(page)
+    for group in LITE0_GROUPS:
+        expect(y_labels.filter(has_text=re.compile(rf"^{re.escape(group)}$"))).to_have_count(1)
+    cells = st.dataframe_cells(page)
+    for group in LITE0_GROUPS:
+        expect(cells.get_by_text(group, exact=True)).to_have_count(1)
+    expect(st.metric_value(page, "Layer groups")).to_have_text("9")
+    expect(st.metric_value(page, "Trainable parameters")).to_have_text("2,562")  # head only: 1280 x 2 + 2
+    frozen = _count(st.metric_value(page, "Frozen parameters").inner_text())
+    assert frozen > 1_000_000
+
+    # Train everything: nothing stays frozen.
+    page.get_by_test_id("stRadio").get_by_text("Everything", exact=True).click()
+    expect(page.get_by_role("radio", name="Everything", exact=True)).to_be_checked()
+    expect(st.metric_value(page, "Frozen parameters")).to_have_text("0")
+    st.wait_idle(page)
+    expect(st.metric_value(page, "Frozen parameters")).to_have_text("0")
+    expect(st.metric_value(page, "Trainable parameters")).to_have_text(f"{frozen + 2_562:,}")
+
+
+def test_try_sample_data_lands_on_layers(page, app_url, st_helpers):
+    from playwright.sync_api import expect
+
+    st = st_helpers
+    st.open(page, app_url)
+    page.get_by_role("button", name="Try it with sample data").click()
+    expect(page).to_have_url(f"{app_url}/layers", timeout=st.SLOW_MS)
+    expect(st.main(page).get_by_text("Model: mobilenetv2_100")).to_be_visible(timeout=st.SLOW_MS)
+    st.wait_idle(page)
+    expect(page.get_by_role("radio", name="Head only", exact=True)).to_be_checked()
+    expect(st.chart_y_labels(page).filter(has_text=re.compile(r"^head$"))).to_have_count(1)
+    expect(page.get_by_test_id("stSidebar").get_by_text("Model: mobilenetv2_100")).to_be_visible()
+
+
+def test_sidebar_follows_the_current_choice(page, app_url, st_helpers):
+    from playwright.sync_api import expect
+
+    st = st_helpers
+    st.open(page, app_url)
+    page.get_by_role("button", name="Try it with sample data").click()
+    expect(st.main(page).get_by_text("Model: mobilenetv2_100")).to_be_visible(timeout=st.SLOW_MS)
+    st.wait_idle(page)
+    page.get_by_test_id("stRadio").get_by_text("Everything", exact=True).click()
+    expect(st.metric_value(page, "Frozen parameters")).to_have_text("0")
+    st.wait_idle(page)
+    expect(page.get_by_test_id("stSidebar").get_by_text("Freeze: all")).to_be_visible(timeout=2_000)

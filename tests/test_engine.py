@@ -1,0 +1,140 @@
+"""The training engine on tiny timm models and synthetic images: events, phases, stop, exact resume, NaN, runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core import engine, runs, trainset, zoo
+from core.config import FreezeConfig, RunConfig, TrainConfig
+from core.events import BatchEnded, EpochEnded, FitEnded, FitFailed, FitStarted, PhaseChanged
+from core.recorder import RunRecorder
+from tests.synthetic import make_colour_folders
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_colour_folders(tmp_path_factory.mktemp("colours"))
+
+
+def _run(colours: Path, tmp_path: Path, model: str = "test_resnet", freeze: str = "all", **train) -> Path:
+    opts = {"epochs": 2, "batch_size": 4, "precision": "fp32", "device": "cpu", **train}
+    cfg = RunConfig(model, str(colours), FreezeConfig(freeze), TrainConfig(**opts), pretrained=False)
+    return runs.create_run(cfg, trainset.resolve(str(colours)), tmp_path / "runs")
+
+
+def test_events_come_in_order_and_the_run_folder_is_complete(colours: Path, tmp_path: Path) -> None:
+    run_dir = _run(colours, tmp_path)
+    seen = []
+    result = engine.fit(run_dir, [seen.append, RunRecorder(run_dir)])
+    kinds = [type(e) for e in seen if not e.type == "preparing"]
+    assert kinds[0] is FitStarted and kinds[1] is PhaseChanged and kinds[-1] is FitEnded
+    assert kinds.count(EpochEnded) == 2
+    steps = [e.step for e in seen if isinstance(e, BatchEnded)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 2 * 6  # 24 train images / batch 4
+    assert result.state == "completed" and result.epochs_done == 2
+    status = runs.read_status(run_dir)
+    assert status["state"] == "completed" and status["best_val_accuracy"] == result.best_val_accuracy
+    logged = [e["type"] for e in runs.read_events(run_dir)]
+    assert logged[0] == "fit_started" and logged[-1] == "fit_ended" and logged.count("epoch_ended") == 2
+    assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.safetensors").exists()
+
+
+def test_gradual_changes_phase_on_the_planned_epoch(colours: Path, tmp_path: Path) -> None:
+    run_dir = _run(colours, tmp_path, model="test_efficientnet", freeze="gradual", epochs=3)
+    phases = []
+    engine.fit(run_dir, [lambda e: phases.append(e) if isinstance(e, PhaseChanged) else None])
+    assert [p.epoch for p in phases] == [0, 1]
+    model = zoo.create_model("test_efficientnet", num_classes=3, pretrained=False)
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    assert phases[0].trainable_params == head
+    assert phases[1].frozen_params == 0
+
+
+def test_stop_is_honoured_within_one_batch_and_saves(colours: Path, tmp_path: Path) -> None:
+    run_dir = _run(colours, tmp_path)
+    batches = []
+
+    def sub(event) -> None:
+        if isinstance(event, BatchEnded):
+            batches.append(event)
+
+    result = engine.fit(run_dir, [sub, RunRecorder(run_dir)], should_stop=lambda: len(batches) >= 3)
+    assert result.state == "stopped" and len(batches) == 3
+    ckpt, skipped = runs.load_checkpoint(run_dir)
+    assert ckpt["pos"] == 12 and ckpt["epoch"] == 0 and skipped == []
+    assert runs.read_status(run_dir)["state"] == "stopped"
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt, _ = runs.load_checkpoint(run_dir)
+    return ckpt["model"]
+
+
+@pytest.mark.parametrize("model", ["test_resnet", "test_vit"])
+def test_resume_after_interruption_gives_the_same_weights_on_cpu(colours: Path, tmp_path: Path, model: str) -> None:
+    straight = _run(colours, tmp_path / "a", model=model, epochs=2)
+    engine.fit(straight)
+    interrupted = _run(colours, tmp_path / "b", model=model, epochs=2)
+    count = {"n": 0}
+
+    def sub(event) -> None:
+        if isinstance(event, BatchEnded):
+            count["n"] += 1
+
+    first = engine.fit(interrupted, [sub], should_stop=lambda: count["n"] >= 7)  # mid second epoch
+    assert first.state == "stopped"
+    resumed = []
+    second = engine.fit(interrupted, [resumed.append])
+    assert second.state == "completed"
+    started = next(e for e in resumed if isinstance(e, FitStarted))
+    assert started.resumed_from == {"epoch": 1, "pos": 4, "step": 7}
+    a, b = _final_weights(straight), _final_weights(interrupted)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_damaged_checkpoint_falls_back_and_is_named(colours: Path, tmp_path: Path) -> None:
+    run_dir = _run(colours, tmp_path, epochs=2)
+    engine.fit(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    (ckpt_dir / "last.prev.pt").write_bytes((ckpt_dir / "last.pt").read_bytes())
+    (ckpt_dir / "last.pt").write_bytes(b"torn")
+    state, skipped = runs.load_checkpoint(run_dir)
+    assert state is not None and skipped and "last.pt" in skipped[0]
+
+
+def test_non_finite_loss_stops_with_advice_and_keeps_weights(colours: Path, tmp_path: Path, home: Path) -> None:
+    model = zoo.create_model("test_resnet", pretrained=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = next(k for k in state if k.endswith("weight") and state[k].dim() == 4)
+    state[first][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    zoo.register_user_weights(path, "test_resnet", "broken")
+    cfg = RunConfig("test_resnet.broken", str(colours), FreezeConfig("all"),
+                    TrainConfig(epochs=1, batch_size=4, precision="fp32", device="cpu"))
+    run_dir = runs.create_run(cfg, trainset.resolve(str(colours)), tmp_path / "runs")
+    events = []
+    result = engine.fit(run_dir, [events.append, RunRecorder(run_dir)])
+    assert result.state == "failed" and "lower the learning rate" in result.message
+    assert any(isinstance(e, FitFailed) for e in events)
+    assert runs.read_status(run_dir)["state"] == "failed"
+    assert runs.load_checkpoint(run_dir)[0] is not None
+
+
+def test_learning_rate_schedule_warms_up_then_decays() -> None:
+    lrs = [engine.lr_at(s, 100, 1.0, 0.05) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.2) and max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[5:], lrs[6:], strict=False))
+
+
+def test_dataset_problems_are_named(tmp_path: Path) -> None:
+    one = make_colour_folders(tmp_path / "one", classes=("red",))
+    with pytest.raises(trainset.DatasetProblem, match="at least 2 classes"):
+        trainset.resolve(str(one))
+    with pytest.raises(trainset.DatasetProblem, match="not a folder"):
+        trainset.from_folder(tmp_path / "missing")
