@@ -20,20 +20,24 @@ JOB_FILE = "job.json"
 
 
 def start(run_dir: Path) -> int:
-    """Start (or resume) the run's worker process; returns its pid."""
+    """Start (or resume) the run's worker process (detached, see core.launch); returns its pid."""
     run_dir = Path(run_dir).resolve()
     if is_alive(run_dir):
         raise runs.RunError("This run is already running.")
     runs.clear_stop(run_dir)
     runs.write_status(run_dir, state="queued", message="Starting…", queued_at=time.time())
-    log = open(run_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "core.worker", str(run_dir)], cwd=PROJECT_ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    log.close()
-    created = psutil.Process(proc.pid).create_time()
-    (run_dir / JOB_FILE).write_text(json.dumps({"pid": proc.pid, "create_time": created, "started": time.time()}))
-    return proc.pid
+    out = subprocess.run([sys.executable, "-m", "core.launch", str(run_dir)], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, timeout=60, check=False)
+    if out.returncode != 0 or not out.stdout.strip().isdigit():
+        runs.write_status(run_dir, state="failed", message=f"Could not start the training process: {out.stderr[-300:]}")
+        raise runs.RunError("Could not start the training process.")
+    pid = int(out.stdout.strip())
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:  # it already ended (e.g. a failure at start-up): state() reports it
+        created = 0.0
+    (run_dir / JOB_FILE).write_text(json.dumps({"pid": pid, "create_time": created, "started": time.time()}))
+    return pid
 
 
 def _process(run_dir: Path) -> psutil.Process | None:

@@ -19,3 +19,51 @@ def layer_groups_figure(rows: list[dict], trains_key: str) -> go.Figure:
     fig.update_layout(height=max(220, 28 * len(rows) + 60), margin=dict(l=10, r=10, t=30, b=10),
                       xaxis_title="parameters", title="Layer groups (input at the top, head at the bottom)")
     return fig
+
+
+def _phase_lines(fig: go.Figure, phases: list[dict], x_key: str) -> None:
+    for ph in phases[1:]:
+        fig.add_vline(x=ph[x_key], line_dash="dot", line_color="#64748b",
+                      annotation_text=ph.get("label", "phase"), annotation_position="top left")
+
+
+def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = None) -> go.Figure:
+    """Train and validation `metric` ('loss' or 'accuracy') per epoch, with phase changes marked."""
+    fig = go.Figure()
+    epochs = [h["epoch"] for h in history]
+    for split, colour in (("train", "#94a3b8"), ("val", "#2563eb")):
+        key = f"{split}_{metric}"
+        fig.add_trace(go.Scatter(x=epochs, y=[h.get(key) for h in history], mode="lines+markers",
+                                 name=f"{split} {metric}", line_color=colour))
+    if phases:
+        _phase_lines(fig, [{"x": p["epoch"] + 0.5, "label": p["label"]} for p in phases], "x")
+    fig.update_xaxes(dtick=1)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
+                      yaxis_title=metric, legend=dict(orientation="h", y=1.12), title=metric.capitalize())
+    if metric == "accuracy":
+        fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def smoothed(values: list[float], beta: float = 0.9) -> list[float]:
+    """Exponential moving average with bias correction (as in TensorBoard's smoothing)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        if v != v:  # NaN: keep the line continuous
+            out.append(out[-1] if out else float("nan"))
+            continue
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def batch_loss_figure(steps: list[int], losses: list[float], phase_steps: list[dict] | None = None) -> go.Figure:
+    """Per-batch training loss (faint) and its smoothed curve, with phase changes marked by step."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name="batch loss", line_color="#cbd5e1"))
+    fig.add_trace(go.Scatter(x=steps, y=smoothed(losses), mode="lines", name="smoothed", line_color="#2563eb"))
+    if phase_steps:
+        _phase_lines(fig, phase_steps, "step")
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step", yaxis_title="loss",
+                      legend=dict(orientation="h", y=1.15), title="Training loss per batch")
+    return fig

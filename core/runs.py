@@ -59,6 +59,11 @@ def load_config(run_dir: Path) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
+def read_json_config(run_dir: Path) -> dict:
+    """config.json as a plain dict ({} when unreadable)."""
+    return read_json(Path(run_dir) / "config.json", {}) or {}
+
+
 def load_dataset(run_dir: Path) -> dict:
     data = read_json(Path(run_dir) / "dataset.json")
     if data is None:

@@ -1,6 +1,171 @@
-"""Train: placeholder until the Train page lands."""
+"""Train: settings with one-line explanations, a quick model in seconds, a full fine-tune in its own process,
+live curves and progress read from the run folder (so a refresh or restart finds the run again)."""
+
+from __future__ import annotations
+
+import json
 
 import streamlit as st
 
+from core import jobs, runs, trainset
+from core.config import AUGMENTATIONS, RunConfig, TrainConfig
+from core.plots import batch_loss_figure, epoch_curves
+from core.progress import read_run
+from core.settings import runs_root
+from pages.common import device_plan, draft, draft_freeze, need_backbone, set_draft
+
 st.title("4 · Train")
-st.info("The Train page is being built.")
+backbone = need_backbone()
+if backbone is None:
+    st.stop()
+dataset_id = draft("dataset_id")
+if not dataset_id:
+    st.info("Choose your photos first.")
+    st.page_link("pages/data.py", label="Go to the Data page", icon=":material/photo_library:")
+    st.stop()
+freeze = draft_freeze()
+plan = device_plan()
+st.write(f"Model **{backbone}**, freeze **{freeze.preset}**, dataset `{dataset_id}`.")
+st.caption(plan.note)
+
+
+def _settings() -> TrainConfig:
+    defaults = TrainConfig()
+    with st.expander("Settings (the defaults work well)", expanded=False):
+        c1, c2, c3 = st.columns(3)
+        epochs = c1.number_input("Epochs", 1, 500, value=defaults.epochs, key="train_epochs",
+                                 help="How many times the model sees every training photo.")
+        batch = c2.select_slider("Batch size", [4, 8, 16, 32, 64, 128], value=defaults.batch_size,
+                                 key="train_batch", help="Photos per step. Smaller uses less memory.")
+        seed = c3.number_input("Seed", 0, 2**31 - 1, value=defaults.seed, key="train_seed",
+                               help="The same seed and settings give the same model (on the CPU).")
+        own_lr = st.checkbox("Set the learning rate myself", key="train_own_lr",
+                             help=f"Default: {defaults.effective_lr(freeze):g} for this choice of layers.")
+        lr = None
+        if own_lr:
+            lr = st.number_input("Learning rate", 1e-6, 5.0, value=defaults.effective_lr(freeze), format="%.5f",
+                                 key="train_lr", help="How big each learning step is. Too high: the loss explodes.")
+        augment = st.multiselect("Augmentations", list(AUGMENTATIONS), default=list(defaults.augment),
+                                 key="train_augment", help="Random changes that make the model robust.")
+        for name in augment:
+            st.caption(f"• {name}: {AUGMENTATIONS[name]}")
+        weights = st.checkbox("Balance classes (weight the loss)", value=bool(draft("class_weights", False)),
+                              key="train_class_weights", help="Helps when some classes have far fewer photos.")
+    return TrainConfig(epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed), augment=tuple(augment),
+                       class_weights=weights)
+
+
+def _start(quick: bool, train: TrainConfig) -> None:
+    try:
+        manifest = trainset.resolve(dataset_id)
+    except trainset.DatasetProblem as err:
+        st.error(str(err))
+        return
+    except Exception as err:  # a store error: say it plainly
+        st.error(f"The dataset cannot be used: {err}")
+        return
+    config = RunConfig(backbone, dataset_id, freeze, train, quick=quick,
+                       name=("Quick model" if quick else "Fine-tune") + f" · {backbone}")
+    run_dir = runs.create_run(config, manifest)
+    jobs.start(run_dir)
+    set_draft("run_id", run_dir.name)
+
+
+train = _settings()
+c1, c2 = st.columns(2)
+if c1.button("Quick model (seconds)", key="train_quick", icon=":material/bolt:",
+             help="Trains only a new head on features of the frozen model: a baseline in seconds."):
+    _start(True, train)
+if c2.button("Start training", key="train_start", type="primary", icon=":material/play_arrow:"):
+    _start(False, train)
+
+run_id = draft("run_id")
+if not run_id:
+    active = [p for p in runs.list_runs() if runs.read_status(p).get("state") in runs.ACTIVE_STATES]
+    if active:
+        run_id = active[0].name
+        set_draft("run_id", run_id)
+if not run_id:
+    st.caption("Start with the quick model to see how far the pretrained features alone get you.")
+    st.stop()
+
+RUN_DIR = runs_root() / run_id
+
+
+@st.fragment(run_every=1.0)
+def live() -> None:
+    """Re-read the run folder every second; nothing here holds training state."""
+    if not (RUN_DIR / "config.json").exists():
+        st.warning("This run no longer exists.")
+        return
+    view = read_run(RUN_DIR)
+    status = view.status
+    state = view.state
+    name = view.config.get("name") or run_id
+    st.subheader(name)
+    if state == "queued":
+        pos = view.queue_position
+        st.info(f"Waiting for the running job to finish (position {pos} in the queue)." if pos else "Starting…")
+    elif state in ("running", "stopping"):
+        progress = float(status.get("progress") or 0.0)
+        eta = status.get("eta_seconds")
+        speed = status.get("images_per_second")
+        text = status.get("message", "")
+        if speed:
+            text += f" · {speed:.0f} images/s"
+        if eta is not None:
+            text += f" · about {eta:.0f} s left"
+        st.progress(min(1.0, progress), text=text)
+    elif state == "completed":
+        st.success(status.get("message", "Finished."))
+    elif state == "stopped":
+        st.warning(status.get("message", "Stopped."))
+    elif state in ("failed", "crashed"):
+        st.error(status.get("message", "Training failed."))
+    elif state == "cancelled":
+        st.warning("Cancelled. The last saved checkpoint is kept.")
+
+    c1, c2, c3 = st.columns(3)
+    if state in ("running", "queued"):
+        if c1.button("Stop", key="train_stop", icon=":material/stop:",
+                     help="Finishes the current batch, saves, and stops. You can resume later."):
+            jobs.stop(RUN_DIR)
+        if c2.button("Cancel now", key="train_cancel", icon=":material/cancel:"):
+            jobs.cancel(RUN_DIR)
+    if state in ("stopped", "crashed", "cancelled", "failed") and not view.config.get("quick"):
+        if c1.button("Resume", key="train_resume", icon=":material/play_arrow:",
+                     help="Continues from the last complete checkpoint to the planned end."):
+            jobs.start(RUN_DIR)
+
+    if view.history:
+        best = status.get("best_val_accuracy")
+        last = view.history[-1]
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Best validation accuracy", f"{best:.1%}" if best is not None else "—")
+        m2.metric("Epochs done", f"{last['epoch']} / {view.config.get('train', {}).get('epochs', '?')}")
+        m3.metric("Device", f"{status.get('device', '?')} ({status.get('precision', '?')})")
+        left, right = st.columns(2)
+        left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="train_loss_chart")
+        right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases), key="train_acc_chart")
+    if view.losses:
+        st.plotly_chart(batch_loss_figure(view.steps, view.losses,
+                                          [{"step": p["step"], "label": p["label"]} for p in view.phases]),
+                        key="train_batch_chart")
+    for note in view.notices[-5:]:
+        text = note.get("message") or note.get("reason", "")
+        (st.error if note["type"] == "fit_failed" else st.caption)(text)
+
+
+live()
+
+with st.expander("Other runs"):
+    recent = runs.list_runs()[:20]
+    options = [p.name for p in recent]
+    labels = {p.name: f"{json.loads((p / 'config.json').read_text()).get('name') or p.name} — "
+                      f"{runs.read_status(p).get('state', '?')} ({p.name})" for p in recent}
+    if options:
+        picked = st.selectbox("Show run", options, index=options.index(run_id) if run_id in options else 0,
+                              format_func=lambda n: labels.get(n, n), key="train_pick_run")
+        if picked != run_id and st.button("Show", key="train_show_run"):
+            set_draft("run_id", picked)
+            st.rerun()

@@ -1,0 +1,48 @@
+"""AppTest for the Train page: what it asks for, a quick model started as a job, and the result shown."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from core import runs
+from core.settings import runs_root
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    return at
+
+
+def test_train_page_asks_for_data_first(home: Path) -> None:
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert any("Choose your photos first" in i.value for i in at.info)
+
+
+def test_quick_model_from_the_page_trains_in_a_worker_and_shows_its_result(home: Path, sample_textures) -> None:
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = "sample:textures"
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    at.button(key="train_quick").click().run()
+    assert not at.exception
+    run_id = at.session_state["draft_run_id"]
+    run_dir = runs_root() / run_id
+    end = time.time() + 240
+    while time.time() < end and runs.read_status(run_dir).get("state") not in ("completed", "failed", "crashed"):
+        time.sleep(0.5)
+    status = runs.read_status(run_dir)
+    assert status["state"] == "completed", status
+    assert status["best_val_accuracy"] > 0.6  # 3 classes: chance is 0.33
+    at.run()
+    assert not at.exception
+    assert any(m.label == "Best validation accuracy" for m in at.metric)
+    assert any("Quick model ready" in s.value for s in at.success)
