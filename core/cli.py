@@ -134,11 +134,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                 augment=augment, device=args.device, precision=args.precision,
                                 class_weights=args.class_weights)
-            config = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze), train,
-                               task=args.task, name=args.name or "", quick=args.quick)
             from core import zoo
 
-            zoo.get_spec(args.model)
+            spec = zoo.get_spec(args.model)
+            if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
+                print(f"error: {zoo.weights_status(spec)}", file=sys.stderr)
+                return 2
+            pretrained = zoo.has_weights(spec) and not args.from_scratch
+            if not pretrained:
+                print(f"note: {args.model} trains from scratch (random initial weights).", file=sys.stderr)
+            config = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze), train,
+                               task=args.task, name=args.name or "", quick=args.quick, pretrained=pretrained)
+            if args.quick and not pretrained:
+                print("error: the quick model needs pretrained weights.", file=sys.stderr)
+                return 2
             manifest = trainset.resolve(config.dataset, args.val_fraction, args.seed)
             run_dir = runs.create_run(config, manifest, Path(args.runs_dir) if args.runs_dir else None)
     except (trainset.DatasetProblem, runs.RunError, ValueError, KeyError) as err:
@@ -238,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--quick", action="store_true", help="a linear head on cached embeddings, in seconds")
+    p.add_argument("--from-scratch", action="store_true", help="random initial weights (to see what transfer buys)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run to its planned end")
     p.add_argument("--runs-dir", help="where to create the run folder (default: the data root's runs/)")
     p.add_argument("--name", default="")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from core.data.scan import ScanItem, ScanProblem, detect_layout, iter_scan
@@ -65,6 +66,6 @@ def resolve(dataset: str, val_fraction: float = 0.2, seed: int = 0) -> dict:
         from core.settings import sample_data_root
 
         return from_folder(sample_data_root() / dataset.split(":", 1)[1], val_fraction, seed)
-    if Path(dataset).expanduser().is_dir():
-        return from_folder(dataset, val_fraction, seed)
-    return from_store(dataset)
+    if re.fullmatch(r"[0-9a-f]{32}", dataset) and not Path(dataset).exists():
+        return from_store(dataset)
+    return from_folder(dataset, val_fraction, seed)

@@ -70,3 +70,28 @@ def test_console_script_is_installed_and_app_help_works() -> None:
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     for sub in ("models", "layers", "info", "app", "weights"):
         assert sub in out
+
+
+def test_train_json_then_resume_to_the_planned_end(tmp_path: Path, capsys) -> None:
+    from core import runs
+    from tests.synthetic import make_colour_folders
+
+    data = make_colour_folders(tmp_path / "data")
+    args = ["train", "--data", str(data), "--model", "test_resnet", "--freeze", "last-2", "--epochs", "1",
+            "--batch-size", "8", "--runs-dir", str(tmp_path / "runs"), "--precision", "fp32", "--quiet", "--json"]
+    assert main(args) == 0
+    out = _json_out(capsys)
+    assert {"run_dir", "best_val_accuracy", "epochs", "seconds", "device"} <= set(out)
+    assert out["epochs"] == 1 and Path(out["run_dir"]).is_dir()
+    config = runs.load_config(Path(out["run_dir"]))
+    assert config.freeze.preset == "last-2" and config.train.epochs == 1
+    assert main(["train", "--resume", out["run_dir"], "--quiet", "--json"]) == 0
+    again = _json_out(capsys)
+    assert again["run_dir"] == out["run_dir"] and again["epochs"] == 1
+
+
+def test_train_with_bad_input_explains(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--model", "test_resnet", "--json"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--model", "no_such_net"]) == 2
+    assert "Unknown model" in capsys.readouterr().err
