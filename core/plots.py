@@ -67,3 +67,15 @@ def batch_loss_figure(steps: list[int], losses: list[float], phase_steps: list[d
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step", yaxis_title="loss",
                       legend=dict(orientation="h", y=1.15), title="Training loss per batch")
     return fig
+
+
+def lr_find_figure(lrs: list[float], losses: list[float], smooth: list[float], suggestion: float) -> go.Figure:
+    """Loss against learning rate (log axis) with the suggested value marked."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=lrs, y=losses, mode="lines", name="loss", line_color="#cbd5e1"))
+    fig.add_trace(go.Scatter(x=lrs, y=smooth, mode="lines", name="smoothed", line_color="#2563eb"))
+    fig.add_vline(x=suggestion, line_dash="dash", line_color="#16a34a", annotation_text=f"suggested {suggestion:.2g}")
+    fig.update_xaxes(type="log", title="learning rate")
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="loss",
+                      title="Learning-rate finder", legend=dict(orientation="h", y=1.15))
+    return fig

@@ -9,7 +9,8 @@ import streamlit as st
 
 from core import jobs, runs, trainset
 from core.config import AUGMENTATIONS, RunConfig, TrainConfig
-from core.plots import batch_loss_figure, epoch_curves
+from core.lrfind import find_lr_isolated
+from core.plots import batch_loss_figure, epoch_curves, lr_find_figure
 from core.progress import read_run
 from core.settings import runs_root
 from pages.common import device_plan, draft, draft_freeze, need_backbone, set_draft
@@ -29,6 +30,31 @@ st.write(f"Model **{backbone}**, freeze **{freeze.preset}**, dataset `{dataset_i
 st.caption(plan.note)
 
 
+def _use_lr(value: float) -> None:
+    st.session_state["train_own_lr"] = True
+    st.session_state["train_lr"] = float(f"{value:.2g}")
+
+
+def _lr_finder(freeze, batch: int, seed: int) -> None:
+    """A learning-rate range test in a separate process, with its plot and a one-click 'use it'."""
+    if st.button("Find a learning rate", key="train_lr_find", icon=":material/search:",
+                 help="Runs a few dozen short training steps with rising learning rates (about a minute)."):
+        with st.spinner("Trying learning rates…"):
+            try:
+                res = find_lr_isolated(backbone, dataset_id, freeze, TrainConfig(batch_size=batch, seed=seed))
+            except (RuntimeError, TimeoutError) as err:
+                st.error(f"The learning-rate finder failed: {err}")
+                return
+        st.session_state["lr_find"] = {**res.to_dict(), "for": [backbone, dataset_id, freeze.preset]}
+    found = st.session_state.get("lr_find")
+    if found and found["for"] == [backbone, dataset_id, freeze.preset] and found["lrs"]:
+        st.plotly_chart(lr_find_figure(found["lrs"], found["losses"], found["smoothed"], found["suggestion"]),
+                        key="train_lr_chart")
+        st.caption(found["note"])
+        st.button(f"Use {found['suggestion']:.2g}", key="train_lr_use", on_click=_use_lr,
+                  args=(found["suggestion"],))
+
+
 def _settings() -> TrainConfig:
     defaults = TrainConfig()
     with st.expander("Settings (the defaults work well)", expanded=False):
@@ -43,8 +69,10 @@ def _settings() -> TrainConfig:
                              help=f"Default: {defaults.effective_lr(freeze):g} for this choice of layers.")
         lr = None
         if own_lr:
-            lr = st.number_input("Learning rate", 1e-6, 5.0, value=defaults.effective_lr(freeze), format="%.5f",
-                                 key="train_lr", help="How big each learning step is. Too high: the loss explodes.")
+            st.session_state.setdefault("train_lr", defaults.effective_lr(freeze))
+            lr = st.number_input("Learning rate", 1e-6, 5.0, format="%.5f", key="train_lr",
+                                 help="How big each learning step is. Too high: the loss explodes.")
+        _lr_finder(freeze, int(batch), int(seed))
         augment = st.multiselect("Augmentations", list(AUGMENTATIONS), default=list(defaults.augment),
                                  key="train_augment", help="Random changes that make the model robust.")
         for name in augment:

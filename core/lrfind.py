@@ -1,0 +1,128 @@
+"""Learning-rate range test (Leslie Smith; as in fastai's lr_find): raise the learning rate exponentially over a
+few dozen real training steps, record the loss, and suggest a value before it blows up.
+
+Runs on the run's own model, freeze choice and cached images; `python -m core.lrfind REQUEST_JSON` runs it in a
+fresh process (the web app never trains in its own process)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from core import trainset, zoo
+from core.config import FreezeConfig, TrainConfig
+from core.device import plan_device
+from core.freeze import apply_phase, layer_groups, plan_phases, set_train_mode
+from core.pipeline import batch_generator, build_cache, epoch_order, prep_for, train_batch
+from core.plots import smoothed
+from core.tasks import get_task
+
+
+@dataclass(frozen=True)
+class LrFindResult:
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestion: float
+    note: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def suggest(lrs: list[float], losses: list[float]) -> float:
+    """The learning rate at the steepest fall of the smoothed loss, before its minimum (fastai's 'steep' rule),
+    but never above a tenth of the loss minimum's learning rate."""
+    sm = smoothed(losses, 0.8)
+    low = min(range(len(sm)), key=lambda i: sm[i])
+    if low < 2:
+        return lrs[max(low, 0)] / 10
+    logs = [math.log10(x) for x in lrs]
+    slopes = [(sm[i + 1] - sm[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, low)]
+    steep = 1 + min(range(len(slopes)), key=lambda i: slopes[i])
+    return float(min(lrs[steep], lrs[low] / 10))
+
+
+def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfig, steps: int = 60,
+            start: float = 1e-5, end: float = 1.0, pretrained: bool = True) -> LrFindResult:
+    """Run the range test on the dataset's training images with the given model and freeze choice."""
+    plan = plan_device(train.device, train.precision)
+    manifest = trainset.resolve(dataset)
+    classes, items = manifest["classes"], manifest["items"]
+    spec = zoo.get_spec(backbone)
+    prep = prep_for(spec)
+    cache = build_cache([it["path"] for it in items], prep)
+    labels = torch.tensor([classes.index(it["label"]) for it in items])
+    train_idx = [i for i, it in enumerate(items) if it["split"] == "train" and i not in cache.failed]
+    torch.manual_seed(train.seed)
+    model = get_task("classification").build_model(backbone, len(classes), pretrained).to(plan.torch_device())
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    groups = layer_groups(model)
+    phase = plan_phases(groups, freeze, train.epochs)[-1]
+    apply_phase(model, groups, phase)
+    set_train_mode(model, groups, phase, freeze.train_bn)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=start, momentum=train.momentum,
+                          nesterov=True)
+    factor = (end / start) ** (1 / max(1, steps - 1))
+    lrs, losses = [], []
+    order, pos, epoch = epoch_order(len(train_idx), train.seed, 0).tolist(), 0, 0
+    best = float("inf")
+    for k in range(steps):
+        lr = start * factor**k
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if pos >= len(order):
+            epoch, pos = epoch + 1, 0
+            order = epoch_order(len(train_idx), train.seed, epoch).tolist()
+        idx = [train_idx[j] for j in order[pos:pos + train.batch_size]]
+        gen = batch_generator(train.seed, epoch, pos)
+        pos += len(idx)
+        x = train_batch(cache.squares[idx], prep, train.augment, gen, plan.channels_last).to(plan.torch_device())
+        with plan.autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels[idx].to(plan.torch_device()))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        if not math.isfinite(value) or value > 4 * best:
+            break
+        best = min(best, value)
+        lrs.append(lr)
+        losses.append(value)
+    if len(lrs) < 5:
+        return LrFindResult(lrs, losses, smoothed(losses), train.effective_lr(freeze),
+                            "Too few steps to suggest a value; keep the default.")
+    value = suggest(lrs, losses)
+    return LrFindResult(lrs, losses, smoothed(losses, 0.8), value,
+                        f"Suggested {value:.2g}: where the loss falls fastest, before it rises.")
+
+
+def find_lr_isolated(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfig,
+                     timeout: float = 900) -> LrFindResult:
+    """`find_lr` in a fresh Python process."""
+    req = json.dumps({"backbone": backbone, "dataset": dataset, "freeze": freeze.to_dict(), "train": train.to_dict()})
+    proc = subprocess.run([sys.executable, "-m", "core.lrfind", req], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
+    return LrFindResult(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _main(argv: list[str]) -> int:
+    req = json.loads(argv[0])
+    res = find_lr(req["backbone"], req["dataset"], FreezeConfig.from_dict(req["freeze"]),
+                  TrainConfig.from_dict(req["train"]))
+    print(json.dumps(res.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

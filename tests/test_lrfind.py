@@ -1,0 +1,28 @@
+"""The learning-rate finder: a suggestion before the loss minimum, and a real range test on a tiny model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from core.config import FreezeConfig, TrainConfig
+from core.lrfind import find_lr, suggest
+from tests.synthetic import make_colour_folders
+
+
+def test_suggestion_is_on_the_steep_fall_before_the_minimum() -> None:
+    lrs = [10 ** (-5 + i * 0.1) for i in range(50)]  # 1e-5 .. ~1e-0.1
+    # flat, then a steep fall around 1e-3, a minimum near 1e-1.5, then a rise
+    losses = [2.0 - 1.5 / (1 + math.exp(-(math.log10(lr) + 3) * 4)) + max(0, math.log10(lr) + 1.5) * 3 for lr in lrs]
+    value = suggest(lrs, losses)
+    assert 1e-4 < value < 1e-2
+
+
+def test_range_test_runs_on_a_tiny_model(tmp_path: Path) -> None:
+    data = make_colour_folders(tmp_path / "data", train=6, val=2)
+    res = find_lr("test_resnet", str(data), FreezeConfig("all"), TrainConfig(batch_size=4, precision="fp32",
+                                                                               device="cpu"), steps=20,
+                  pretrained=False)
+    assert 5 <= len(res.lrs) <= 20 and len(res.losses) == len(res.lrs)
+    assert all(a < b for a, b in zip(res.lrs, res.lrs[1:], strict=False))
+    assert res.lrs[0] <= res.suggestion <= res.lrs[-1] or "default" in res.note
