@@ -2,17 +2,17 @@
 
 import streamlit as st
 
-from pages.common import sidebar_status
+from views.common import sidebar_status
 
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
 
 PAGES = {
-    "": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True, url_path="home")],
+    "": [st.Page("views/home.py", title="Home", icon=":material/home:", default=True, url_path="home")],
     "Steps": [
-        st.Page("pages/model.py", title="1 · Model", icon=":material/view_in_ar:", url_path="model"),
-        st.Page("pages/data.py", title="2 · Data", icon=":material/photo_library:", url_path="data"),
-        st.Page("pages/layers.py", title="3 · Layers", icon=":material/layers:", url_path="layers"),
-        st.Page("pages/train.py", title="4 · Train", icon=":material/model_training:", url_path="train"),
+        st.Page("views/model.py", title="1 · Model", icon=":material/view_in_ar:", url_path="model"),
+        st.Page("views/data.py", title="2 · Data", icon=":material/photo_library:", url_path="data"),
+        st.Page("views/layers.py", title="3 · Layers", icon=":material/layers:", url_path="layers"),
+        st.Page("views/train.py", title="4 · Train", icon=":material/model_training:", url_path="train"),
     ],
 }
 

@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last line: a JSON summary")
     p.set_defaults(func=cmd_train)
 
+    from core.cli_data import register as register_data
+
+    register_data(sub)
+
     p = sub.add_parser("app", help="open the web app (extra options go to Streamlit, e.g. --server.port 8600)")
     p.set_defaults(func=None)
     return parser

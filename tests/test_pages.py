@@ -28,21 +28,21 @@ def test_home_renders_steps_and_sample_button() -> None:
 
 def test_layers_without_a_model_points_to_the_model_page() -> None:
     at = _app()
-    at.switch_page("pages/layers.py").run()
+    at.switch_page("views/layers.py").run()
     _ok(at)
     assert any("Choose a model first" in i.value for i in at.info)
 
 
 def test_model_choice_carries_to_the_layers_page() -> None:
     at = _app()
-    at.switch_page("pages/model.py").run()
+    at.switch_page("views/model.py").run()
     _ok(at)
     assert any("mobilenetv2_100" in o for o in at.selectbox(key="model_select").options)
     at.selectbox(key="model_select").set_value("tf_efficientnet_lite0").run()
     _ok(at)
     assert at.session_state["draft_backbone"] == "tf_efficientnet_lite0"
     assert any(m.value == "224 px" for m in at.metric)
-    at.switch_page("pages/layers.py").run()
+    at.switch_page("views/layers.py").run()
     _ok(at)
     assert any("tf_efficientnet_lite0" in md.value for md in at.markdown)
     frozen = next(m for m in at.metric if m.label == "Frozen parameters")
@@ -62,4 +62,4 @@ def test_try_sample_data_sets_a_working_draft() -> None:
     at.button(key="home_try_sample").click().run()
     _ok(at)
     assert at.session_state["draft_backbone"] == "mobilenetv2_100"
-    assert at.session_state["draft_dataset_id"] == "sample:textures"
+    assert len(at.session_state["draft_dataset_id"]) == 32  # the sample, imported into the store

@@ -21,7 +21,7 @@ def _app() -> AppTest:
 def test_train_page_asks_for_data_first(home: Path) -> None:
     at = _app()
     at.session_state["draft_backbone"] = "mobilenetv2_100"
-    at.switch_page("pages/train.py").run()
+    at.switch_page("views/train.py").run()
     assert not at.exception
     assert any("Choose your photos first" in i.value for i in at.info)
 
@@ -30,7 +30,7 @@ def test_quick_model_from_the_page_trains_in_a_worker_and_shows_its_result(home:
     at = _app()
     at.session_state["draft_backbone"] = "mobilenetv2_100"
     at.session_state["draft_dataset_id"] = "sample:textures"
-    at.switch_page("pages/train.py").run()
+    at.switch_page("views/train.py").run()
     assert not at.exception
     at.button(key="train_quick").click().run()
     assert not at.exception

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.data.archive import ArchiveLimits, extract_archive
+from core.data.archive import ArchiveLimits, _fold, _is_junk, _Refuse, extract_archive, safe_relative_path
 from core.data.images import ImageInfo, Rejected, check_images
-from core.data.names import clean_label
+from core.data.names import clean_label, safe_component
 from core.data.scan import ScanItem, class_names, detect_layout, iter_scan
 from core.data.splits import SplitConfig
 from core.data.validate import (
@@ -418,13 +418,18 @@ def _create(sources: list[_Source], name: str, source: dict[str, Any], classes: 
 # ------------------------------------------------------------------------------------------------ public API
 
 def import_folder(src_dir: str | os.PathLike[str], name: str, *, split: SplitConfig | None = None,
-                  config: ValidationConfig | None = None, on_progress: ProgressFn | None = None) -> ImportResult:
-    """Import ``root/<class>/*`` or ``root/{train,val,test}/<class>/*`` (files are copied, never moved)."""
+                  config: ValidationConfig | None = None, on_progress: ProgressFn | None = None,
+                  source: Mapping[str, Any] | None = None) -> ImportResult:
+    """Import ``root/<class>/*`` or ``root/{train,val,test}/<class>/*`` (files are copied, never moved).
+
+    ``source`` replaces the recorded origin (default ``{"kind": "folder", "name": <folder name>}``).
+    """
     src = Path(src_dir)
     if not src.is_dir():
         raise DatasetError("the folder does not exist")
-    return _import_tree(src, name, {"kind": "folder", "name": src.name}, split or SplitConfig(),
-                        config or ValidationConfig(), on_progress, move=False)
+    origin = dict(source) if source is not None else {"kind": "folder", "name": src.name}
+    return _import_tree(src, name, origin, split or SplitConfig(), config or ValidationConfig(), on_progress,
+                        move=False)
 
 
 def _import_tree(src: Path, name: str, source: dict[str, Any], split: SplitConfig, config: ValidationConfig,
@@ -473,6 +478,61 @@ def import_files(files: Iterable[tuple[str, FileSource, str]], name: str, *,
                    on_progress)
 
 
+def import_uploads(files: Iterable[tuple[str, FileSource]], name: str, *, default_class: str = "",
+                   split: SplitConfig | None = None, config: ValidationConfig | None = None,
+                   on_progress: ProgressFn | None = None) -> ImportResult:
+    """Import a browser folder upload: ``(relative path as the browser sent it, bytes or path)``.
+
+    The browser's paths decide classes and splits exactly as a folder on disk would (``ants/a.jpg``,
+    ``photos/train/ants/a.jpg``), but they are only ever used as checked, sanitised components (the same rules as
+    zip entries: no ``..``, absolute or drive paths, case collisions refused, OS junk skipped): our code writes every
+    file into a temporary folder, imports it like a folder and removes the folder. Files that are not inside any
+    folder go to ``default_class`` when one is given. The original names are kept for display only.
+    """
+    config = config or ValidationConfig()
+    default = clean_label(default_class)
+    default_part = safe_component(default) if default else ""
+    tmp = datasets_root() / f".extract-{secrets.token_hex(8)}"
+    tmp.mkdir()
+    try:
+        notes: list[Problem] = []
+        display: dict[str, str] = {}
+        seen: dict[str, str] = {}  # casefolded path -> "f:" or "d:" + the path as written
+        max_bytes = config.check_options().max_file_bytes
+        for original, data in files:
+            shown = clean_label(original, 255)
+            try:
+                parts = safe_relative_path(original)
+                if len(parts) == 1 and default_part:
+                    parts = (default_part, *parts)
+                if _is_junk(parts, False):
+                    continue
+                for depth in range(1, len(parts) + 1):  # claim the file and its folders, case-insensitively
+                    spelled = "/".join(parts[:depth])
+                    claim = ("f:" if depth == len(parts) else "d:") + spelled
+                    previous = seen.get(_fold(spelled))
+                    if previous is None:
+                        seen[_fold(spelled)] = claim
+                    elif previous != claim or claim.startswith("f:"):
+                        raise _Refuse("duplicate name (another file has this path, perhaps in other letter case)",
+                                      "duplicate_name")
+                folder = tmp.joinpath(*parts[:-1])
+                folder.mkdir(parents=True, exist_ok=True)
+                _stage(_Source(shown, "", None, data), folder / parts[-1], max_bytes)
+            except _Refuse as exc:
+                notes.append(Problem(exc.kind, "warning", f"{shown}: {exc.reason}. It was not imported.", (shown,)))
+                continue
+            except OSError as exc:
+                notes.append(Problem("unreadable", "warning", f"{shown}: {_os_reason(exc)}. It was not imported.",
+                                     (shown,)))
+                continue
+            display["/".join(parts)] = shown
+        return _import_tree(tmp, name, {"kind": "upload"}, split or SplitConfig(), config, on_progress, move=True,
+                            display=display, notes=notes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_dataset(dataset_id: str) -> Dataset:
     """Read a dataset's manifest. Raises ``DatasetError`` for unknown ids (ids are never used unchecked)."""
     folder = _dataset_dir(dataset_id)
@@ -486,6 +546,18 @@ def load_dataset(dataset_id: str) -> Dataset:
     if ds.id != dataset_id:
         raise DatasetError("the dataset's manifest is damaged (id mismatch)")
     return ds
+
+
+def manifest_stamp(dataset_id: str) -> int:
+    """Changes whenever the dataset changes (the manifest's mtime in ns): a cheap cache key for views."""
+    return (_dataset_dir(dataset_id) / MANIFEST).stat().st_mtime_ns
+
+
+def file_path(dataset_id: str, file: str) -> Path:
+    """Absolute path of a stored item's file, from its id and ``Item.file`` (both validated)."""
+    if not _FILE_RE.match(file):
+        raise DatasetError(f"bad file entry {file!r}")
+    return _dataset_dir(dataset_id) / file
 
 
 def list_datasets() -> list[DatasetSummary]:

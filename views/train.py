@@ -13,7 +13,7 @@ from core.lrfind import find_lr_isolated
 from core.plots import batch_loss_figure, epoch_curves, lr_find_figure
 from core.progress import read_run
 from core.settings import runs_root
-from pages.common import device_plan, draft, draft_freeze, need_backbone, set_draft
+from views.common import dataset_label, device_plan, draft, draft_freeze, need_backbone, set_draft
 
 st.title("4 · Train")
 backbone = need_backbone()
@@ -22,11 +22,11 @@ if backbone is None:
 dataset_id = draft("dataset_id")
 if not dataset_id:
     st.info("Choose your photos first.")
-    st.page_link("pages/data.py", label="Go to the Data page", icon=":material/photo_library:")
+    st.page_link("views/data.py", label="Go to the Data page", icon=":material/photo_library:")
     st.stop()
 freeze = draft_freeze()
 plan = device_plan()
-st.write(f"Model **{backbone}**, freeze **{freeze.preset}**, dataset `{dataset_id}`.")
+st.write(f"Model **{backbone}**, freeze **{freeze.preset}**, data **{dataset_label(dataset_id)}**.")
 st.caption(plan.note)
 
 

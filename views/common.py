@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import streamlit as st
 
@@ -10,6 +11,14 @@ from core.config import FreezeConfig
 from core.device import DevicePlan, plan_device
 
 DEFAULT_BACKBONE = "mobilenetv2_100"
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'%@/])")
+
+
+def esc(text: object) -> str:
+    """User text made inert for st.markdown & co.: Markdown, HTML, LaTeX ($) and :directives: are escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
 DRAFT_KEYS = ("backbone", "dataset_id", "freeze")
 
 
@@ -53,7 +62,21 @@ def sidebar_status() -> None:
         st.caption((":material/memory: " if plan.device == "cuda" else ":material/computer: ") + plan.note)
         backbone = draft("backbone")
         st.caption(f"Model: **{backbone}**" if backbone else "Model: not chosen yet")
+        dataset_id = draft("dataset_id")
+        st.caption(f"Data: **{dataset_label(dataset_id)}**" if dataset_id else "Data: not chosen yet")
         st.caption(f"Freeze: **{draft_freeze().preset}**")
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def dataset_label(dataset_id: str) -> str:
+    """The dataset's name for display, escaped for markdown."""
+    from core.data.store import load_dataset
+
+    try:
+        name = load_dataset(dataset_id).name
+    except Exception:  # a folder path or a removed dataset: show the id
+        return esc(dataset_id)
+    return esc(name[:60])
 
 
 def need_backbone() -> str | None:
@@ -61,6 +84,6 @@ def need_backbone() -> str | None:
     name = draft("backbone")
     if not name:
         st.info("Choose a model first.")
-        st.page_link("pages/model.py", label="Go to the Model page", icon=":material/view_in_ar:")
+        st.page_link("views/model.py", label="Go to the Model page", icon=":material/view_in_ar:")
         return None
     return name

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core import zoo
 from core.catalog import backbone_rows
-from pages.common import DEFAULT_BACKBONE, draft, set_draft
+from views.common import DEFAULT_BACKBONE, draft, set_draft
 
 st.title("1 · Choose a model")
 st.write("Each model was pretrained on ImageNet (1.2 million photos). Its knowledge is transferred to your classes. "
@@ -74,7 +74,7 @@ if row and row["latency_ms"]:
     st.caption(f"About {1000 / row['latency_ms']:.0f} images per second for predictions on this machine.")
 if st.button("Next: choose the layers to train →", key="model_use", type="primary", icon=":material/layers:"):
     set_draft("backbone", choice)
-    st.switch_page("pages/layers.py")
+    st.switch_page("views/layers.py")
 
 with st.expander("Use your own weights (safetensors)"):
     st.write("Have a `.safetensors` file for a timm architecture? It is checked (names and shapes) before it is "

@@ -8,7 +8,7 @@ import streamlit as st
 from core.config import PRESET_HELP, FreezeConfig
 from core.measure import estimate_training_isolated
 from core.plots import layer_groups_figure
-from pages.common import cached_group_rows, draft, draft_freeze, need_backbone, set_draft
+from views.common import cached_group_rows, draft, draft_freeze, need_backbone, set_draft
 
 st.title("3 · Choose what to train")
 backbone = need_backbone()

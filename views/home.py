@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.settings import sample_data_root
-from pages.common import DEFAULT_BACKBONE, draft, set_draft
+from views.common import DEFAULT_BACKBONE, draft, set_draft
 
 st.title("Transfer Studio")
 st.write("Teach a pretrained image model your own classes, without programming. "
@@ -11,20 +11,24 @@ st.write("Teach a pretrained image model your own classes, without programming. 
 
 if st.button("Try it with sample data", key="home_try_sample", type="primary", icon=":material/auto_awesome:",
              help="Chooses MobileNetV2 and the built-in textures set (brick, grass, gravel), head-only training."):
+    from core.data.samples import ensure_sample_dataset
+
+    with st.spinner("Preparing the sample photos (once)…"):
+        sample_id = ensure_sample_dataset("textures")
     set_draft("backbone", DEFAULT_BACKBONE)
-    set_draft("dataset_id", "sample:textures")
+    set_draft("dataset_id", sample_id)
     set_draft("freeze", '{"preset": "head"}')
-    st.switch_page("pages/layers.py")
+    st.switch_page("views/layers.py")
 
 samples_ready = (sample_data_root() / "textures").is_dir()
 if not samples_ready:
     st.warning("The sample data is not there yet: run the setup command from the README once.")
 
 STEPS = [
-    ("1 · Model", "Pick a pretrained backbone.", "pages/model.py", bool(draft("backbone"))),
-    ("2 · Data", "Bring folders of photos, one per class.", None, bool(draft("dataset_id"))),
-    ("3 · Layers", "Choose which layers to freeze.", "pages/layers.py", bool(draft("freeze"))),
-    ("4 · Train", "Watch it learn, live.", None, False),
+    ("1 · Model", "Pick a pretrained backbone.", "views/model.py", bool(draft("backbone"))),
+    ("2 · Data", "Bring folders of photos, one per class.", "views/data.py", bool(draft("dataset_id"))),
+    ("3 · Layers", "Choose which layers to freeze.", "views/layers.py", bool(draft("freeze"))),
+    ("4 · Train", "Watch it learn, live.", "views/train.py", bool(draft("run_id"))),
     ("5 · Test", "Try it on new pictures.", None, False),
     ("6 · Export", "Take it away as a file or a report.", None, False),
 ]

@@ -1,0 +1,206 @@
+"""`transfer-studio evaluate | predict | export`: measure, use and take away a trained model.
+
+Hooked into the main parser by `core.cli.build_parser` via `register(sub)`. Every error is one clear line on
+stderr and exit status 2 (no traceback); with --json the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    last = {"stage": None}
+
+    def show(stage: str, done: int, total: int) -> None:
+        if stage != last["stage"] or done == total or done % 64 == 0:
+            end = "\n" if done >= total else ""
+            print(f"\r{stage}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+            last["stage"] = stage
+
+    return show
+
+
+def _guard(fn):
+    """Run a command; known problems become one line on stderr and exit status 2."""
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except KeyboardInterrupt:
+            return _fail("interrupted", 130)
+        except Exception as err:  # noqa: BLE001 - the user gets a message, never a traceback
+            text = str(err) or type(err).__name__
+            if isinstance(err, KeyError) and err.args:
+                text = str(err.args[0])
+            return _fail(text)
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+# --- evaluate -----------------------------------------------------------------------------------------------------
+
+def _per_class_table(rows: list[dict]) -> str:
+    width = max([len("class")] + [len(r["class"]) for r in rows])
+    lines = [f"{'class':{width}}  precision  recall     f1         support"]
+    for r in rows:
+        lines.append(f"{r['class']:{width}}  {_pct(r['precision']):9}  {_pct(r['recall']):9}  {_pct(r['f1']):9}  "
+                     f"{r['support']}")
+    return "\n".join(lines)
+
+
+def _flat(block: dict) -> dict:
+    keys = ("split", "n_images", "accuracy", "balanced_accuracy", "macro_f1", "loss", "per_class",
+            "confusion_matrix", "most_confused")
+    out = {k: block.get(k) for k in keys}
+    out["ece"] = (block.get("calibration") or {}).get("ece")
+    return out
+
+
+@_guard
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a run (or an export) on a labelled folder; without --data, on the run's own validation images
+    (and store evaluation.json in the run folder)."""
+    from core.evaluate import evaluate_folder, evaluate_run
+    from core.inference import is_run_dir
+
+    progress = _progress(args.json or args.quiet)
+    if args.data:
+        result = evaluate_folder(args.run, args.data, on_progress=progress)
+        out = {**_flat(result), "source": result["source"], "classes": result["classes"],
+               "unknown_classes": result["unknown_classes"], "missing_classes": result["missing_classes"],
+               "bad_images": result["bad_images"], "skipped_files": result["skipped_files"],
+               "n_unknown_class_images": result["n_unknown_class_images"], "threshold": result["threshold"],
+               "notes": result["notes"], "misclassified": result["misclassified"][:20]}
+    else:
+        if not is_run_dir(args.run):
+            return _fail(f"{args.run} is not a run folder; to evaluate an export, give --data FOLDER.")
+        result = evaluate_run(args.run, with_learning_curve=not args.no_learning_curve, on_progress=progress)
+        primary = result["splits"][result["primary_split"]]
+        lc = result.get("learning_curve") or {}
+        out = {**_flat(primary), "classes": result["classes"],
+               "splits": {k: _flat(v) for k, v in result["splits"].items()},
+               "unknown_threshold": {k: v for k, v in (result.get("unknown_threshold") or {}).items() if k != "curve"},
+               "learning_curve": lc.get("reading") if lc.get("available") else lc.get("reason"),
+               "saved": str(Path(args.run) / "evaluation.json"), "misclassified": primary["misclassified"][:20]}
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{out['n_images']} images ({out['split']}): accuracy {_pct(out['accuracy'])}, balanced accuracy "
+          f"{_pct(out['balanced_accuracy'])}, macro F1 {_pct(out['macro_f1'])}, calibration error (ECE) "
+          f"{_pct(out['ece'])}")
+    print(_per_class_table(out["per_class"]))
+    for pair in (out.get("most_confused") or [])[:3]:
+        print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']} times")
+    for note in out.get("notes", []):
+        print(note)
+    for bad in out.get("bad_images", [])[:20]:
+        print(f"  unreadable: {bad['name']}: {bad['reason']}")
+    if out.get("unknown_threshold"):
+        print("not sure threshold:", out["unknown_threshold"].get("reason"))
+    if out.get("learning_curve"):
+        print("learning curve:", out["learning_curve"])
+    if out.get("saved"):
+        print(f"saved {out['saved']}")
+    return 0
+
+
+# --- predict ------------------------------------------------------------------------------------------------------
+
+@_guard
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Classify image files with a run or an export; top-k classes per image."""
+    from core.inference import load_predictor
+
+    threshold = "stored" if args.threshold is None else (None if args.threshold < 0 else args.threshold)
+    predictor = load_predictor(args.run, threshold=threshold)
+    preds = predictor.predict([str(p) for p in args.images], top_k=args.top_k)
+    failed = [p for p in preds if not p.ok]
+    if args.json:
+        _print_json({"model": predictor.describe(), "predictions": [p.to_dict() for p in preds],
+                     "n_images": len(preds), "n_failed": len(failed)})
+    else:
+        for p in preds:
+            if not p.ok:
+                continue
+            top = ", ".join(f"{c} {100 * v:.1f} %" for c, v in p.top_k)
+            print(f"{p.name}: {p.label}  ({top})  {1000 * p.seconds:.0f} ms")
+    for p in failed:
+        print(f"error: {p.name}: {p.error}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+# --- export -------------------------------------------------------------------------------------------------------
+
+@_guard
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run's best weights and check the written model against PyTorch."""
+    from core.export import export_run
+    from core.inference import is_run_dir
+
+    if not is_run_dir(args.run):
+        return _fail(f"{args.run} is not a run folder.")
+    result = export_run(args.run, args.format, args.out)
+    check = result.check
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        verdict = "PASS" if result.ok else "FAIL"
+        diff = check.get("max_abs_diff")
+        extra = f", bit-exact weights: {check['bit_exact']}" if "bit_exact" in check else ""
+        print(f"exported {args.format} to {result.folder}: {', '.join(result.files)}")
+        print(f"parity check {verdict}: max |difference| to PyTorch {diff:.2e} (tolerance {check['tolerance']:g}) "
+              f"on {check.get('n_images')} images ({check.get('inputs')}), batch sizes "
+              f"{check.get('batch_sizes')}, top-1 agreement {_pct(check.get('top1_agreement'))}{extra}")
+    if not result.ok:
+        print(f"error: the exported {args.format} model does not match PyTorch within {check['tolerance']:g}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the evaluate, predict and export subcommands to the main parser's subparsers."""
+    p = subparsers.add_parser("evaluate", help="metrics of a run (or export) on a labelled folder or its own "
+                                               "validation images")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder (or export folder/zip with --data)")
+    p.add_argument("--data", metavar="DIR", help="folder with one sub-folder per class; default: the run's own "
+                                                 "validation images (saved as evaluation.json)")
+    p.add_argument("--no-learning-curve", action="store_true", help="skip the learning curve (run evaluation only)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--json", action="store_true", help="last line: a JSON summary")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("predict", help="classify images with a run or an exported model")
+    p.add_argument("--run", required=True, metavar="RUN_DIR_OR_EXPORT")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="answer 'not sure' below this top probability (default: the stored one; -1: never)")
+    p.add_argument("--json", action="store_true", help="last line: a JSON object with every prediction")
+    p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser("export", help="export a run as safetensors, ONNX or TorchScript, with a parity check")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript"])
+    p.add_argument("--out", required=True, metavar="PATH", help="folder that receives the files")
+    p.add_argument("--json", action="store_true", help="last line: a JSON object with the files and the check")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,283 @@
+"""Prediction: a model rebuilt from a run folder or from an exported safetensors + manifest folder.
+
+The `Predictor` holds the model (eval mode, on the device plan's device, channels_last), the class names, the
+preprocessing (`core.pipeline.Prep`) and an optional "unknown" threshold chosen on the validation images by
+`core.evaluate`. Every image goes through `core.pipeline.load_square` + `eval_batch`, exactly the path validation
+takes during training, so a file gets the same tensor at train time and at predict time.
+
+Predictions run in float32 by default (bf16 autocast is opt-in via `precision`), so the answers match the exported
+ONNX / TorchScript models and do not depend on the processor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import runs
+from core.data.images import ImageError
+from core.device import DevicePlan, plan_device
+from core.pipeline import Prep, eval_batch, load_square, prep_for
+from core.storage import read_json
+from core.tasks import get_task
+
+NOT_SURE = "not sure"
+Source = str | os.PathLike | bytes
+
+
+class PredictError(Exception):
+    """A model cannot be loaded or used for prediction; the message says why."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one image.
+
+    label: the answer shown to people: a class name, `NOT_SURE` when the top probability is below the threshold,
+    or "" when the image could not be read (then `error` says why). `top_k` always holds the raw (class,
+    probability) pairs, best first, even when the answer is "not sure"."""
+
+    name: str
+    label: str
+    top_k: tuple[tuple[str, float], ...] = ()
+    confidence: float = 0.0
+    class_index: int = -1
+    unsure: bool = False
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def predicted(self) -> str:
+        """The most probable class, whatever the threshold says ("" for an unreadable image)."""
+        return self.top_k[0][0] if self.top_k else ""
+
+    def to_dict(self) -> dict:
+        out = {"image": self.name, "label": self.label, "predicted": self.predicted,
+               "confidence": round(self.confidence, 6), "unsure": self.unsure,
+               "top_k": [{"label": c, "probability": round(p, 6)} for c, p in self.top_k],
+               "seconds": round(self.seconds, 5)}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class Predictor:
+    """A ready-to-use classifier. Build it with `Predictor.from_run`, `Predictor.from_export` or `load_predictor`."""
+
+    model: torch.nn.Module
+    classes: list[str]
+    prep: Prep
+    plan: DevicePlan
+    threshold: float | None = None
+    task: str = "classification"
+    backbone: str = ""
+    architecture: str = ""
+    origin: str = "run"  # "run" | "export"
+    path: Path | None = None
+    meta: dict = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def __post_init__(self) -> None:
+        model = self.model.eval().to(self.plan.torch_device())
+        if self.plan.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+
+    # --- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, *, weights: str = "best", device: str = "auto",
+                 precision: str = "fp32", threshold: float | None | str = "stored") -> Predictor:
+        """The run's saved weights in a fresh model. threshold: "stored" = the one chosen by the last evaluation
+        (if it was made for these weights), None = never answer "not sure", or a number in [0, 1]."""
+        run_dir = Path(run_dir)
+        cfg = runs.load_config(run_dir)
+        manifest = runs.load_dataset(run_dir)
+        classes = list(manifest["classes"])
+        state = runs.load_weights(run_dir, weights)
+        from core import zoo
+
+        spec = zoo.get_spec(cfg.backbone)
+        model = get_task(cfg.task).build_model(cfg.backbone, len(classes), pretrained=False)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise PredictError(f"The saved weights of {run_dir.name} do not fit {cfg.backbone} with "
+                               f"{len(classes)} classes: {str(err).splitlines()[0]}") from None
+        if threshold == "stored":
+            threshold = stored_threshold(run_dir, weights)
+        meta = read_json(run_dir / "checkpoints" / f"{weights}.json")
+        return cls(model, classes, prep_for(spec), plan_device(device, precision), _check_threshold(threshold),
+                   cfg.task, cfg.backbone, spec.arch, "run", run_dir, dict(meta or {}))
+
+    @classmethod
+    def from_export(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
+                    threshold: float | None | str = "stored") -> Predictor:
+        """An exported model (folder or zip with model.safetensors + manifest.json), validated before loading."""
+        from core.export import load_export
+
+        loaded = load_export(path)
+        m = loaded.manifest
+        if threshold == "stored":
+            threshold = m.get("threshold")
+        return cls(loaded.model, list(m["classes"]), loaded.prep, plan_device(device, precision),
+                   _check_threshold(threshold), m["task"], m.get("backbone", ""), m["architecture"], "export",
+                   Path(path), {"manifest": m})
+
+    # --- inference ----------------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else self.backbone
+
+    def inputs(self, sources: Sequence[Source]) -> torch.Tensor:
+        """The model input for these images (N,3,H,W float), exactly as validation sees them. Raises ImageError."""
+        squares = np.stack([load_square(s, self.prep) for s in sources])
+        return eval_batch(squares, self.prep, self.plan.channels_last)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw model outputs (float32, on the CPU) for a prepared batch."""
+        with self.lock, torch.inference_mode(), self.plan.autocast():
+            return self.model(x.to(self.plan.torch_device())).float().cpu()
+
+    def logits_from_squares(self, squares: np.ndarray, batch_size: int = 32) -> torch.Tensor:
+        """Logits for cached squares (N,S,S,3 uint8, e.g. `ImageCache.squares[idx]`), in batches."""
+        outs = [self.logits(eval_batch(squares[i:i + batch_size], self.prep, self.plan.channels_last))
+                for i in range(0, len(squares), batch_size)]
+        return torch.cat(outs) if outs else torch.zeros(0, len(self.classes))
+
+    def logits_for_cache(self, cache, idx: Sequence[int], batch_size: int = 32, on_progress=None) -> torch.Tensor:
+        """Logits for the images at `idx` of an `ImageCache`, reading the (memory-mapped) squares a batch at a
+        time so big sets never sit in memory at once."""
+        idx = list(idx)
+        outs = []
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            outs.append(self.logits(eval_batch(cache.squares[chunk], self.prep, self.plan.channels_last)))
+            if on_progress:
+                on_progress(start + len(chunk), len(idx))
+        return torch.cat(outs) if outs else torch.zeros(0, len(self.classes))
+
+    def answer(self, probs: torch.Tensor) -> tuple[str, bool]:
+        """(label, unsure) for one probability vector under this predictor's threshold."""
+        conf, k = probs.max(0)
+        if self.threshold is not None and float(conf) < self.threshold:
+            return NOT_SURE, True
+        return self.classes[int(k)], False
+
+    def predict(self, sources: Sequence[Source], top_k: int = 5, names: Sequence[str] | None = None,
+                batch_size: int = 16) -> list[Prediction]:
+        """Classify files or uploaded bytes, in batches. An unreadable image gives a Prediction with `error` set
+        (the others are still answered). `seconds` = decoding time of that image + its share of its batch."""
+        if top_k < 1:
+            raise PredictError("top-k must be at least 1.")
+        k = min(top_k, len(self.classes))
+        names = list(names) if names is not None else [_name_of(s, i) for i, s in enumerate(sources)]
+        results: list[Prediction | None] = [None] * len(sources)
+        pending: list[tuple[int, np.ndarray, float]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            t0 = time.perf_counter()
+            x = eval_batch(np.stack([sq for _, sq, _ in pending]), self.prep, self.plan.channels_last)
+            probs = torch.softmax(self.logits(x), dim=1)
+            share = (time.perf_counter() - t0) / len(pending)
+            for (i, _, decode_s), p in zip(pending, probs, strict=True):
+                values, index = p.topk(k)
+                label, unsure = self.answer(p)
+                results[i] = Prediction(names[i], label, tuple((self.classes[int(j)], float(v))
+                                                               for v, j in zip(values, index, strict=True)),
+                                        float(values[0]), int(index[0]), unsure, decode_s + share)
+            pending.clear()
+
+        for i, source in enumerate(sources):
+            t0 = time.perf_counter()
+            try:
+                square = load_square(source, self.prep)
+            except ImageError as err:
+                results[i] = Prediction(names[i], "", error=err.reason, seconds=time.perf_counter() - t0)
+                continue
+            except OSError as err:
+                results[i] = Prediction(names[i], "", error=f"cannot read file ({err.strerror or err})",
+                                        seconds=time.perf_counter() - t0)
+                continue
+            pending.append((i, square, time.perf_counter() - t0))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return [r for r in results if r is not None]
+
+    def describe(self) -> dict:
+        """What this predictor is, for pages and CLI output."""
+        return {"origin": self.origin, "path": str(self.path) if self.path else "", "task": self.task,
+                "backbone": self.backbone, "architecture": self.architecture, "classes": list(self.classes),
+                "threshold": self.threshold, "device": self.plan.device, "precision": self.plan.precision,
+                "input_size": self.prep.size}
+
+
+def _name_of(source: Source, i: int) -> str:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"image {i + 1}"
+    return str(source)
+
+
+def _check_threshold(value: float | None | str) -> float | None:
+    if value is None:
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise PredictError(f"The threshold must be a number between 0 and 1, not {value!r}.") from None
+    if not 0.0 <= t <= 1.0:
+        raise PredictError(f"The threshold must be between 0 and 1, not {t}.")
+    return t
+
+
+def stored_threshold(run_dir: Path, weights: str = "best") -> float | None:
+    """The "not sure" threshold of the run's last evaluation, if it was made for the current weights."""
+    from core.evaluate import load_evaluation
+
+    ev = load_evaluation(run_dir)
+    if not ev or ev.get("stale") or ev.get("weights", {}).get("name", "best") != weights:
+        return None
+    value = (ev.get("unknown_threshold") or {}).get("threshold")
+    return float(value) if value is not None else None
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and (p / "dataset.json").is_file()
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if p.is_dir():
+        return (p / "manifest.json").is_file()
+    return p.is_file() and p.suffix.lower() == ".zip"
+
+
+def load_predictor(path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
+                   threshold: float | None | str = "stored") -> Predictor:
+    """A predictor from a run folder or an export (folder or zip), whichever `path` is."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise PredictError(f"{path} does not exist.")
+    if is_run_dir(p):
+        return Predictor.from_run(p, device=device, precision=precision, threshold=threshold)
+    if p.is_dir() and not (p / "manifest.json").is_file() and (p / "checkpoints").is_dir():
+        raise PredictError(f"{path} looks like a damaged run folder (no config.json or dataset.json).")
+    # everything else goes through the export loader, which explains what it refuses and why
+    return Predictor.from_export(p, device=device, precision=precision, threshold=threshold)

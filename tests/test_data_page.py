@@ -1,0 +1,289 @@
+"""AppTest for the Data page: render, sample data in one click, uploads, the validation report and its fixes."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from data_fixtures import image_bytes, make_tree
+from streamlit.testing.v1 import AppTest
+
+from core.data import store
+from core.data.samples import ensure_sample_dataset, find_sample_dataset
+from core.data.validate import ValidationConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+FAST = ValidationConfig(workers=0)
+
+
+def _page(**draft: object) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    for key, value in draft.items():
+        at.session_state[f"draft_{key}"] = value
+    at.switch_page("views/data.py")
+    return at.run()
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _problems(at: AppTest) -> pd.DataFrame:
+    return next(df.value for df in at.dataframe if "details" in df.value.columns)
+
+
+def _messages(elements) -> str:
+    return "\n".join(e.value for e in elements)
+
+
+@pytest.fixture()
+def planted(home: Path, tmp_path: Path) -> store.Dataset:
+    """ants/bees with one exact duplicate and one broken file, imported into the test's store."""
+    src = tmp_path / "planted"
+    make_tree(src, {"ants": 12, "bees": 12})
+    (src / "ants" / "copy_of_img_000.jpg").write_bytes((src / "ants" / "img_000.jpg").read_bytes())
+    (src / "bees" / "broken.jpg").write_bytes(image_bytes(7, size=(128, 128))[:400])
+    return store.import_folder(src, "planted", config=FAST).dataset
+
+
+def test_renders_empty_with_every_way_in(home: Path) -> None:
+    at = _page()
+    _ok(at)
+    assert at.title[0].value == "2 · Bring your photos"
+    assert "No datasets yet" in _messages(at.info)
+    assert at.button(key="data_use_sample")
+    assert at.button(key="data_import_path")  # the app is bound to 127.0.0.1: server paths are offered
+    uploader = at.file_uploader(key="data_upload_folder")
+    assert uploader.accept_directory and uploader.accept_multiple_files
+    assert at.file_uploader(key="data_upload_zip").allowed_type == [".zip"]
+    assert not at.selectbox  # nothing to choose yet
+
+
+def test_sample_button_creates_the_dataset_once_and_sets_the_draft(home: Path, sample_textures: Path) -> None:
+    at = _page()
+    at.button(key="data_use_sample").click().run()
+    _ok(at)
+    dataset_id = at.session_state["draft_dataset_id"]
+    ds = store.load_dataset(dataset_id)
+    assert ds.source["kind"] == "sample" and ds.classes == ("brick", "grass", "gravel")
+    assert at.selectbox(key="data_select").value == dataset_id
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == f"{len(ds.items)}" and metrics["Classes"] == "3"
+    assert "Ready to train" in _messages(at.success)
+    links = [link.value for link in at.page_link]
+    assert "Next: choose layers" in links and any("choose one first" in link for link in links)  # no model yet
+    # a second click (or another session) reuses the stored copy
+    at.button(key="data_use_sample").click().run()
+    assert at.session_state["draft_dataset_id"] == dataset_id
+    assert ensure_sample_dataset("textures") == dataset_id == find_sample_dataset("textures")
+    assert len(store.list_datasets()) == 1
+
+
+def test_sample_chosen_on_home_becomes_the_stored_copy(home: Path, sample_textures: Path) -> None:
+    at = _page(dataset_id="sample:textures")
+    _ok(at)
+    dataset_id = at.session_state["draft_dataset_id"]
+    assert dataset_id == find_sample_dataset("textures")
+    assert at.selectbox(key="data_select").value == dataset_id
+
+
+def test_report_names_duplicate_and_broken_file_and_fixes_drop_them(planted: store.Dataset) -> None:
+    at = _page(dataset_id=planted.id)
+    _ok(at)
+    assert at.selectbox(key="data_select").value == planted.id
+    assert at.subheader[0].value == "planted"
+    problems = _problems(at)
+    assert {"duplicate", "unreadable"} <= set(problems["reason"])
+    files = " ".join(problems["files"])
+    assert "ants/copy_of_img_000.jpg" in files and "ants/img_000.jpg" in files and "bees/broken.jpg" in files
+    assert {"Images": "25", "Errors": "0"}.items() <= {m.label: m.value for m in at.metric}.items()
+
+    at.button(key="data_fix_duplicates").click().run()
+    _ok(at)
+    ds = store.load_dataset(planted.id)
+    names = [it.original_name for it in ds.items]
+    assert len(names) == 24 and names.count("ants/img_000.jpg") + names.count("ants/copy_of_img_000.jpg") == 1
+    assert "Dropped 1 duplicate" in _messages(at.success)
+    problems = _problems(at)  # the report was re-run
+    assert "duplicate" not in set(problems["reason"]) and "unreadable" in set(problems["reason"])
+
+    at.button(key="data_fix_bad").click().run()
+    _ok(at)
+    ds = store.load_dataset(planted.id)
+    assert ds.skipped == () and len(ds.items) == 24  # nothing good was lost
+    assert not [df for df in at.dataframe if "details" in df.value.columns]
+    assert "Ready to train: no problems found." in _messages(at.success)
+    assert at.session_state["draft_dataset_id"] == planted.id
+
+
+def test_blocking_errors_are_stated(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "tiny"
+    make_tree(src, {"cats": 1, "dogs": 5})
+    ds = store.import_folder(src, "tiny", config=FAST).dataset
+    at = _page(dataset_id=ds.id)
+    _ok(at)
+    blocked = _messages(at.error)
+    assert "Training is blocked" in blocked and "cats" in blocked
+    assert {m.label: m.value for m in at.metric}["Errors"] != "0"
+
+
+def test_class_weights_are_stored_in_the_draft(planted: store.Dataset) -> None:
+    at = _page(dataset_id=planted.id)
+    at.button(key="data_fix_weights").click().run()
+    _ok(at)
+    assert at.session_state["draft_class_weights"] is True
+    at.button(key="data_weights_off").click().run()
+    assert at.session_state["draft_class_weights"] is False
+
+
+def test_add_and_rename_class_and_camera_photo(planted: store.Dataset) -> None:
+    at = _page(dataset_id=planted.id)
+    at.text_input(key="data_new_class").set_value("wasps")
+    at.button(key="data_add_class").click().run()
+    _ok(at)
+    assert "wasps" in store.load_dataset(planted.id).classes
+    at.selectbox(key="data_rename_from").set_value("bees")
+    at.text_input(key="data_rename_to").set_value("honey bees")
+    at.button(key="data_rename").click().run()
+    _ok(at)
+    assert store.load_dataset(planted.id).classes == ("ants", "honey bees", "wasps")
+
+    at.selectbox(key="data_photo_class").set_value("wasps")
+    at.toggle(key="data_camera_on").set_value(True).run()
+    at.camera_input(key="data_camera").set_value(("shot.jpg", image_bytes(99, size=(96, 96)), "image/jpeg")).run()
+    at.button(key="data_camera_add").click().run()
+    _ok(at)
+    ds = store.load_dataset(planted.id)
+    assert sum(it.label == "wasps" for it in ds.items) == 1
+
+
+def _upload_files() -> list[tuple[str, bytes, str]]:
+    files = [(f"pets/{label}/{label}_{i}.jpg", image_bytes(50 * n + i), "image/jpeg")
+             for n, label in enumerate(("cats", "dogs")) for i in range(3)]
+    files += [("pets/dogs/../../escape.jpg", image_bytes(400), "image/jpeg"),
+              ("pets/dogs/.DS_Store", b"junk", "application/octet-stream"),
+              ("pets/notes.txt", b"hello", "text/plain")]
+    return files
+
+
+def test_folder_upload_imports_under_generated_names(home: Path) -> None:
+    at = _page()
+    at.file_uploader(key="data_upload_folder").set_value(_upload_files()).run()
+    _ok(at)
+    at.button(key="data_import_folder").click().run()
+    _ok(at)
+    dataset_id = at.session_state["draft_dataset_id"]
+    ds = store.load_dataset(dataset_id)
+    assert ds.name == "pets" and ds.classes == ("cats", "dogs") and len(ds.items) == 6
+    assert all(it.file.startswith("files/") and it.original_name.startswith("pets/") for it in ds.items)
+    problems = " ".join(_problems(at)["files"])
+    assert "pets/dogs/../../escape.jpg" in problems and "notes.txt" in problems
+    assert not (home / "escape.jpg").exists() and not list(home.rglob("escape.jpg"))
+    assert at.session_state["data_upload_used"] > 0
+    assert at.file_uploader(key="data_upload_folder_1")  # a fresh, empty uploader
+
+
+def test_loose_files_go_to_the_chosen_class(home: Path) -> None:
+    at = _page()
+    files = [(f"img_{i}.jpg", image_bytes(i), "image/jpeg") for i in range(3)]
+    at.file_uploader(key="data_upload_folder").set_value(files).run()
+    at.text_input(key="data_upload_class").set_value("lemons")
+    at.text_input(key="data_folder_name").set_value("fruit")
+    at.button(key="data_import_folder").click().run()
+    _ok(at)
+    ds = store.load_dataset(at.session_state["draft_dataset_id"])
+    assert ds.name == "fruit" and ds.classes == ("lemons",) and len(ds.items) == 3
+    assert "Training is blocked" in _messages(at.error)  # one class cannot train
+
+
+def test_zip_upload(home: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, label in enumerate(("red", "blue")):
+            for i in range(3):
+                zf.writestr(f"colours/{label}/{i}.png", image_bytes(70 * n + i, "PNG"))
+    at = _page()
+    at.file_uploader(key="data_upload_zip").set_value(("colours.zip", buf.getvalue(), "application/zip")).run()
+    at.button(key="data_import_zip").click().run()
+    _ok(at)
+    ds = store.load_dataset(at.session_state["draft_dataset_id"])
+    assert ds.name == "colours" and ds.classes == ("blue", "red") and ds.source["kind"] == "zip"
+    assert not [p for p in (home / "tmp").iterdir()]  # the spooled zip is gone
+
+
+def test_a_bad_zip_is_refused_with_a_reason(home: Path) -> None:
+    at = _page()
+    at.file_uploader(key="data_upload_zip").set_value(("fake.zip", b"not a zip at all", "application/zip")).run()
+    at.button(key="data_import_zip").click().run()
+    _ok(at)
+    assert "The zip was not imported" in _messages(at.error)
+    assert store.list_datasets() == []
+
+
+def test_session_upload_quota(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSFER_STUDIO_UPLOAD_QUOTA_MB", "0.001")  # about 1 KB
+    at = _page()
+    at.file_uploader(key="data_upload_folder").set_value(_upload_files()).run()
+    at.button(key="data_import_folder").click().run()
+    _ok(at)
+    assert "This session may upload" in _messages(at.error)
+    assert store.list_datasets() == []
+
+
+def test_user_strings_are_escaped(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "x"
+    make_tree(src, {"<img src=x onerror=alert(1)>": 3, "**bold** :red[x] $y$": 3})
+    ds = store.import_folder(src, "<script>alert(1)</script>", config=FAST).dataset
+    at = _page(dataset_id=ds.id)
+    _ok(at)
+    assert at.subheader[0].value == r"\<script\>alert\(1\)\<\/script\>"
+    shown = _messages(at.markdown)
+    assert r"\<img src\=x onerror\=alert\(1\)\>" in shown and r"\*\*bold\*\* \:red\[x\] \$y\$" in shown
+    assert not re.search(r"(?<!\\)<(img|script)", shown + _messages(at.subheader) + _messages(at.caption))
+
+
+def test_import_uploads_checks_every_client_path(home: Path) -> None:
+    """The core call behind the folder uploader: client paths are checked like zip entry names."""
+    files = [("set/train/Ants/a.jpg", image_bytes(1)), ("set/train/ants/b.jpg", image_bytes(2)),  # case clash
+             ("set/train/Ants/a.jpg", image_bytes(3)),  # same path twice
+             ("/etc/passwd.jpg", image_bytes(4)), ("C:/x/evil.jpg", image_bytes(5)),
+             ("set/__MACOSX/Ants/._a.jpg", b"junk")]
+    files += [(f"set/train/Ants/ok_{i}.jpg", image_bytes(10 + i)) for i in range(2)]
+    files += [(f"set/{split}/Bees/{split}_{i}.jpg", image_bytes(20 + 5 * n + i))
+              for n, split in enumerate(("train", "val")) for i in range(2)]
+    files += [("set/val/Ants/v.jpg", image_bytes(40))]
+    res = store.import_uploads(files, "uploaded", config=FAST)
+    ds = res.dataset
+    assert ds.classes == ("Ants", "Bees") and ds.split_mode == "folders" and len(ds.items) == 8
+    notes = {(p.kind, p.files[0]) for p in ds.notes}
+    assert notes == {("duplicate_name", "set/train/ants/b.jpg"), ("duplicate_name", "set/train/Ants/a.jpg"),
+                     ("unsafe_path", "/etc/passwd.jpg"), ("unsafe_path", "C:/x/evil.jpg")}
+    assert {it.original_name for it in ds.items if it.split == "val"} == {"set/val/Bees/val_0.jpg",
+                                                                          "set/val/Bees/val_1.jpg",
+                                                                          "set/val/Ants/v.jpg"}
+    assert not [p for p in (home / "datasets").iterdir() if p.name.startswith(".extract-")]
+
+
+def test_server_folder_path_import_only_when_local(home: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "on_disk"
+    make_tree(src, {"cats": 3, "dogs": 3})
+    at = _page()
+    at.text_input(key="data_server_path").set_value(str(src)).run()
+    at.button(key="data_import_path").click().run()
+    _ok(at)
+    ds = store.load_dataset(at.session_state["draft_dataset_id"])
+    assert ds.name == "on_disk" and len(ds.items) == 6 and (src / "cats" / "img_000.jpg").exists()
+    at.text_input(key="data_server_path").set_value(str(tmp_path / "missing")).run()
+    at.button(key="data_import_path").click().run()
+    assert "There is no folder at" in _messages(at.error)
+
+    monkeypatch.setenv("TRANSFER_STUDIO_SERVER_PATHS", "0")  # e.g. served on a network
+    at = _page()
+    _ok(at)
+    assert not [t for t in at.text_input if t.key == "data_server_path"]

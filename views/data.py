@@ -1,0 +1,594 @@
+"""Data: bring photos in (folder, zip, sample, a folder on this computer), check them, fix problems, choose one.
+
+Everything the user supplied (dataset, class and file names) is shown as text: escaped in Markdown, plain in tables.
+Heavy work (reports, thumbnails, the dataset list) is cached by dataset id + manifest time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.data import store
+from core.data.archive import ArchiveError
+from core.data.samples import ensure_sample_dataset
+from core.data.splits import SplitConfig
+from core.settings import datasets_root, subdir
+from views.common import draft, esc, set_draft
+
+QUOTA_ENV = "TRANSFER_STUDIO_UPLOAD_QUOTA_MB"
+SERVER_PATHS_ENV = "TRANSFER_STUDIO_SERVER_PATHS"  # "1" / "0" overrides the local-only rule
+THUMBS_PER_CLASS = 6
+MAX_THUMB_CLASSES = 24
+SPLIT_COLOURS = {"train": "#2563eb", "val": "#f59e0b", "test": "#10b981"}
+SPLIT_MODES = {"folders": "from train/val folders", "folders+stratified": "from folders + stratified val",
+               "stratified": "stratified (seed 0)"}
+DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "leakage")
+BAD_KINDS = ("unreadable", "unsupported_format", "too_small", "too_large", "low_detail", "not_image_file", "link",
+             "too_deep", "outside_class_folder", "unsafe_path", "special_file", "duplicate_name", "nested_archive",
+             "encrypted", "corrupt")
+KIND_LABELS = {
+    "no_images": "no images", "too_few_classes": "too few classes", "too_few_images": "too few images",
+    "few_images": "few images", "imbalance": "imbalance", "missing_split": "missing split", "unreadable": "unreadable",
+    "unsupported_format": "unsupported format", "too_small": "too small", "too_large": "too large",
+    "low_detail": "not a photo?", "not_image_file": "not an image", "outside_class_folder": "outside a class folder",
+    "link": "link", "too_deep": "nested too deep", "exact_duplicate": "duplicate", "near_duplicate": "near duplicate",
+    "leakage": "train/val leakage", "conflicting_label": "two classes", "unsafe_path": "unsafe path",
+    "special_file": "special file", "duplicate_name": "duplicate name", "nested_archive": "archive in archive",
+    "encrypted": "encrypted", "corrupt": "corrupt",
+}
+SEVERITY_ICONS = {"error": "⛔ error", "warning": "⚠️ warning", "info": "ℹ️ note"}
+def _flash(kind: str, message: str) -> None:
+    """A message shown once at the top of the next run (messages are already escaped)."""
+    st.session_state.setdefault("data_flash", []).append((kind, message))
+
+
+def _choose(dataset_id: str) -> None:
+    """Make ``dataset_id`` the draft's dataset and the selectbox's value on the next run."""
+    set_draft("dataset_id", dataset_id)
+    st.session_state["data_pending_select"] = dataset_id
+
+
+def _quota_bytes() -> int:
+    try:
+        return int(float(os.environ.get(QUOTA_ENV, "2048")) * 1024**2)
+    except ValueError:
+        return 2048 * 1024**2
+
+
+def _quota_left() -> int:
+    return max(0, _quota_bytes() - int(st.session_state.get("data_upload_used", 0)))
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1024**3:.2f} GB" if n >= 1024**3 else f"{n / 1024**2:.1f} MB"
+
+
+def _server_paths_allowed() -> bool:
+    """Server-side folder paths only when the app is bound to this machine (or explicitly allowed/denied)."""
+    env = os.environ.get(SERVER_PATHS_ENV, "")
+    if env in ("0", "1"):
+        return env == "1"
+    return str(st.get_option("server.address") or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _uploader_key(base: str) -> str:
+    """Uploaders get a fresh key after an import, which empties them (the generation starts at 0: plain key)."""
+    gen = int(st.session_state.get("data_upload_gen", 0))
+    return base if gen == 0 else f"{base}_{gen}"
+
+
+def _release(files: list) -> None:
+    """Drop uploaded bytes from the session's memory now (not at session end) and empty the uploaders."""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        if ctx is not None:
+            for f in files:
+                ctx.uploaded_file_mgr.remove_file(ctx.session_id, f.file_id)
+    except Exception:  # noqa: BLE001 - best effort: the bytes go at session end anyway
+        pass
+    st.session_state["data_upload_gen"] = int(st.session_state.get("data_upload_gen", 0)) + 1
+
+
+def _charge(n_bytes: int) -> bool:
+    """Count an upload against the session quota; False (and an error shown) when it does not fit."""
+    if n_bytes > _quota_left():
+        st.error(f"This session may upload {_gb(_quota_bytes())} in all; {_gb(_quota_left())} is left and this "
+                 f"upload is {_gb(n_bytes)}. Upload less at a time, or use the command line "
+                 "(`transfer-studio data import`) for big datasets.")
+        return False
+    st.session_state["data_upload_used"] = int(st.session_state.get("data_upload_used", 0)) + n_bytes
+    return True
+
+
+def _refund(n_bytes: int) -> None:
+    """Give quota back for an upload that was not imported."""
+    st.session_state["data_upload_used"] = max(0, int(st.session_state.get("data_upload_used", 0)) - n_bytes)
+
+
+def _reason(err: Exception) -> str:
+    """Plain-English reason of a refused import (store/archive errors carry one; OS errors get a short text)."""
+    reason = getattr(err, "reason", None)
+    if reason:
+        return esc(reason)
+    return esc(f"the file system refused ({getattr(err, 'strerror', None) or type(err).__name__})")
+
+
+def _progress(phases: tuple[str, ...]) -> Callable[[int, int], None]:
+    """A progress bar for ``on_progress(done, total)``; a new phase starts when ``done`` goes back (unzip, check)."""
+    bar = st.progress(0.0, text=phases[0])
+    state = {"phase": 0, "last": 0, "t": 0.0}
+
+    def update(done: int, total: int) -> None:
+        if done < state["last"] or (done == 0 and state["last"] > 0):
+            state["phase"] = min(state["phase"] + 1, len(phases) - 1)
+        state["last"] = done
+        now = time.monotonic()
+        if done < total and now - state["t"] < 0.15:
+            return
+        state["t"] = now
+        bar.progress(min(1.0, done / total) if total else 1.0, text=f"{phases[state['phase']]}: {done:,} / {total:,}")
+
+    return update
+
+
+def _imported(result: store.ImportResult, how: str) -> None:
+    ds = result.dataset
+    skipped = f"; {len(result.skipped)} file(s) skipped (see the problems)" if result.skipped else ""
+    _flash("success", f"{how} **{esc(ds.name)}**: {result.imported:,} images in {len(ds.classes)} classes{skipped}.")
+    _choose(ds.id)
+    _cached_list.clear()
+
+
+# ------------------------------------------------------------------------------------------------ cached views
+
+@st.cache_resource(show_spinner=False)
+def _cleanup_once() -> int:
+    """Remove leftovers of interrupted imports and uploads (once per server process)."""
+    removed = store.cleanup_incomplete()
+    now = time.time()
+    for entry in os.scandir(subdir("tmp")):
+        with contextlib.suppress(OSError):
+            if entry.name.startswith("upload-") and now - entry.stat().st_mtime > 6 * 3600:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def _store_fingerprint() -> tuple:
+    """Cheap: the manifest times of every dataset (one stat each)."""
+    out = []
+    for entry in os.scandir(datasets_root()):
+        try:
+            out.append((entry.name, os.stat(os.path.join(entry.path, store.MANIFEST)).st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(sorted(out))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cached_list(fingerprint: tuple) -> list[store.DatasetSummary]:  # noqa: ARG001 - the cache key
+    return store.list_datasets()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _cached_view(dataset_id: str, stamp: int) -> dict:  # noqa: ARG001 - stamp is the cache key
+    """Everything the report shows, as plain data (names for display, stored file names for fixes)."""
+    ds = store.load_dataset(dataset_id)
+    report = store.dataset_report(ds)
+    names = {it.file: it.original_name or it.file for it in ds.items}
+    problems = [{"severity": p.severity, "kind": p.kind, "message": p.message,
+                 "files": [names.get(f, f) for f in p.files], "raw_files": list(p.files),
+                 "fix_files": list(p.fix_files), "classes": list(p.classes)} for p in report.problems]
+    per_class: dict[str, list[str]] = {c: [] for c in ds.classes}
+    for it in ds.items:
+        per_class.setdefault(it.label, []).append(it.file)
+    samples = {}
+    for c, files in per_class.items():
+        step = max(1, len(files) // THUMBS_PER_CLASS)
+        samples[c] = files[::step][:THUMBS_PER_CLASS]
+    return {"id": ds.id, "name": ds.name, "classes": list(ds.classes), "counts": report.counts,
+            "split_mode": ds.split_mode, "images": len(ds.items), "skipped": len(ds.skipped),
+            "blocking": report.blocking, "problems": problems, "weights": store.class_weights(ds),
+            "totals": {c: len(v) for c, v in per_class.items()}, "samples": samples, "source": ds.source}
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def _thumbnail(dataset_id: str, file: str, side: int = 96) -> bytes | None:
+    """A small square JPEG of one stored image (decoded with the same safe loader as training)."""
+    from PIL import ImageOps
+
+    from core.data.images import ImageError, load_rgb
+
+    try:
+        im = load_rgb(store.file_path(dataset_id, file))
+    except (ImageError, store.DatasetError, OSError):
+        return None
+    thumb = ImageOps.fit(im, (side, side))
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def counts_figure(classes: list[str], counts: dict[str, dict[str, int]]) -> go.Figure:
+    """Images per class, one bar colour per split (class names HTML-escaped: plotly reads a little HTML)."""
+    import html
+
+    labels = [html.escape(c) for c in classes]
+    fig = go.Figure()
+    for split in ("train", "val", "test"):
+        if split in counts:
+            fig.add_trace(go.Bar(x=labels, y=[counts[split].get(c, 0) for c in classes], name=split,
+                                 marker_color=SPLIT_COLOURS[split], hovertemplate="%{x}: %{y} " + split +
+                                 "<extra></extra>"))
+    fig.update_layout(barmode="stack", height=300, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="images",
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right", traceorder="normal"))
+    fig.update_xaxes(type="category")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ actions (callbacks)
+
+def _drop(dataset_id: str, files: list[str], what: str) -> None:
+    try:
+        store.drop_files(dataset_id, files)
+    except store.DatasetError as err:
+        _flash("error", f"Could not drop the files: {esc(err.reason)}")
+        return
+    _flash("success", f"Dropped {len(files)} {what}. The report below is up to date.")
+    _cached_list.clear()
+
+
+def _set_weights(on: bool) -> None:
+    set_draft("class_weights", on)
+    _flash("success", "Training will weight each class by its rarity (balanced loss)." if on
+           else "Class weights are off: every image counts the same.")
+
+
+def _add_class(dataset_id: str) -> None:
+    name = st.session_state.get("data_new_class", "")
+    try:
+        store.add_class(dataset_id, name)
+    except store.DatasetError as err:
+        _flash("error", esc(err.reason))
+        return
+    st.session_state["data_new_class"] = ""
+    _flash("success", f"Added the class **{esc(name.strip())}**. Add photos to it below.")
+
+
+def _rename_class(dataset_id: str) -> None:
+    old = st.session_state.get("data_rename_from")
+    new = st.session_state.get("data_rename_to", "")
+    try:
+        store.rename_class(dataset_id, old, new)
+    except store.DatasetError as err:
+        _flash("error", esc(err.reason))
+        return
+    st.session_state["data_rename_to"] = ""
+    _flash("success", f"Renamed **{esc(old)}** to **{esc(new.strip())}**.")
+
+
+def _delete(dataset_id: str) -> None:
+    try:
+        store.delete_dataset(dataset_id)
+    except store.DatasetError as err:
+        _flash("error", esc(err.reason))
+        return
+    if draft("dataset_id") == dataset_id:
+        set_draft("dataset_id", None)
+    st.session_state.pop("data_select", None)
+    _cached_list.clear()
+    _flash("success", "The dataset was deleted.")
+
+
+# ------------------------------------------------------------------------------------------------ page
+
+_cleanup_once()
+st.title("2 · Bring your photos")
+st.write("One folder per class (e.g. `ants/`, `bees/`), optionally inside `train/` and `val/`. Everything is "
+         "checked before training: unreadable files, duplicates, tiny classes, images in both train and val.")
+
+if "data_pending_select" in st.session_state:
+    st.session_state["data_select"] = st.session_state.pop("data_pending_select")
+for kind, message in st.session_state.pop("data_flash", []):
+    getattr(st, kind)(message)
+
+current = draft("dataset_id")
+if isinstance(current, str) and current.startswith("sample:"):  # chosen on Home: use the stored copy
+    sample = current.split(":", 1)[1]
+    try:
+        _choose(ensure_sample_dataset(sample, on_progress=_progress(("Preparing the sample dataset",))))
+        _cached_list.clear()
+        st.rerun()
+    except store.DatasetError as err:
+        st.warning(esc(err.reason))
+        set_draft("dataset_id", None)
+
+summaries = _cached_list(_store_fingerprint())
+ids = [s.id for s in summaries]
+by_id = {s.id: s for s in summaries}
+if isinstance(current, str) and re.fullmatch(r"[0-9a-f]{32}", current) and current not in ids:
+    set_draft("dataset_id", None)  # deleted meanwhile (e.g. in another tab)
+    current = None
+chosen: str | None = None
+if ids:
+    if st.session_state.get("data_select") not in ids:
+        st.session_state["data_select"] = current if current in ids else None
+    chosen = st.selectbox(
+        "Dataset to train on", ids, key="data_select", placeholder="Choose a dataset",
+        format_func=lambda i: (f"{by_id[i].name} — {by_id[i].images:,} images, {len(by_id[i].classes)} classes"
+                               + (" (needs fixing)" if by_id[i].blocking else "")),
+        help="Datasets stay stored in the app (under its data folder) across sessions and restarts.")
+    if chosen is not None and chosen != current:
+        set_draft("dataset_id", chosen)
+else:
+    st.info("No datasets yet: add one below, or start with the sample dataset in one click.")
+
+with st.expander("Add a dataset", expanded=not ids, icon=":material/add_photo_alternate:"):
+    sample_row = st.container(horizontal=True, vertical_alignment="center")
+    if sample_row.button("Use the sample dataset (textures)", key="data_use_sample", type="primary" if not ids
+                         else "secondary", icon=":material/auto_awesome:"):
+        try:
+            sample_id = ensure_sample_dataset("textures", on_progress=_progress(("Preparing the sample",)))
+        except store.DatasetError as err:
+            st.error(esc(err.reason))
+        else:
+            _flash("success", "The sample dataset is ready.")
+            _choose(sample_id)
+            _cached_list.clear()
+            st.rerun()
+    sample_row.caption("Just trying it out? Brick, grass and gravel, 52 photos each, already split into train "
+                       "and val.")
+    tab_names = ["Upload a folder", "Upload a zip"]
+    local = _server_paths_allowed()
+    if local:
+        tab_names.append("Folder on this computer")
+    tabs = st.tabs(tab_names)
+    quota_note = (f"Uploads are limited to {_gb(_quota_bytes())} per session ({_gb(_quota_left())} left); "
+                  "files are copied into the app's own storage under generated names.")
+    with tabs[0]:
+        uploads = st.file_uploader("Drop a folder of class folders here (or browse for one)",
+                                   accept_multiple_files="directory", key=_uploader_key("data_upload_folder"),
+                                   help="e.g. a folder holding ants/ and bees/, or train/ and val/ with class "
+                                        "folders inside. Non-image files are reported, not imported.")
+        st.caption(quota_note)
+        if uploads:
+            size = sum(f.size for f in uploads)
+            tops = sorted({f.name.replace("\\", "/").split("/")[0] for f in uploads})
+            default = tops[0] if len(tops) == 1 and "/" in uploads[0].name.replace("\\", "/") else "Uploaded photos"
+            st.write(f"{len(uploads):,} files, {_gb(size)}.")
+            c1, c2 = st.columns(2)
+            name = c1.text_input("Dataset name", key="data_folder_name", max_chars=100, placeholder=default) or default
+            loose = c2.text_input("Class for files that are not in a class folder (optional)",
+                                  key="data_upload_class", max_chars=100)
+            val = st.slider("Validation share when there is no val/ folder", 0.1, 0.5, 0.2, 0.05,
+                            key="data_folder_val")
+            if st.button("Import these photos", key="data_import_folder", type="primary",
+                         icon=":material/upload:") and _charge(size):
+                try:
+                    result = store.import_uploads(((f.name, f.getvalue()) for f in uploads), name,
+                                                  default_class=loose, split=SplitConfig(val_fraction=val),
+                                                  on_progress=_progress(("Checking images",)))
+                except (store.DatasetError, OSError) as err:
+                    _refund(size)
+                    st.error(f"The photos were not imported: {_reason(err)}")
+                else:
+                    _release(uploads)
+                    _imported(result, "Imported")
+                    st.rerun()
+    with tabs[1]:
+        zipped = st.file_uploader("Drop a .zip of class folders here", type=["zip"],
+                                  key=_uploader_key("data_upload_zip"))
+        st.caption(quota_note + " Zips are unpacked by the app, entry by entry, with size checks.")
+        if zipped is not None:
+            c1, c2 = st.columns(2)
+            stem = re.sub(r"\.zip$", "", zipped.name, flags=re.IGNORECASE) or "Uploaded zip"
+            name = c1.text_input("Dataset name", key="data_zip_name", max_chars=100, placeholder=stem) or stem
+            val = c2.slider("Validation share when there is no val/ folder", 0.1, 0.5, 0.2, 0.05, key="data_zip_val")
+            if st.button("Import this zip", key="data_import_zip", type="primary", icon=":material/upload:") \
+                    and _charge(zipped.size):
+                spool = subdir("tmp") / f"upload-{secrets.token_hex(8)}.zip"  # our name, never the client's
+                try:
+                    with open(spool, "xb") as fh:
+                        fh.write(zipped.getbuffer())
+                    result = store.import_zip(spool, name, split=SplitConfig(val_fraction=val),
+                                              on_progress=_progress(("Unpacking", "Checking images")))
+                except (ArchiveError, store.DatasetError, OSError) as err:
+                    _refund(zipped.size)
+                    st.error(f"The zip was not imported: {_reason(err)}")
+                else:
+                    _release([zipped])
+                    _imported(result, "Imported")
+                    st.rerun()
+                finally:
+                    spool.unlink(missing_ok=True)
+    if local:
+        with tabs[2]:
+            st.write("For big datasets on this machine: the folder is copied into the app's storage (the original "
+                     "stays untouched). Only offered because the app runs locally.")
+            path = st.text_input("Folder path", key="data_server_path", placeholder="/home/me/photos/ants-and-bees")
+            c1, c2 = st.columns(2)
+            pname = c1.text_input("Dataset name (default: the folder name)", key="data_path_name", max_chars=100)
+            val = c2.slider("Validation share when there is no val/ folder", 0.1, 0.5, 0.2, 0.05, key="data_path_val")
+            if st.button("Import this folder", key="data_import_path", type="primary", disabled=not path.strip(),
+                         icon=":material/folder_open:"):
+                folder = os.path.abspath(os.path.expanduser(path.strip()))
+                if not os.path.isdir(folder):
+                    st.error(f"There is no folder at {esc(folder)}.")
+                else:
+                    try:
+                        result = store.import_folder(folder, pname or os.path.basename(folder),
+                                                     split=SplitConfig(val_fraction=val),
+                                                     on_progress=_progress(("Checking images",)))
+                    except (store.DatasetError, OSError) as err:
+                        st.error(f"The folder was not imported: {_reason(err)}")
+                    else:
+                        _imported(result, "Imported")
+                        st.rerun()
+
+if chosen is None:
+    st.stop()
+
+# ------------------------------------------------------------------------------------------------ the report
+try:
+    view = _cached_view(chosen, store.manifest_stamp(chosen))
+except store.DatasetError as err:
+    st.error(f"This dataset cannot be read: {esc(err.reason)}")
+    st.stop()
+
+st.subheader(esc(view["name"]), anchor=False)
+errors = [p for p in view["problems"] if p["severity"] == "error"]
+warnings = [p for p in view["problems"] if p["severity"] == "warning"]
+m = st.columns(4)
+m[0].metric("Images", f"{view['images']:,}")
+m[1].metric("Classes", len(view["classes"]))
+m[2].metric("Errors", len(errors))
+m[3].metric("Warnings", len(warnings))
+st.caption(f"Train/validation split: {SPLIT_MODES.get(view['split_mode'], view['split_mode'])}. "
+           f"Source: {esc(view['source'].get('kind', ''))}"
+           + (f" {esc(view['source']['name'])}" if view["source"].get("name") else "") + ".")
+if view["blocking"]:
+    st.error("**Training is blocked until these are fixed:**\n\n" +
+             "\n".join(f"- {esc(p['message'])}" for p in errors), icon=":material/block:")
+elif warnings:
+    st.warning(f"Ready to train, with {len(warnings)} warning(s) below worth a look.", icon=":material/warning:")
+else:
+    st.success("Ready to train: no problems found.", icon=":material/check_circle:")
+
+st.markdown("**Images per class and split**")
+left, right = st.columns([3, 2])
+with left:
+    st.plotly_chart(counts_figure(view["classes"], view["counts"]), key="data_counts_chart",
+                    config={"displayModeBar": False})
+with right:
+    splits = [s for s in ("train", "val", "test") if s in view["counts"]]
+    table = pd.DataFrame([{"class": c, **{s: view["counts"][s].get(c, 0) for s in splits},
+                           "total": view["totals"].get(c, 0)} for c in view["classes"]])
+    st.dataframe(table, hide_index=True, key="data_counts_table", height=min(300, 38 + 35 * len(table)))
+
+if view["problems"]:
+    st.markdown("**Problems**")
+    rows = [{"severity": SEVERITY_ICONS.get(p["severity"], p["severity"]), "reason": KIND_LABELS.get(p["kind"],
+             p["kind"]), "files": ", ".join(p["files"][:6]) + (f" (+{len(p['files']) - 6} more)"
+                                                               if len(p["files"]) > 6 else ""),
+             "details": p["message"]} for p in view["problems"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="data_problems", height=min(400, 38 + 35 * len(rows)),
+                 column_config={"severity": st.column_config.TextColumn("Severity", width="small"),
+                                "reason": st.column_config.TextColumn("Reason", width="small"),
+                                "files": st.column_config.TextColumn("File(s)", width="medium"),
+                                "details": st.column_config.TextColumn("Details", width="large")})
+
+    dup_files = sorted({f for p in view["problems"] if p["kind"] in DUPLICATE_KINDS for f in p["fix_files"]})
+    bad_files = sorted({f for p in view["problems"] if p["kind"] in BAD_KINDS
+                        for f in (p["fix_files"] or p["raw_files"])})
+    if dup_files or bad_files:
+        st.markdown("**One-click fixes** (only the files named above are removed; everything else stays)")
+        fixes = st.container(horizontal=True)
+        if dup_files:
+            fixes.button(f"Drop duplicates ({len(dup_files)} file{'s' * (len(dup_files) != 1)})",
+                      key="data_fix_duplicates", icon=":material/content_copy:", on_click=_drop,
+                      args=(chosen, dup_files, "duplicate copies (one of each picture is kept)"),
+                      help="Removes the extra copies of identical or nearly identical pictures, and the training "
+                           "copies of pictures that are also in validation.")
+        if bad_files:
+            fixes.button(f"Drop bad files ({len(bad_files)})", key="data_fix_bad", icon=":material/delete_sweep:",
+                      on_click=_drop, args=(chosen, bad_files, "bad or unusable files"),
+                      help="Removes files that could not be used or do not look like photos, and clears the "
+                           "notes about files that were never imported.")
+
+weights = view["weights"]
+imbalanced = any(p["kind"] == "imbalance" for p in view["problems"])
+if draft("class_weights"):
+    shown = ", ".join(f"{esc(c)} ×{w:.2f}" for c, w in weights.items())
+    st.info(f"Classes are balanced by weights during training: {shown}.", icon=":material/balance:")
+    st.button("Stop balancing by class weights", key="data_weights_off", on_click=_set_weights, args=(False,))
+else:
+    if imbalanced:
+        st.caption("Some classes have far fewer images than others. Balancing by class weights makes each class "
+                   "count the same in training.")
+    st.button("Balance by class weights", key="data_fix_weights", icon=":material/balance:",
+              type="primary" if imbalanced else "secondary", on_click=_set_weights, args=(True,))
+
+st.markdown("**A few images per class**")
+for c in view["classes"][:MAX_THUMB_CLASSES]:
+    thumbs = [t for t in (_thumbnail(chosen, f) for f in view["samples"].get(c, [])) if t]
+    label, pics = st.columns([1, 4], vertical_alignment="center")
+    label.markdown(f"{esc(c)}  \n:gray[{view['totals'].get(c, 0):,} images]")
+    if thumbs:
+        pics.image(thumbs, width=72)
+    else:
+        pics.caption("no images yet")
+if len(view["classes"]) > MAX_THUMB_CLASSES:
+    st.caption(f"…and {len(view['classes']) - MAX_THUMB_CLASSES} more classes.")
+
+with st.expander("Edit classes, add photos (camera or files)", icon=":material/edit:"):
+    c1, c2 = st.columns(2)
+    with c1:
+        st.text_input("New class", key="data_new_class", max_chars=100, placeholder="e.g. wasps")
+        st.button("Add class", key="data_add_class", on_click=_add_class, args=(chosen,))
+    with c2:
+        st.selectbox("Rename class", view["classes"], key="data_rename_from")
+        st.text_input("New name", key="data_rename_to", max_chars=100)
+        st.button("Rename", key="data_rename", on_click=_rename_class, args=(chosen,))
+    st.divider()
+    target = st.selectbox("Add photos to class", view["classes"], key="data_photo_class")
+    files_col, camera_col = st.columns(2)
+    with files_col:
+        photos = st.file_uploader("Photos from files", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+                                  accept_multiple_files=True, key=_uploader_key("data_add_files"))
+        if photos and target and st.button(f"Add {len(photos)} photo(s)", key="data_add_files_go") and \
+                _charge(sum(f.size for f in photos)):
+            try:
+                res = store.add_images(chosen, target, [(f.name, f.getvalue()) for f in photos],
+                                       on_progress=_progress(("Checking images",)))
+            except (store.DatasetError, OSError) as err:
+                _refund(sum(f.size for f in photos))
+                st.error(f"The photos were not added: {_reason(err)}")
+            else:
+                _release(photos)
+                skipped = f" ({len(res.skipped)} skipped: see the problems)" if res.skipped else ""
+                _flash("success", f"Added {res.imported} photo(s) to **{esc(target)}**{skipped}.")
+                st.rerun()
+    with camera_col:
+        if st.toggle("Use the camera", key="data_camera_on", help="Your browser asks for permission first."):
+            shot = st.camera_input("Take a photo", key=_uploader_key("data_camera"))
+            if shot is not None and target and st.button(f"Add this photo to {esc(target)}", key="data_camera_add",
+                                                         type="primary") and _charge(shot.size):
+                try:
+                    res = store.add_images(chosen, target, [(f"camera-{time.strftime('%Y%m%d-%H%M%S')}.jpg",
+                                                             shot.getvalue())])
+                except (store.DatasetError, OSError) as err:
+                    _refund(shot.size)
+                    st.error(f"The photo was not added: {_reason(err)}")
+                else:
+                    _release([shot])
+                    if res.imported:
+                        _flash("success", f"Added the photo to **{esc(target)}**.")
+                    else:
+                        reason = res.skipped[0].reason if res.skipped else "unknown reason"
+                        _flash("warning", f"The photo was not added: {esc(reason)}")
+                    st.rerun()
+
+with st.expander("Delete this dataset", icon=":material/delete:"):
+    sure = st.checkbox("Yes, delete it with all its stored photos (the originals you uploaded are not affected)",
+                       key="data_delete_confirm")
+    st.button("Delete dataset", key="data_delete", disabled=not sure, on_click=_delete, args=(chosen,))
+
+st.divider()
+if view["blocking"]:
+    st.caption("Fix the errors above (or add photos) before training.")
+nav = st.container(horizontal=True)
+nav.page_link("views/layers.py", label="Next: choose layers", icon=":material/layers:")
+if not draft("backbone"):
+    nav.page_link("views/model.py", label="No model chosen yet: choose one first", icon=":material/view_in_ar:")
