@@ -17,5 +17,7 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
-page.run()
-sidebar_status()  # after the page, so it shows this run's choices
+try:
+    page.run()
+finally:
+    sidebar_status()  # after the page (so it shows this run's choices), even when the page stopped early

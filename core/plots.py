@@ -38,8 +38,9 @@ def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = N
     if phases:
         _phase_lines(fig, [{"x": p["epoch"] + 0.5, "label": p["label"]} for p in phases], "x")
     fig.update_xaxes(dtick=1)
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
-                      yaxis_title=metric, legend=dict(orientation="h", y=1.12), title=metric.capitalize())
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=70, b=10), xaxis_title="epoch",
+                      yaxis_title=metric, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                      title=dict(text=metric.capitalize(), y=0.97))
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
     return fig

@@ -133,7 +133,9 @@ def live() -> None:
     st.subheader(name)
     if state == "queued":
         pos = view.queue_position
-        st.info(f"Waiting for the running job to finish (position {pos} in the queue)." if pos else "Starting…")
+        waiting = "Waiting" in status.get("message", "")
+        st.info(f"Waiting for the running job to finish (position {pos} in the queue)." if waiting and pos
+                else status.get("message") or "Starting…")
     elif state in ("running", "stopping"):
         progress = float(status.get("progress") or 0.0)
         eta = status.get("eta_seconds")
