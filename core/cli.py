@@ -143,7 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             pretrained = zoo.has_weights(spec) and not args.from_scratch
             if not pretrained:
                 print(f"note: {args.model} trains from scratch (random initial weights).", file=sys.stderr)
-            config = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze), train,
+            data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data  # or an id/sample:
+            config = RunConfig(args.model, data, FreezeConfig(args.freeze), train,
                                task=args.task, name=args.name or "", quick=args.quick, pretrained=pretrained)
             if args.quick and not pretrained:
                 print("error: the quick model needs pretrained weights.", file=sys.stderr)
@@ -258,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cli_data import register as register_data
 
     register_data(sub)
+    from core.cli_eval import register as register_eval
+
+    register_eval(sub)
 
     p = sub.add_parser("app", help="open the web app (extra options go to Streamlit, e.g. --server.port 8600)")
     p.set_defaults(func=None)

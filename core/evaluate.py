@@ -124,7 +124,8 @@ def label_issues(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[s
 
     Two signals: confident learning (the probability of another class j reaches class j's own average
     self-confidence, the per-class threshold of Northcutt et al.) and plain confident mistakes (the model gives
-    another class at least `confident`). Use out-of-sample probabilities (validation images, or cross-validated
+    another class at least `confident`), plus high-loss mistakes (the label gets at most 1/classes²). Use
+    out-of-sample probabilities (validation images, or cross-validated
     ones for training images)."""
     n, c = probs.shape if probs.ndim == 2 else (0, len(classes))
     if n == 0:
@@ -149,6 +150,9 @@ def label_issues(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[s
             suggested, p_s = j, p_j
         if pred != y and pred_p >= confident:
             reasons.append(f"the model is sure ({pred_p:.0%}) it is {classes[pred]}")
+            suggested, p_s = pred, pred_p
+        if pred != y and not reasons and float(self_conf[i]) <= 1 / c**2:  # high loss: its label is very unlikely
+            reasons.append(f"the model gives its label only {float(self_conf[i]):.0%}")
             suggested, p_s = pred, pred_p
         if reasons:
             loss = -math.log(max(float(self_conf[i]), 1e-12))
@@ -182,6 +186,13 @@ def calibration(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 10) ->
                      "accuracy": _r(correct[mask].mean()) if count else None})
     return {"ece": _r(ece), "mce": _r(mce), "n_bins": n_bins, "bins": bins, "mean_confidence": _r(conf.mean()),
             "accuracy": _r(correct.mean())}
+
+
+def _share(x: float) -> str:
+    """A share as a percentage, with decimals where rounding would say 100 % or 0 % for something that is not."""
+    if 0.995 <= x < 1 or 0 < x <= 0.005:
+        return f"{100 * x:.2f}%"
+    return f"{x:.0%}"
 
 
 def threshold_curve(probs: torch.Tensor, targets: torch.Tensor, points: int = 101) -> list[dict]:
@@ -224,25 +235,26 @@ def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_accuracy
         return t, k / n, float(cum_acc[k - 1])
 
     reaching = [k for k in ends if float(cum_acc[k - 1]) >= target_accuracy - 1e-12]
+    goal = f"{target_accuracy:.0%}"
     if reaching and max(reaching) / n >= min_coverage:
         t, cov, acc = pick(max(reaching))
         if t == 0.0:
-            reason = (f"The model is right on {acc:.0%} of the {n} validation images, above the {target_accuracy:.0%}"
-                      " target, so it can answer every image.")
+            reason = (f"The model is right on {_share(acc)} of the {n} validation images, above the {goal} target, "
+                      "so it can answer every image.")
         else:
-            reason = (f"Answering only when the top probability is at least {t:.0%} gives {acc:.0%} accuracy (target "
-                      f"{target_accuracy:.0%}) on the {cov:.0%} of validation images that are answered; the rest "
-                      "get \"not sure\".")
+            reason = (f"Answering only when the top probability is at least {_share(t)} gives {_share(acc)} accuracy "
+                      f"(target {goal}) on the {_share(cov)} of validation images that are answered; the rest get "
+                      "\"not sure\".")
         reached = True
     else:
         allowed = [k for k in ends if k / n >= min_coverage] or [n]
         best = max(allowed, key=lambda k: (round(float(cum_acc[k - 1]), 9), k))
         t, cov, acc = pick(best)
-        why = ("is reached only when fewer than " f"{min_coverage:.0%} of the images are answered") if reaching \
-            else "is not reached at any threshold"
-        reason = (f"The {target_accuracy:.0%} accuracy target {why}; the default answers when the top probability is "
-                  f"at least {t:.0%}, which gives the best accuracy ({acc:.0%}) while still answering {cov:.0%} of "
-                  "the validation images.")
+        why = (f"is reached only when fewer than {min_coverage:.0%} of the images are answered" if reaching
+               else "is not reached at any threshold")
+        reason = (f"The {goal} accuracy target {why}; the default answers when the top probability is at least "
+                  f"{_share(t)}, which gives the best accuracy ({_share(acc)}) while still answering {_share(cov)} "
+                  "of the validation images.")
         reached = False
     if n < 30:
         reason += f" Only {n} validation images: treat this threshold as a rough guide."
@@ -329,7 +341,8 @@ def evaluate_run(run_dir: str | os.PathLike, splits: Sequence[str] | None = None
     "not sure" threshold on the validation split, add the learning curve, and store it all in the run folder."""
     t0 = time.time()
     run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir, device=device, threshold=None)
+    fingerprint = _weights_fingerprint(run_dir) if (run_dir / "checkpoints" / "best.safetensors").exists() else None
+    predictor = Predictor.from_run(run_dir, device=device, threshold=None)  # says so when there are no weights
     manifest = runs.load_dataset(run_dir)
     classes, items = list(manifest["classes"]), manifest["items"]
     label_of = {c: k for k, c in enumerate(classes)}
@@ -341,7 +354,9 @@ def evaluate_run(run_dir: str | os.PathLike, splits: Sequence[str] | None = None
     # the same file list as training, so the decoded-image cache written by training is reused
     cache = build_cache([it["path"] for it in items], predictor.prep,
                         (lambda d, t: on_progress("reading images", d, t)) if on_progress else None)
-    fingerprint = _weights_fingerprint(run_dir)
+    if _weights_fingerprint(run_dir)["sha256"] != fingerprint["sha256"]:
+        raise EvaluationError("The run's weights changed while they were being loaded (is it still training?); "
+                              "evaluate again when it has finished.")
     result: dict = {"version": EVALUATION_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "run_id": run_dir.name, "task": predictor.task, "backbone": predictor.backbone,
                     "classes": classes, "weights": fingerprint, "precision": predictor.plan.precision,

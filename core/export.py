@@ -296,11 +296,14 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
         data = _torchscript_bytes(model, x[:2] if len(x) >= 2 else x)
         outputs = _torchscript_outputs(data, batches)
         write_bytes_atomic(folder / name, data)
-    check = {"format": fmt, **_compare(reference, outputs, tolerance), "n_images": len(x), "inputs": note, **extra}
-    check["ok"] = bool(check["ok"] and extra.get("bit_exact", True))
-    # written-file hash (what a user will check), then manifest, export.json and the example script
-    manifest["files"] = {**previous, fmt: {"file": name, "sha256": _sha256((folder / name).read_bytes()),
-                                           "bytes": (folder / name).stat().st_size, "check_ok": check["ok"]}}
+    _publish(folder / name)
+    written = (folder / name).read_bytes()
+    check = {"format": fmt, **_compare(reference, outputs, tolerance), "n_images": len(x), "inputs": note, **extra,
+             "file_is_checked_bytes": _sha256(written) == _sha256(data)}
+    check["ok"] = bool(check["ok"] and extra.get("bit_exact", True) and check["file_is_checked_bytes"])
+    # the written file's hash (what a user will check), then manifest, export.json and the example script
+    manifest["files"] = {**previous, fmt: {"file": name, "sha256": _sha256(written), "bytes": len(written),
+                                           "check_ok": check["ok"]}}
     write_json_atomic(folder / MANIFEST_FILE, manifest)
     record = read_json(folder / EXPORT_FILE, {}) or {}
     formats = {k: v for k, v in (record.get("formats") or {}).items() if k in manifest["files"]}
@@ -311,8 +314,20 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
                                              "source_weights_sha256": manifest["source"]["weights_sha256"],
                                              "formats": formats})
     write_bytes_atomic(folder / EXAMPLE_FILE, example_script(manifest).encode())
+    for extra_file in (MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE):
+        _publish(folder / extra_file)
     files = sorted({FILES[f] for f in manifest["files"]} | {MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE})
     return ExportResult(fmt, folder, files, check, check["ok"], time.time() - t0)
+
+
+def _publish(path: Path) -> None:
+    """Exports are meant to be shared: readable by others as the umask allows (atomic writes start at 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o644 & ~umask)
+    except OSError:
+        pass
 
 
 def _previous_export(folder: Path, manifest: dict) -> dict:
@@ -597,11 +612,11 @@ def load_export(path: str | os.PathLike) -> LoadedExport:
     if p.is_dir():
         manifest_bytes, data = _from_folder(p)
     elif p.is_file():
-        head = open(p, "rb").read(8)
-        if p.suffix.lower() == ".zip" or (head[:4] == b"PK\x03\x04" and p.suffix.lower() not in PICKLE_SUFFIXES):
+        with open(p, "rb") as fh:
+            sample = fh.read(4096)
+        if p.suffix.lower() == ".zip" or (sample[:4] == b"PK\x03\x04" and p.suffix.lower() not in PICKLE_SUFFIXES):
             manifest_bytes, data = _from_zip(p)
         else:
-            sample = open(p, "rb").read(4096)
             if p.suffix.lower() == ".safetensors":
                 parse_safetensors_header(_read_capped(p, MAX_WEIGHTS_BYTES, p.name), p.name)
                 raise ExportError(f"{p.name} needs its manifest.json: give the export folder (or a zip of it), not "
@@ -681,7 +696,14 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
         if getattr(fz, key) != getattr(defaults_f, key):
             notes.append(f"freeze.{key}={getattr(fz, key)}")
     if not cfg.pretrained:
-        notes.append("pretrained=False")
+        from core import zoo
+
+        try:
+            has_weights = zoo.has_weights(zoo.get_spec(cfg.backbone))
+        except zoo.ZooError:
+            has_weights = True
+        if has_weights:  # without local weights the command line trains from scratch anyway
+            args.append("--from-scratch")
     command = shlex.join(args)
     if notes:
         command += "  # not settable from the command line: " + "; ".join(notes)

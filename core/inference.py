@@ -277,7 +277,12 @@ def load_predictor(path: str | os.PathLike, *, device: str = "auto", precision: 
         raise PredictError(f"{path} does not exist.")
     if is_run_dir(p):
         return Predictor.from_run(p, device=device, precision=precision, threshold=threshold)
-    if p.is_dir() and not (p / "manifest.json").is_file() and (p / "checkpoints").is_dir():
-        raise PredictError(f"{path} looks like a damaged run folder (no config.json or dataset.json).")
+    if p.is_dir() and not (p / "manifest.json").is_file():
+        if (p / "checkpoints").is_dir():
+            raise PredictError(f"{path} looks like a damaged run folder (no config.json or dataset.json).")
+        if not any(f.is_file() and f.suffix.lower() in (".safetensors", ".onnx", ".pt", ".pth", ".ckpt", ".bin")
+                   for f in p.iterdir()):
+            raise PredictError(f"{path} is neither a run folder (config.json, dataset.json) nor an exported model "
+                               "(model.safetensors with manifest.json).")
     # everything else goes through the export loader, which explains what it refuses and why
     return Predictor.from_export(p, device=device, precision=precision, threshold=threshold)

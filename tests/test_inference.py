@@ -1,0 +1,145 @@
+"""Prediction: the same tensors as training's eval path, top-k answers in batches, "not sure", runs and exports."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import runs, trainset
+from core.config import FreezeConfig, RunConfig, TrainConfig
+from core.inference import NOT_SURE, PredictError, Predictor, load_predictor
+from core.pipeline import build_cache, eval_batch, predict_input
+from core.tasks import get_task
+from tests.synthetic import make_colour_folders
+
+CLASSES = ("red", "green", "blue")
+
+
+def make_run(root: Path, model: str = "test_convnext", train: int = 4, val: int = 3, seed: int = 0) -> Path:
+    """A run folder with random-init weights saved as its best weights (no training: fast)."""
+    data = make_colour_folders(root / "data", train=train, val=val)
+    cfg = RunConfig(model, str(data), FreezeConfig("head"),
+                    TrainConfig(epochs=1, batch_size=4, precision="fp32", device="cpu"), pretrained=False)
+    run_dir = runs.create_run(cfg, trainset.resolve(str(data)), root / "runs")
+    torch.manual_seed(seed)
+    net = get_task("classification").build_model(model, len(CLASSES), pretrained=False)
+    runs.save_weights(run_dir, net.state_dict(), {"epoch": 1, "val_accuracy": 0.5, "val_loss": 1.0,
+                                                  "classes": sorted(CLASSES)})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("inference"))
+
+
+def _odd_images(folder: Path) -> list[Path]:
+    """A wide RGBA PNG, a tall JPEG with an EXIF rotation and a small grey PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    rgba = Image.fromarray(rng.integers(0, 256, (50, 91, 4), dtype=np.uint8), "RGBA")
+    rgba.save(folder / "wide.png")
+    jpg = Image.fromarray(rng.integers(0, 256, (120, 70, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    jpg.save(folder / "tall.jpg", exif=exif.tobytes(), quality=90)
+    Image.fromarray(rng.integers(0, 256, (33, 40), dtype=np.uint8), "L").save(folder / "grey.png")
+    return [folder / "wide.png", folder / "tall.jpg", folder / "grey.png"]
+
+
+def test_predict_time_tensors_equal_the_training_eval_path(tmp_path: Path, run_dir: Path) -> None:
+    predictor = load_predictor(run_dir)
+    prep = predictor.prep
+    files = _odd_images(tmp_path / "odd")
+    cache = build_cache([str(f) for f in files], prep)  # what training caches and validation reads
+    assert not cache.failed
+    for i, f in enumerate(files):
+        trained = eval_batch(cache.squares[[i]], prep, channels_last=True)  # the engine's evaluate_indices input
+        predicted = predict_input(str(f), prep)
+        assert torch.equal(trained, predicted), f.name
+        assert torch.equal(predictor.inputs([str(f)]), trained)
+        assert torch.equal(predictor.inputs([f.read_bytes()]), trained)  # uploads (bytes) too
+    assert predicted.shape == (1, 3, prep.size, prep.size)
+
+
+def test_predict_gives_top_k_class_names_in_batches(run_dir: Path) -> None:
+    predictor = load_predictor(run_dir)
+    assert predictor.origin == "run" and predictor.classes == sorted(CLASSES)
+    assert not predictor.model.training
+    conv = next(p for p in predictor.model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
+    files = sorted(str(p) for p in (Path(runs.load_config(run_dir).dataset) / "val").rglob("*.png"))
+    one_batch = predictor.predict(files, top_k=2, batch_size=64)
+    small_batches = predictor.predict(files, top_k=2, batch_size=2)
+    assert len(one_batch) == len(files)
+    for a, b, f in zip(one_batch, small_batches, files, strict=True):
+        assert a.name == f and a.ok and a.label in CLASSES and a.predicted == a.label
+        assert len(a.top_k) == 2 and a.top_k[0][1] >= a.top_k[1][1] and a.confidence == a.top_k[0][1]
+        assert a.top_k[0][0] == b.top_k[0][0] and a.top_k[0][1] == pytest.approx(b.top_k[0][1], abs=1e-5)
+        assert a.seconds > 0
+    # the answer is the model's: softmax of the logits of the validation input
+    logits = predictor.logits(predictor.inputs(files[:1]))
+    probs = torch.softmax(logits, 1)[0]
+    assert one_batch[0].top_k[0] == (predictor.classes[int(probs.argmax())], pytest.approx(float(probs.max()),
+                                                                                          abs=1e-6))
+    assert len(predictor.predict(files[:1], top_k=10)[0].top_k) == 3  # never more than the classes
+    with pytest.raises(PredictError):
+        predictor.predict(files[:1], top_k=0)
+
+
+def test_threshold_answers_not_sure_but_keeps_the_raw_top_k(run_dir: Path) -> None:
+    files = sorted(str(p) for p in (Path(runs.load_config(run_dir).dataset) / "val").rglob("*.png"))[:3]
+    unsure = Predictor.from_run(run_dir, threshold=0.99).predict(files, top_k=3)
+    sure = Predictor.from_run(run_dir, threshold=None).predict(files, top_k=3)
+    for u, s in zip(unsure, sure, strict=True):
+        assert u.label == NOT_SURE and u.unsure and u.top_k == s.top_k and u.predicted == s.label
+        assert s.label in CLASSES and not s.unsure
+        assert u.to_dict()["top_k"][0]["label"] == s.label
+    with pytest.raises(PredictError, match="between 0 and 1"):
+        Predictor.from_run(run_dir, threshold=1.5)
+
+
+def test_unreadable_images_are_named_and_the_others_answered(run_dir: Path, tmp_path: Path) -> None:
+    good = next((Path(runs.load_config(run_dir).dataset) / "val").rglob("*.png"))
+    (tmp_path / "notes.png").write_text("this is text, not a picture")
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (10, 200, 10)).save(buf, "PNG")
+    preds = load_predictor(run_dir).predict([str(good), str(tmp_path / "notes.png"), buf.getvalue(),
+                                             str(tmp_path / "missing.jpg")], top_k=1)
+    assert [p.ok for p in preds] == [True, False, True, False]
+    assert preds[1].name.endswith("notes.png") and preds[1].error and preds[1].label == ""
+    assert preds[2].name == "image 3" and preds[2].label in CLASSES
+    assert "cannot read" in preds[3].error
+
+
+def test_load_predictor_detects_run_and_export_and_they_agree(run_dir: Path, tmp_path: Path) -> None:
+    from core.export import export_run
+
+    export_run(run_dir, "safetensors", tmp_path / "export")
+    files = sorted(str(p) for p in (Path(runs.load_config(run_dir).dataset) / "val").rglob("*.png"))
+    from_run = load_predictor(run_dir).predict(files, top_k=3)
+    exported = load_predictor(tmp_path / "export")
+    assert exported.origin == "export" and exported.classes == sorted(CLASSES)
+    assert exported.prep == load_predictor(run_dir).prep
+    for a, b in zip(from_run, exported.predict(files, top_k=3), strict=True):
+        assert a.top_k == b.top_k
+    with pytest.raises(PredictError, match="does not exist"):
+        load_predictor(tmp_path / "nowhere")
+
+
+def test_stored_threshold_applies_only_to_the_weights_it_was_chosen_for(tmp_path: Path) -> None:
+    from core.evaluate import evaluate_run, load_evaluation, set_threshold
+
+    run_dir = make_run(tmp_path)
+    evaluate_run(run_dir, with_learning_curve=False)
+    set_threshold(run_dir, 0.42)
+    assert Predictor.from_run(run_dir).threshold == pytest.approx(0.42)
+    net = get_task("classification").build_model("test_convnext", 3, pretrained=False)
+    runs.save_weights(run_dir, net.state_dict(), {"epoch": 2})  # trained further: the evaluation is out of date
+    assert load_evaluation(run_dir)["stale"] is True
+    assert Predictor.from_run(run_dir).threshold is None
