@@ -13,6 +13,8 @@ PAGES = {
         st.Page("views/data.py", title="2 · Data", icon=":material/photo_library:", url_path="data"),
         st.Page("views/layers.py", title="3 · Layers", icon=":material/layers:", url_path="layers"),
         st.Page("views/train.py", title="4 · Train", icon=":material/model_training:", url_path="train"),
+        st.Page("views/test.py", title="5 · Test", icon=":material/science:", url_path="test"),
+        st.Page("views/runs.py", title="6 · Runs & export", icon=":material/inventory_2:", url_path="runs"),
     ],
 }
 

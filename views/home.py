@@ -29,8 +29,8 @@ STEPS = [
     ("2 · Data", "Bring folders of photos, one per class.", "views/data.py", bool(draft("dataset_id"))),
     ("3 · Layers", "Choose which layers to freeze.", "views/layers.py", bool(draft("freeze"))),
     ("4 · Train", "Watch it learn, live.", "views/train.py", bool(draft("run_id"))),
-    ("5 · Test", "Try it on new pictures.", None, False),
-    ("6 · Export", "Take it away as a file or a report.", None, False),
+    ("5 · Test", "Try it on new pictures.", "views/test.py", False),
+    ("6 · Export", "Results, comparison, export and a report.", "views/runs.py", False),
 ]
 for title, what, page, done in STEPS:
     cols = st.columns([1, 4, 2])

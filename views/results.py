@@ -1,0 +1,164 @@
+"""The Results view of one run (used by the Runs page): metrics labelled with their split, confusion matrix,
+mistakes, possible label errors, calibration and the "not sure" threshold, and the learning curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import runs
+from views.common import esc
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _thumb(path: str, side: int = 160) -> bytes | None:
+    import io
+
+    from core.data.images import ImageError, load_rgb
+
+    try:
+        img = load_rgb(path)
+    except (ImageError, OSError):
+        return None
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _confusion(matrix: list[list[int]], classes: list[str]) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues", text=matrix,
+                               texttemplate="%{text}", hovertemplate="true %{y} → predicted %{x}: %{z}<extra></extra>"))
+    fig.update_layout(height=max(300, 40 * len(classes) + 120), margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                      title="Confusion matrix")
+    return fig
+
+
+def _reliability(cal: dict) -> go.Figure:
+    bins = [b for b in cal.get("bins", []) if b.get("count")]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                             line=dict(dash="dot", color="#94a3b8")))
+    fig.add_trace(go.Bar(x=[(b["lo"] + b["hi"]) / 2 for b in bins], y=[b["accuracy"] for b in bins], width=0.09,
+                         name="accuracy in bin", marker_color="#2563eb",
+                         hovertext=[f"{b['count']} images" for b in bins]))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="confidence",
+                      yaxis_title="accuracy", title="Reliability diagram", xaxis_range=[0, 1], yaxis_range=[0, 1])
+    return fig
+
+
+def _tradeoff(curve: list[dict], chosen: float | None) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[c["threshold"] for c in curve], y=[c["accuracy"] for c in curve],
+                             name="accuracy of answers", line_color="#2563eb"))
+    fig.add_trace(go.Scatter(x=[c["threshold"] for c in curve], y=[c["coverage"] for c in curve],
+                             name="share answered", line_color="#f59e0b"))
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dash", line_color="#16a34a", annotation_text=f"{chosen:.0%}")
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="confidence threshold",
+                      title="“Not sure” threshold: accuracy vs share answered", yaxis_range=[0, 1.02])
+    return fig
+
+
+def _learning(points: list[dict]) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=[p["n_train"] for p in points], y=[p["val_accuracy"] for p in points],
+                               mode="lines+markers", line_color="#2563eb",
+                               error_y=dict(type="data", symmetric=False,
+                                            array=[p.get("val_accuracy_max", p["val_accuracy"]) - p["val_accuracy"]
+                                                   for p in points],
+                                            arrayminus=[p["val_accuracy"] - p.get("val_accuracy_min",
+                                                                                  p["val_accuracy"])
+                                                        for p in points])))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="training images",
+                      yaxis_title="validation accuracy", title="Learning curve (quick model)")
+    return fig
+
+
+def _gallery(items: list[dict], key: str, caption) -> None:
+    cols = st.columns(6)
+    for i, item in enumerate(items[:18]):
+        data = _thumb(item["path"])
+        with cols[i % 6]:
+            if data:
+                st.image(data, width="stretch")
+            st.caption(caption(item))
+
+
+def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
+    """Render an evaluation (from core.evaluate) of the run in `run_dir`."""
+    split = ev.get("primary_split", "val")
+    block = ev["splits"][split]
+    classes = ev["classes"]
+    if ev.get("stale"):
+        st.warning("These results are for older weights of this run: recompute them.")
+    st.caption(f"All numbers below are on the **{split}** split ({block['n_images']} photos the model never "
+               "trained on).")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric(f"Accuracy ({split})", f"{block['accuracy']:.1%}")
+    c2.metric(f"Balanced accuracy ({split})", f"{block['balanced_accuracy']:.1%}",
+              help="The average of the per-class accuracies: honest when classes have different sizes.")
+    c3.metric(f"Macro F1 ({split})", f"{block['macro_f1']:.3f}")
+    c4.metric(f"Calibration error ({split})", f"{(block.get('calibration') or {}).get('ece', 0):.3f}",
+              help="Expected calibration error: how far the model's confidence is from its real accuracy.")
+    left, right = st.columns([3, 2])
+    left.plotly_chart(_confusion(block["confusion_matrix"], classes), key="res_confusion")
+    per_class = pd.DataFrame(block["per_class"])
+    right.dataframe(per_class, hide_index=True, key="res_per_class")
+    pairs = block.get("most_confused") or []
+    if pairs:
+        right.markdown("**Most confused**")
+        for p in pairs[:5]:
+            right.caption(f"{esc(p['true'])} taken for {esc(p['predicted'])}: {p['count']} times")
+
+    st.subheader(f"Mistakes ({len(block.get('misclassified', []))})")
+    _gallery(block.get("misclassified", []), "res_mistakes",
+             lambda m: f"{esc(m['label'])} → {esc(m['predicted'])} ({m['confidence']:.0%})")
+
+    issues = block.get("label_issues") or []
+    lc = ev.get("learning_curve") or {}
+    issues_train = lc.get("train_label_issues") or []
+    if issues or issues_train:
+        with st.expander(f"Possible label errors ({len(issues) + len(issues_train)})"):
+            st.write("Photos the model is confidently sure belong to another class. Check them: a wrong label "
+                     "teaches the model the wrong thing.")
+            rows = [{"drop": False, "file": i["name"], "label": i["label"], "looks like": i["suggested"],
+                     "why": i["reason"]} for i in issues + issues_train]
+            edited = st.data_editor(pd.DataFrame(rows), hide_index=True, key="res_issues",
+                                    disabled=["file", "label", "looks like", "why"])
+            chosen = [r["file"] for r in edited.to_dict("records") if r["drop"]]
+            source = runs.load_dataset(run_dir).get("source") or {}
+            if source.get("kind") == "store" and chosen:
+                if st.button(f"Drop {len(chosen)} photo(s) from the dataset", key="res_drop"):
+                    from core.data.store import drop_files, load_dataset
+
+                    ds = load_dataset(source["id"])
+                    by_name = {it.original_name: it.file for it in ds.items}
+                    files = [by_name[n] for n in chosen if n in by_name]
+                    drop_files(source["id"], files)
+                    st.success(f"Dropped {len(files)} photo(s). Train again to use the cleaned dataset.")
+            elif chosen:
+                st.caption("This run read a folder directly: fix those files in the folder, then train again.")
+
+    st.subheader("Can I trust its confidence?")
+    cal = block.get("calibration") or {}
+    thr = ev.get("unknown_threshold") or {}
+    left, right = st.columns(2)
+    left.plotly_chart(_reliability(cal), key="res_reliability")
+    if thr.get("curve"):
+        right.plotly_chart(_tradeoff(thr["curve"], thr.get("threshold")), key="res_tradeoff")
+        right.caption(esc(thr.get("reason", "")))
+        value = st.slider("“Not sure” below this confidence (used on the Test page)", 0.0, 1.0,
+                          float(thr.get("threshold") or 0.0), 0.01, key="res_threshold")
+        if st.button("Use this threshold", key="res_threshold_set"):
+            set_threshold(run_dir, value if value > 0 else None)
+            st.success("Saved: the Test page now answers “not sure” below it.")
+
+    if lc.get("available"):
+        st.subheader("Should I collect more photos?")
+        left, right = st.columns([3, 2])
+        left.plotly_chart(_learning(lc["points"]), key="res_learning")
+        right.info(lc.get("reading", ""))

@@ -1,0 +1,190 @@
+"""Runs: every run with its facts; compare several; open one for results, export, report, and housekeeping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import jobs, runs
+from core.evaluate import load_evaluation, set_threshold
+from core.progress import read_run
+from core.settings import PROJECT_ROOT, runs_root
+from core.storage import read_json, write_json_atomic
+from views.common import draft, esc, set_draft
+
+st.title("6 · Runs, results and export")
+
+
+def _cli(args: list[str], timeout: float = 1800) -> tuple[dict | None, str]:
+    """Run a `transfer-studio` command in its own process; (last JSON line, error text)."""
+    proc = subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line), ""
+    return None, (proc.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def _meta(run_dir) -> dict:
+    return read_json(run_dir / "meta.json", {}) or {}
+
+
+def _row(run_dir) -> dict:
+    cfg, status, meta = runs.read_json_config(run_dir), runs.read_status(run_dir), _meta(run_dir)
+    train = cfg.get("train", {})
+    created = status.get("created") or run_dir.stat().st_mtime
+    return {"run": run_dir.name, "name": meta.get("name") or cfg.get("name") or run_dir.name,
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
+            "freeze": "quick" if cfg.get("quick") else cfg.get("freeze", {}).get("preset"),
+            "pretrained": cfg.get("pretrained", True), "epochs": train.get("epochs"),
+            "batch": train.get("batch_size"), "lr": train.get("lr") or "auto", "status": jobs.state(run_dir).get(
+                "state", status.get("state")), "best_val_accuracy": status.get("best_val_accuracy"),
+            "seconds": round(status.get("seconds") or 0, 1), "device": status.get("device", ""),
+            "note": meta.get("note", "")}
+
+
+all_runs = runs.list_runs()
+if not all_runs:
+    st.info("No runs yet.")
+    st.page_link("views/train.py", label="Go to the Train page", icon=":material/model_training:")
+    st.stop()
+
+table = pd.DataFrame([_row(p) for p in all_runs])
+st.dataframe(table, hide_index=True, key="runs_table",
+             column_config={"best_val_accuracy": st.column_config.ProgressColumn("best val acc", min_value=0,
+                                                                                  max_value=1, format="%.3f")})
+
+ids = [p.name for p in all_runs]
+names = dict(zip(table["run"], table["name"], strict=True))
+compare = st.multiselect("Compare runs (curves and metrics side by side)", ids, key="runs_compare",
+                         format_func=lambda r: f"{names[r]} ({r})", max_selections=6)
+if compare:
+    fig = go.Figure()
+    for rid in compare:
+        view = read_run(runs_root() / rid)
+        if view.history:
+            xs = [h.get("t", 0) - (view.started or {}).get("t", 0) for h in view.history]
+            fig.add_trace(go.Scatter(x=xs, y=[h["val_accuracy"] for h in view.history], mode="lines+markers",
+                                     name=names[rid]))
+    fig.update_layout(height=320, xaxis_title="seconds of training", yaxis_title="validation accuracy",
+                      margin=dict(l=10, r=10, t=30, b=10), title="Validation accuracy over time")
+    st.plotly_chart(fig, key="runs_compare_chart")
+    st.dataframe(table[table["run"].isin(compare)].set_index("name").T, key="runs_compare_table")
+
+current = draft("run_id")
+run_id = st.selectbox("Open a run", ids, index=ids.index(current) if current in ids else 0,
+                      format_func=lambda r: f"{names[r]} ({r})", key="runs_open")
+set_draft("run_id", run_id)
+RUN = runs_root() / run_id
+status = jobs.state(RUN)
+has_weights = (RUN / "checkpoints" / "best.safetensors").exists()
+results, export, manage = st.tabs(["Results", "Export and share", "Manage"])
+
+with results:
+    if not has_weights:
+        st.info("This run has no saved weights yet.")
+    else:
+        ev = load_evaluation(RUN)
+        label = "Compute results" if ev is None else ("Recompute (the weights changed)" if ev.get("stale")
+                                                      else "Recompute")
+        if st.button(label, key="runs_evaluate", type="primary" if ev is None or ev.get("stale") else "secondary"):
+            with st.spinner("Measuring the model on its validation photos…"):
+                _, err = _cli(["evaluate", "--run", str(RUN), "--quiet", "--json"])
+            if err:
+                st.error(f"Could not compute results: {err}")
+            ev = load_evaluation(RUN)
+        if ev is not None:
+            from views.results import show_results
+
+            show_results(RUN, ev, set_threshold)
+
+with export:
+    if not has_weights:
+        st.info("Train this run first.")
+    else:
+        from core.export import read_export_record, reproduce_command, zip_export
+
+        fmt = st.radio("Format", ["safetensors", "onnx", "torchscript"], horizontal=True, key="runs_export_fmt",
+                       help="safetensors + manifest: for this app and plain PyTorch; ONNX: for onnxruntime and "
+                            "other tools; TorchScript: for C++/mobile PyTorch.")
+        out = RUN / "exports" / "model"
+        if st.button("Export and check", key="runs_export", icon=":material/download:"):
+            with st.spinner("Exporting and checking the file against PyTorch…"):
+                res, err = _cli(["export", "--run", str(RUN), "--format", fmt, "--out", str(out), "--json"])
+            if err and not res:
+                st.error(f"Export failed: {err}")
+        record = read_export_record(out) if out.exists() else None
+        if record:
+            for name, entry in (record.get("formats") or {}).items():
+                check = entry.get("check") or {}
+                diff = check.get("max_abs_diff") or 0.0
+                if check.get("ok"):
+                    st.success(f"{name}: checked — outputs match PyTorch on {check.get('n_images', '?')} images "
+                               f"(max difference {diff:.2g})")
+                else:
+                    st.error(f"{name}: the check FAILED (max difference {diff:.2g}); do not use this file.")
+            st.download_button("Download the export (.zip)", zip_export(out), file_name=f"{run_id}-model.zip",
+                               key="runs_download", mime="application/zip")
+            example = out / "predict_example.py"
+            if example.exists():
+                with st.expander("Use it in Python"):
+                    st.code(example.read_text(), language="python")
+        st.subheader("Reproduce")
+        st.code(reproduce_command(RUN), language="bash")
+        st.subheader("Report for people")
+        if st.button("Make the HTML report", key="runs_report", icon=":material/description:"):
+            try:
+                from core.report import write_report
+
+                with st.spinner("Writing the report…"):
+                    path = write_report(RUN)
+            except Exception as err:  # the report is optional: say why it failed
+                st.error(f"Could not write the report: {err}")
+            else:
+                st.session_state["report_ready"] = str(path)
+        report = RUN / "report.html"
+        if report.exists():
+            st.download_button("Download report.html", report.read_bytes(), file_name=f"{run_id}-report.html",
+                               mime="text/html", key="runs_report_download")
+
+with manage:
+    meta = _meta(RUN)
+    new_name = st.text_input("Name", value=meta.get("name") or runs.read_json_config(RUN).get("name", ""),
+                             key="runs_name", max_chars=120)
+    note = st.text_area("Note", value=meta.get("note", ""), key="runs_note", max_chars=2000)
+    if st.button("Save name and note", key="runs_save_meta"):
+        write_json_atomic(RUN / "meta.json", {**meta, "name": new_name, "note": note})
+        st.success("Saved.")
+    state = status.get("state")
+    cfg = runs.read_json_config(RUN)
+    if state in ("stopped", "crashed", "cancelled", "failed") and not cfg.get("quick"):
+        if st.button("Resume this run", key="runs_resume", icon=":material/play_arrow:"):
+            jobs.start(RUN)
+            st.switch_page("views/train.py")
+    if cfg.get("pretrained", True) and not cfg.get("quick"):
+        st.write("**What does transfer learning buy?** Train the same model with the same settings from random "
+                 "weights and compare both runs above.")
+        if st.button("Train the same from scratch", key="runs_scratch", icon=":material/compare_arrows:"):
+            new_cfg = runs.load_config(RUN)
+            from dataclasses import replace
+
+            scratch = replace(new_cfg, pretrained=False, name=f"{new_cfg.name or run_id} · from scratch")
+            new_dir = runs.create_run(scratch, runs.load_dataset(RUN))
+            jobs.start(new_dir)
+            set_draft("run_id", new_dir.name)
+            st.session_state["runs_compare"] = [run_id, new_dir.name]
+            st.switch_page("views/train.py")
+    st.divider()
+    confirm = st.checkbox(f"Yes, delete {esc(names[run_id])} and its files", key="runs_delete_confirm")
+    if st.button("Delete this run", key="runs_delete", disabled=not confirm or status.get("state") in
+                 runs.ACTIVE_STATES, icon=":material/delete:"):
+        shutil.rmtree(RUN, ignore_errors=True)
+        set_draft("run_id", None)
+        st.rerun()

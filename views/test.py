@@ -1,0 +1,130 @@
+"""Test: drop photos (or take one) and see the model's top answers, the time per photo and where it looked."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import runs
+from core.inference import PredictError, Predictor
+from core.settings import runs_root, subdir
+from views.common import draft, esc, set_draft
+
+st.title("5 · Test your model")
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _run_predictor(run_dir: str, stamp: float) -> Predictor:  # noqa: ARG001 - stamp: reload when weights change
+    return Predictor.from_run(run_dir)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _export_predictor(path: str, digest: str) -> Predictor:  # noqa: ARG001 - digest is the cache key
+    return Predictor.from_export(path)
+
+
+def _finished_runs() -> list[Path]:
+    return [p for p in runs.list_runs() if (p / "checkpoints" / "best.safetensors").exists()]
+
+
+def _choose_model() -> Predictor | None:
+    source = st.radio("Model", ["A run trained here", "An exported model (.zip)"], key="test_source",
+                      horizontal=True)
+    if source.startswith("An exported"):
+        upload = st.file_uploader("Exported model (zip with model.safetensors + manifest.json)", type=["zip"],
+                                  key="test_export_zip")
+        st.caption("Only models exported by Transfer Studio are accepted (safetensors + manifest); other files "
+                   "are refused without being opened as code.")
+        if upload is None:
+            return None
+        data = upload.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        path = subdir("imports") / f"{digest[:16]}.zip"
+        if not path.exists():
+            path.write_bytes(data)
+        try:
+            return _export_predictor(str(path), digest)
+        except Exception as err:  # ExportError and friends: a message, never a traceback
+            st.error(f"This file cannot be used: {err}")
+            return None
+    done = _finished_runs()
+    if not done:
+        st.info("No trained model yet.")
+        st.page_link("views/train.py", label="Go to the Train page", icon=":material/model_training:")
+        return None
+    names = [p.name for p in done]
+    current = draft("run_id")
+    labels = {p.name: f"{runs.read_json_config(p).get('name') or p.name} · "
+                      f"{(runs.read_status(p).get('best_val_accuracy') or 0):.1%} ({p.name})" for p in done}
+    run_id = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
+                          format_func=lambda n: labels[n], key="test_run")
+    set_draft("run_id", run_id)
+    weights = runs_root() / run_id / "checkpoints" / "best.safetensors"
+    return _run_predictor(str(runs_root() / run_id), weights.stat().st_mtime)
+
+
+def _bars(top_k: tuple[tuple[str, float], ...]) -> go.Figure:
+    labels = [c for c, _ in top_k][::-1]
+    fig = go.Figure(go.Bar(x=[p for _, p in top_k][::-1], y=labels, orientation="h", marker_color="#2563eb",
+                           text=[f"{p:.1%}" for _, p in top_k][::-1], textposition="auto"))
+    fig.update_layout(height=60 + 32 * len(labels), margin=dict(l=10, r=10, t=10, b=10),
+                      xaxis=dict(range=[0, 1], tickformat=".0%"))
+    return fig
+
+
+predictor = _choose_model()
+if predictor is None:
+    st.stop()
+st.caption(f"{len(predictor.classes)} classes: " + ", ".join(esc(c) for c in predictor.classes[:20])
+           + (" …" if len(predictor.classes) > 20 else ""))
+if predictor.threshold is not None:
+    st.caption(f"Answers below {predictor.threshold:.0%} confidence are shown as “not sure”.")
+
+files = st.file_uploader("Photos to test", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+                         accept_multiple_files=True, key="test_files")
+camera = st.camera_input("Or take a photo", key="test_camera") if st.toggle("Use the camera",
+                                                                             key="test_camera_on") else None
+show_cam = st.toggle("Show where the model looked (Grad-CAM)", value=True, key="test_gradcam")
+top_k = st.slider("How many answers to show", 1, max(1, min(10, len(predictor.classes))),
+                  min(3, len(predictor.classes)), key="test_top_k")
+
+inputs = [(f.name, f.getvalue()) for f in files or []]
+if camera is not None:
+    inputs.append(("camera photo", camera.getvalue()))
+if not inputs:
+    st.info("Drop one or more photos above.")
+    st.stop()
+
+try:
+    answers = predictor.predict([data for _, data in inputs], top_k=top_k, names=[n for n, _ in inputs])
+except PredictError as err:
+    st.error(str(err))
+    st.stop()
+
+for (name, data), answer in zip(inputs, answers, strict=True):
+    st.divider()
+    left, mid, right = st.columns([1, 2, 1])
+    left.markdown(f"**{esc(name)}**")
+    if not answer.ok:
+        left.error(f"This file cannot be read: {answer.error}")
+        continue
+    left.image(data, width="stretch")
+    verdict = "not sure" if answer.unsure else esc(answer.label)
+    mid.markdown(f"### {verdict}")
+    mid.plotly_chart(_bars(answer.top_k), key=f"test_bars_{name}_{hashlib.md5(data).hexdigest()[:8]}")
+    mid.caption(f"{answer.seconds * 1000:.0f} ms for this photo on {predictor.plan.device}")
+    if show_cam:
+        from core.gradcam import explain
+
+        try:
+            cam = explain(predictor, data)
+        except Exception as err:  # Grad-CAM is an extra: explain, never break the page
+            right.caption(f"No heat-map for this model: {err}")
+            continue
+        if cam.has_evidence:
+            right.image(cam.overlay, caption=f"Where it looked for “{cam.target_label}”", width="stretch")
+        else:
+            right.caption("Nothing in this photo speaks for the predicted class.")
