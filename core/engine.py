@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from core import runs, zoo
+from core.config import TrainConfig
 from core.device import DevicePlan, plan_device
 from core.events import BatchEnded, EpochEnded, Event, FitEnded, FitFailed, FitStarted, Notice, PhaseChanged, Preparing
 from core.freeze import (
@@ -28,7 +29,7 @@ from core.freeze import (
     set_train_mode,
     trainable_counts,
 )
-from core.pipeline import ImageCache, batch_generator, build_cache, epoch_order, eval_batch, prep_for, train_batch
+from core.pipeline import ImageCache, batch_generator, epoch_order, eval_batch, prep_for, prepare_run_data, train_batch
 from core.tasks import get_task
 
 Subscriber = Callable[[Event], None]
@@ -68,6 +69,13 @@ def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
         return base * (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(param_groups: list[dict], tc: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW (default) or SGD with Nesterov momentum over the layer-group parameter groups."""
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=tc.momentum, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=(tc.momentum, 0.999))
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -110,7 +118,6 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
     plan = plan_device(tc.device, tc.precision)
     dev = plan.torch_device()
     classes = list(manifest["classes"])
-    items = manifest["items"]
     spec = zoo.get_spec(cfg.backbone)
     prep = prep_for(spec)
 
@@ -121,16 +128,11 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
     groups = layer_groups(model)
     phases = plan_phases(groups, cfg.freeze, tc.epochs)
     base_lr = tc.effective_lr(cfg.freeze)
-    opt = torch.optim.SGD(optimizer_groups(model, groups, base_lr, tc.weight_decay), lr=base_lr,
-                          momentum=tc.momentum, nesterov=True)
+    opt = make_optimizer(optimizer_groups(model, groups, base_lr, tc.weight_decay), tc, base_lr)
 
-    cache = build_cache([it["path"] for it in items], prep, lambda d, t: emit(Preparing(d, t)))
-    for i, reason in sorted(cache.failed.items()):
-        emit(Notice("warning", f"{items[i].get('name', items[i]['path'])}: skipped, {reason}."))
-    label_of = {c: k for k, c in enumerate(classes)}
-    labels = torch.tensor([label_of[it["label"]] for it in items])
-    train_idx = [i for i, it in enumerate(items) if it["split"] == "train" and i not in cache.failed]
-    val_idx = [i for i, it in enumerate(items) if it["split"] == "val" and i not in cache.failed]
+    data = prepare_run_data(manifest, prep, lambda d, t: emit(Preparing(d, t)),
+                            lambda msg: emit(Notice("warning", msg)))
+    cache, labels, train_idx, val_idx = data.cache, data.labels, data.train_idx, data.val_idx
     if not train_idx or not val_idx:
         return _fail(emit, run_dir, t0, plan, "No readable training or validation images are left.", 0)
     weights = None

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from core import trainset, zoo
 from core.config import FreezeConfig, TrainConfig
 from core.device import plan_device
+from core.engine import make_optimizer
 from core.freeze import apply_phase, layer_groups, plan_phases, set_train_mode
-from core.pipeline import batch_generator, build_cache, epoch_order, prep_for, train_batch
+from core.pipeline import batch_generator, epoch_order, prep_for, prepare_run_data, train_batch
 from core.plots import smoothed
 from core.tasks import get_task
 
@@ -54,12 +55,11 @@ def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfi
     """Run the range test on the dataset's training images with the given model and freeze choice."""
     plan = plan_device(train.device, train.precision)
     manifest = trainset.resolve(dataset)
-    classes, items = manifest["classes"], manifest["items"]
+    classes = manifest["classes"]
     spec = zoo.get_spec(backbone)
     prep = prep_for(spec)
-    cache = build_cache([it["path"] for it in items], prep)
-    labels = torch.tensor([classes.index(it["label"]) for it in items])
-    train_idx = [i for i, it in enumerate(items) if it["split"] == "train" and i not in cache.failed]
+    data = prepare_run_data(manifest, prep)
+    cache, labels, train_idx = data.cache, data.labels, data.train_idx
     torch.manual_seed(train.seed)
     model = get_task("classification").build_model(backbone, len(classes), pretrained).to(plan.torch_device())
     if plan.channels_last:
@@ -68,8 +68,7 @@ def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfi
     phase = plan_phases(groups, freeze, train.epochs)[-1]
     apply_phase(model, groups, phase)
     set_train_mode(model, groups, phase, freeze.train_bn)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=start, momentum=train.momentum,
-                          nesterov=True)
+    opt = make_optimizer([{"params": [p for p in model.parameters() if p.requires_grad]}], train, start)
     factor = (end / start) ** (1 / max(1, steps - 1))
     lrs, losses = [], []
     order, pos, epoch = epoch_order(len(train_idx), train.seed, 0).tolist(), 0, 0

@@ -207,3 +207,28 @@ def _fill(arr: np.ndarray, failed: dict[int, str], results, total: int,
             arr[i] = img
         if on_progress and (i % 16 == 0 or i + 1 == total):
             on_progress(i + 1, total)
+
+
+@dataclass
+class RunData:
+    """A run's images, decoded once, with class indices and the usable train/val positions."""
+
+    cache: ImageCache
+    labels: torch.Tensor
+    train_idx: list[int]
+    val_idx: list[int]
+
+
+def prepare_run_data(manifest: dict, prep: Prep, on_progress: Callable[[int, int], None] | None = None,
+                     on_skip: Callable[[str], None] | None = None) -> RunData:
+    """Decode the run's files (cached) and split them; every unreadable file is reported through `on_skip`."""
+    items, classes = manifest["items"], list(manifest["classes"])
+    cache = build_cache([it["path"] for it in items], prep, on_progress)
+    for i, reason in sorted(cache.failed.items()):
+        if on_skip:
+            on_skip(f"{items[i].get('name', items[i]['path'])}: skipped, {reason}.")
+    label_of = {c: k for k, c in enumerate(classes)}
+    labels = torch.tensor([label_of[it["label"]] for it in items])
+    usable = [i for i in range(len(items)) if i not in cache.failed]
+    return RunData(cache, labels, [i for i in usable if items[i]["split"] == "train"],
+                   [i for i in usable if items[i]["split"] == "val"])

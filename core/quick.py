@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from core import runs, zoo
 from core.device import DevicePlan, plan_device
 from core.events import EpochEnded, Event, FitEnded, FitStarted, Notice, PhaseChanged, Preparing
-from core.pipeline import ImageCache, _cache_key, build_cache, eval_batch, prep_for
+from core.pipeline import ImageCache, _cache_key, eval_batch, prep_for, prepare_run_data
 from core.settings import cache_root
 from core.tasks import get_task
 
@@ -107,13 +107,9 @@ def train_quick(run_dir: Path, subscribers: Sequence[Callable[[Event], None]] = 
     spec = zoo.get_spec(cfg.backbone)
     prep = prep_for(spec)
     paths = [it["path"] for it in items]
-    cache = build_cache(paths, prep, lambda d, t: emit(Preparing(d, t)))
-    for i, reason in sorted(cache.failed.items()):
-        emit(Notice("warning", f"{items[i].get('name', items[i]['path'])}: skipped, {reason}."))
-    label_of = {c: k for k, c in enumerate(classes)}
-    labels = torch.tensor([label_of[it["label"]] for it in items])
-    train_idx = [i for i, it in enumerate(items) if it["split"] == "train" and i not in cache.failed]
-    val_idx = [i for i, it in enumerate(items) if it["split"] == "val" and i not in cache.failed]
+    data = prepare_run_data(manifest, prep, lambda d, t: emit(Preparing(d, t)),
+                            lambda msg: emit(Notice("warning", msg)))
+    cache, labels, train_idx, val_idx = data.cache, data.labels, data.train_idx, data.val_idx
     emit(FitStarted(1, 1, len(train_idx), len(val_idx), classes, plan.device, plan.precision, plan.note,
                     len(train_idx), 0.0))
     feats = embed(cfg.backbone, cache, range(len(cache)), plan, _cache_key(paths, prep),
