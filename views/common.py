@@ -87,3 +87,16 @@ def need_backbone() -> str | None:
         st.page_link("views/model.py", label="Go to the Model page", icon=":material/view_in_ar:")
         return None
     return name
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def train_images(dataset_id: str | None, default: int = 1000) -> int:
+    """How many training images the chosen dataset has (for estimates); `default` without one."""
+    if not dataset_id:
+        return default
+    from core.data.store import load_dataset
+
+    try:
+        return max(10, sum(1 for it in load_dataset(dataset_id).items if it.split == "train"))
+    except Exception:  # not a stored dataset: keep the default
+        return default

@@ -8,7 +8,7 @@ import streamlit as st
 from core.config import PRESET_HELP, FreezeConfig
 from core.measure import estimate_training_isolated
 from core.plots import layer_groups_figure
-from views.common import cached_group_rows, draft, draft_freeze, need_backbone, set_draft
+from views.common import cached_group_rows, draft, draft_freeze, need_backbone, set_draft, train_images
 
 st.title("3 · Choose what to train")
 backbone = need_backbone()
@@ -74,7 +74,8 @@ right.dataframe(pd.DataFrame(rows), hide_index=True, key="layers_table")
 st.subheader("How long and how much memory?")
 st.write("Measured now with a few real training steps on this machine (not a guess).")
 c1, c2 = st.columns(2)
-n_images = c1.number_input("Number of training images", 10, 1_000_000, value=1000, step=100, key="estimate_images")
+n_images = c1.number_input("Number of training images", 10, 1_000_000, value=train_images(draft("dataset_id")),
+                           step=100, key="estimate_images")
 batch = c2.select_slider("Batch size", [4, 8, 16, 32, 64, 128], value=32, key="estimate_batch")
 if st.button("Measure", key="estimate_run"):
     with st.spinner("Running a few training steps…"):
@@ -93,4 +94,6 @@ if est and est["model"] == backbone and est["freeze_config"] == freeze.to_dict()
     st.caption(est["note"])
 
 if draft("dataset_id") is None:
-    st.caption("Next: bring your photos (the Data step arrives with the next release).")
+    st.page_link("views/data.py", label="Next: bring your photos →", icon=":material/photo_library:")
+else:
+    st.page_link("views/train.py", label="Next: train →", icon=":material/model_training:")
