@@ -81,7 +81,7 @@ def normalise(batch_u8: torch.Tensor, prep: Prep, channels_last: bool = True) ->
 
 def eval_batch(squares: np.ndarray, prep: Prep, channels_last: bool = True) -> torch.Tensor:
     """Centre crops of cached squares (N,S,S,3 uint8) → normalised model input."""
-    t = torch.from_numpy(np.ascontiguousarray(squares)).permute(0, 3, 1, 2)
+    t = torch.from_numpy(np.require(squares, requirements=["C", "W"])).permute(0, 3, 1, 2)
     return normalise(_centre(t, prep.size), prep, channels_last)
 
 
@@ -93,7 +93,7 @@ def predict_input(source: str | os.PathLike | bytes, prep: Prep) -> torch.Tensor
 def train_batch(squares: np.ndarray, prep: Prep, augment: Sequence[str], gen: torch.Generator,
                 channels_last: bool = True) -> torch.Tensor:
     """Augmented training input from cached squares; every random draw comes from `gen`."""
-    t = torch.from_numpy(np.ascontiguousarray(squares)).permute(0, 3, 1, 2)
+    t = torch.from_numpy(np.require(squares, requirements=["C", "W"])).permute(0, 3, 1, 2)
     s, size = t.shape[-1], prep.size
     out = []
     for img in t:

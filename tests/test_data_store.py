@@ -231,3 +231,16 @@ def test_list_ignores_incomplete_and_cleanup(home: Path) -> None:
     assert store.list_datasets() == []
     assert store.cleanup_incomplete(older_than_s=-1) == 1
     assert not (home / "datasets" / ".importing-abc").exists()
+
+
+def test_relabel_moves_files_to_another_class_and_keeps_their_split(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, {"cats": 4, "dogs": 4}, split="train")
+    make_tree(src, {"cats": 2, "dogs": 2}, split="val", seed=1)
+    ds = store.import_folder(src, "pets").dataset
+    moved = next(it for it in ds.items if it.label == "cats" and it.split == "train")
+    after = store.relabel_files(ds.id, [moved.file], "dogs")
+    again = next(it for it in store.load_dataset(ds.id).items if it.file == moved.file)
+    assert again.label == "dogs" and again.split == "train" and len(after.items) == len(ds.items)
+    with pytest.raises(store.DatasetError, match="no class"):
+        store.relabel_files(ds.id, [moved.file], "birds")

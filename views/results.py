@@ -125,22 +125,27 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
         with st.expander(f"Possible label errors ({len(issues) + len(issues_train)})"):
             st.write("Photos the model is confidently sure belong to another class. Check them: a wrong label "
                      "teaches the model the wrong thing.")
-            rows = [{"drop": False, "file": i["name"], "label": i["label"], "looks like": i["suggested"],
-                     "why": i["reason"]} for i in issues + issues_train]
+            rows = [{"drop": False, "relabel": False, "file": i["name"], "label": i["label"],
+                     "looks like": i["suggested"], "why": i["reason"]} for i in issues + issues_train]
             edited = st.data_editor(pd.DataFrame(rows), hide_index=True, key="res_issues",
-                                    disabled=["file", "label", "looks like", "why"])
-            chosen = [r["file"] for r in edited.to_dict("records") if r["drop"]]
+                                    disabled=["file", "label", "looks like", "why"],
+                                    column_config={"relabel": st.column_config.CheckboxColumn(
+                                        "relabel", help="Move the photo to the class it looks like.")})
+            marked = edited.to_dict("records")
+            to_drop = [r["file"] for r in marked if r["drop"]]
+            to_move = [(r["file"], r["looks like"]) for r in marked if r["relabel"] and not r["drop"]]
             source = runs.load_dataset(run_dir).get("source") or {}
-            if source.get("kind") == "store" and chosen:
-                if st.button(f"Drop {len(chosen)} photo(s) from the dataset", key="res_drop"):
-                    from core.data.store import drop_files, load_dataset
+            if source.get("kind") == "store" and (to_drop or to_move):
+                if st.button(f"Apply: drop {len(to_drop)}, relabel {len(to_move)}", key="res_apply_fixes"):
+                    from core.data.store import drop_files, load_dataset, relabel_files
 
-                    ds = load_dataset(source["id"])
-                    by_name = {it.original_name: it.file for it in ds.items}
-                    files = [by_name[n] for n in chosen if n in by_name]
-                    drop_files(source["id"], files)
-                    st.success(f"Dropped {len(files)} photo(s). Train again to use the cleaned dataset.")
-            elif chosen:
+                    by_name = {it.original_name: it.file for it in load_dataset(source["id"]).items}
+                    for name, label in to_move:
+                        if name in by_name:
+                            relabel_files(source["id"], [by_name[name]], label)
+                    drop_files(source["id"], [by_name[n] for n in to_drop if n in by_name])
+                    st.success("Saved in the dataset. Train again (Train page) to learn from the fixed labels.")
+            elif to_drop or to_move:
                 st.caption("This run read a folder directly: fix those files in the folder, then train again.")
 
     st.subheader("Can I trust its confidence?")

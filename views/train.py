@@ -108,10 +108,11 @@ if c2.button("Start training", key="train_start", type="primary", icon=":materia
     _start(False, train)
 
 run_id = draft("run_id")
-if not run_id:
-    active = [p for p in runs.list_runs() if runs.read_status(p).get("state") in runs.ACTIVE_STATES]
-    if active:
-        run_id = active[0].name
+if not run_id:  # a refresh, a second tab or an app restart: show the running job, else the latest run
+    every = runs.list_runs()
+    active = [p for p in every if runs.read_status(p).get("state") in runs.ACTIVE_STATES]
+    if active or every:
+        run_id = (active or every)[0].name
         set_draft("run_id", run_id)
 if not run_id:
     st.caption("Start with the quick model to see how far the pretrained features alone get you.")

@@ -689,6 +689,19 @@ def drop_files(dataset_id: str, files: Iterable[str], *, config: ValidationConfi
         return ds
 
 
+def relabel_files(dataset_id: str, files: Iterable[str], label: str, *,
+                  config: ValidationConfig | None = None) -> Dataset:
+    """Move items (by their ``file`` value) to another existing class; their split stays as it is."""
+    folder = _dataset_dir(dataset_id)
+    wanted = set(files)
+    with _locked(folder):
+        ds = load_dataset(dataset_id)
+        if label not in ds.classes:
+            raise DatasetError(f"there is no class {label!r} in this dataset")
+        items = tuple(replace(it, label=label) if it.file in wanted else it for it in ds.items)
+        return _save(replace(ds, items=items), config, resplit=False)
+
+
 def class_weights(dataset: Dataset | Mapping[str, Any]) -> dict[str, float]:
     """Inverse-frequency weights over training images, in class order: n_train / (n_classes * n_class).
 
