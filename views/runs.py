@@ -36,12 +36,26 @@ def _meta(run_dir) -> dict:
     return read_json(run_dir / "meta.json", {}) or {}
 
 
+@st.cache_data(show_spinner=False, ttl=60)
+def _dataset_name(dataset: str) -> str:
+    """A stored dataset's name, or the folder's name (tables show it as plain text)."""
+    from pathlib import Path
+
+    from core.data.store import load_dataset
+
+    try:
+        return load_dataset(dataset).name
+    except Exception:  # a folder path or a dataset deleted since
+        return Path(dataset).name or dataset
+
+
 def _row(run_dir) -> dict:
     cfg, status, meta = runs.read_json_config(run_dir), runs.read_status(run_dir), _meta(run_dir)
     train = cfg.get("train", {})
     created = status.get("created") or run_dir.stat().st_mtime
     return {"run": run_dir.name, "name": meta.get("name") or cfg.get("name") or run_dir.name,
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
+            "dataset": _dataset_name(cfg.get("dataset", "")),
             "freeze": "quick" if cfg.get("quick") else cfg.get("freeze", {}).get("preset"),
             "pretrained": cfg.get("pretrained", True), "epochs": train.get("epochs"),
             "batch": train.get("batch_size"), "lr": train.get("lr") or "auto", "status": jobs.state(run_dir).get(
