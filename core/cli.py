@@ -187,12 +187,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if out["state"] in ("completed", "stopped") else 1
 
 
-def cmd_app(args: argparse.Namespace, passthrough: list[str]) -> int:
-    """Launch the Streamlit UI from the project root (so .streamlit/config.toml applies), bound to 127.0.0.1."""
+def app_command(passthrough: list[str]) -> list[str]:
+    """The Streamlit command line: bound to 127.0.0.1 unless the user names another address."""
     cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py")]
     if not any(a.startswith("--server.address") for a in passthrough):
         cmd.append("--server.address=127.0.0.1")
-    cmd += passthrough
+    return cmd + passthrough
+
+
+def cmd_app(args: argparse.Namespace, passthrough: list[str]) -> int:
+    """Launch the Streamlit UI from the project root (so .streamlit/config.toml applies), bound to 127.0.0.1."""
+    cmd = app_command(passthrough)
     os.chdir(PROJECT_ROOT)
     os.execv(sys.executable, cmd)
     return 0  # pragma: no cover

@@ -250,7 +250,7 @@ def _torchscript_bytes(model: torch.nn.Module, example: torch.Tensor) -> bytes:
 def _torchscript_outputs(data: bytes, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu")  # our own bytes, just traced
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")  # safe-load: our own bytes, just traced
         module.eval()
         return [module(b) for b in batches]
 
