@@ -187,6 +187,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if out["state"] in ("completed", "stopped") else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the run's self-contained HTML report (evaluating first when needed)."""
+    from core.report import write_report
+
+    try:
+        path = write_report(Path(args.run), out=Path(args.out) if args.out else None)
+    except Exception as err:  # RunError, EvaluationError…: one clear line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json({"report": str(path), "bytes": path.stat().st_size})
+    else:
+        print(f"report written: {path}")
+    return 0
+
+
 def app_command(passthrough: list[str]) -> list[str]:
     """The Streamlit command line: bound to 127.0.0.1 unless the user names another address."""
     cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py")]
@@ -267,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cli_eval import register as register_eval
 
     register_eval(sub)
+
+    p = sub.add_parser("report", help="write a run's self-contained HTML report for people")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", help="file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("app", help="open the web app (extra options go to Streamlit, e.g. --server.port 8600)")
     p.set_defaults(func=None)

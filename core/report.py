@@ -260,7 +260,7 @@ def line_chart(series: Sequence[dict], *, x_label: str, y_label: str, y_range: t
 def reliability_chart(bins: Sequence[dict], size: int = 280) -> str:
     """Inline SVG reliability diagram: per confidence range, the share of right answers (bars) against the
     diagonal a perfectly calibrated model would follow; the number of photos is written on each bar."""
-    left, right, top, bottom = 46, 12, 12, 40
+    left, right, top, bottom = 46, 20, 12, 40
     pw, ph = size - left - right, size - top - bottom
 
     def sx(x: float) -> float:
@@ -338,7 +338,10 @@ class _Run:
         self.best = read_json(run_dir / "checkpoints" / "best.json", {}) or {}
         self.has_weights = (run_dir / "checkpoints" / "best.safetensors").exists()
         self.evaluation = load_evaluation(run_dir) if self.has_weights else None
-        self.name = str(self.config.get("name") or "") or run_dir.name
+        source = self.dataset.get("source") or {}
+        data_name = source.get("name") or Path(str(source.get("path") or self.config.get("dataset") or "")).name
+        self.name = str(self.config.get("name") or "") or " on ".join(
+            str(v) for v in (self.config.get("backbone"), data_name) if v) or run_dir.name
         self.train_cfg: dict = dict(self.config.get("train") or {})
         self.freeze_cfg: dict = dict(self.config.get("freeze") or {})
         self.ended = next((e for e in reversed(runs.read_events(run_dir, ("fit_ended",)))), None)
@@ -418,8 +421,8 @@ def _summary(r: _Run) -> str:
         ("balanced accuracy", _pct(block.get("balanced_accuracy")) if block else "–"),
         ("macro F1", _f(block.get("macro_f1")) if block else "–"),
         ("backbone", _e(r.config.get("backbone", "?"))),
-        ("training time", _duration(s.get("seconds") or (r.ended or {}).get("seconds"))),
-        ("device", _e(started.get("device") or s.get("device") or "–")),
+        ("training time", _duration(s.get("seconds") or (r.ended or {}).get("seconds"))
+         + f" on {_e(started.get('device') or s.get('device') or '?')}"),
     ]))
     message = s.get("message")
     if s.get("state") in ("failed", "crashed", "stopped") and message:
@@ -928,11 +931,13 @@ def needs_evaluation(run_dir: str | os.PathLike) -> bool:
     return ev is None or bool(ev.get("stale"))
 
 
-def write_report(run_dir: str | os.PathLike, *, evaluate: bool = True, out: str | os.PathLike | None = None,
-                 on_progress: Callable[[str, int, int], None] | None = None, **build) -> Path:
+def write_report(run_dir: str | os.PathLike, *, evaluate: bool = True, learning_curve: bool = True,
+                 out: str | os.PathLike | None = None, on_progress: Callable[[str, int, int], None] | None = None,
+                 **build) -> Path:
     """Write the report to `out` (default `<run>/report.html`) atomically and return its path. With `evaluate`,
-    the run is evaluated first (`core.evaluate.evaluate_run`) when its evaluation is missing or stale; if that
-    fails, the report is still written and says why."""
+    the run is evaluated first (`core.evaluate.evaluate_run`, with the learning curve unless `learning_curve` is
+    False) when its evaluation is missing or stale; if that fails, the report is still written and says why.
+    `build` goes to `build_report` (max_examples, thumb_size)."""
     from core.evaluate import evaluate_run
 
     run_dir = Path(run_dir)
@@ -940,7 +945,7 @@ def write_report(run_dir: str | os.PathLike, *, evaluate: bool = True, out: str 
     notes: list[str] = []
     if evaluate and needs_evaluation(run_dir):
         try:
-            evaluate_run(run_dir, on_progress=on_progress)
+            evaluate_run(run_dir, with_learning_curve=learning_curve, on_progress=on_progress)
         except Exception as err:  # noqa: BLE001 - the report can still show training and the dataset
             notes.append(f"The model could not be evaluated ({type(err).__name__}: {err}); the results below may be "
                          "missing or out of date.")

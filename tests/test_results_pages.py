@@ -83,3 +83,13 @@ def test_test_page_predicts_uploaded_photos_and_reports_bad_files(trained: Path)
     _ok(at)
     assert any("ms for this photo" in c.value for c in at.caption)
     assert any("broken.jpg" in e.value or "cannot be read" in e.value for e in at.error)
+
+
+def test_report_button_writes_a_self_contained_report(trained: Path) -> None:
+    at = _app("views/runs.py").run()
+    _ok(at)
+    at.button(key="runs_report").click().run()
+    _ok(at)
+    html = (trained / "report.html").read_text()
+    assert "<html" in html.lower() and "https://" not in html
+    assert any(b.label == "Download report.html" for b in at.get("download_button"))

@@ -154,15 +154,10 @@ with export:
         st.code(reproduce_command(RUN), language="bash")
         st.subheader("Report for people")
         if st.button("Make the HTML report", key="runs_report", icon=":material/description:"):
-            try:
-                from core.report import write_report
-
-                with st.spinner("Writing the report…"):
-                    path = write_report(RUN)
-            except Exception as err:  # the report is optional: say why it failed
+            with st.spinner("Writing the report (results are computed first when needed)…"):
+                _, err = _cli(["report", "--run", str(RUN), "--json"])
+            if err:
                 st.error(f"Could not write the report: {err}")
-            else:
-                st.session_state["report_ready"] = str(path)
         report = RUN / "report.html"
         if report.exists():
             st.download_button("Download report.html", report.read_bytes(), file_name=f"{run_id}-report.html",
