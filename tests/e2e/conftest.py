@@ -101,9 +101,16 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def app_url(e2e_prerequisites: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start `streamlit run app.py` on a free 127.0.0.1 port with its own data root; yield its URL."""
-    home = tmp_path_factory.mktemp("e2e-home")
+def app_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The e2e server's data root (its TRANSFER_STUDIO_HOME): tests may put runs or datasets there beforehand, e.g.
+    with the CLI in a subprocess whose environment sets TRANSFER_STUDIO_HOME to this folder."""
+    return tmp_path_factory.mktemp("e2e-home")
+
+
+@pytest.fixture(scope="session")
+def app_url(e2e_prerequisites: str, app_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start `streamlit run app.py` on a free 127.0.0.1 port with its own data root (`app_home`); yield its URL."""
+    home = app_home
     log_path = tmp_path_factory.mktemp("e2e-server") / "streamlit.log"
     venv_python = REPO / ".venv" / "bin" / "python"
     python = str(venv_python) if venv_python.exists() else sys.executable
