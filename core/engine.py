@@ -19,7 +19,18 @@ import torch.nn.functional as F
 from core import runs, zoo
 from core.config import TrainConfig
 from core.device import DevicePlan, plan_device
-from core.events import BatchEnded, EpochEnded, Event, FitEnded, FitFailed, FitStarted, Notice, PhaseChanged, Preparing
+from core.events import (
+    BatchEnded,
+    EpochEnded,
+    Event,
+    FitEnded,
+    FitFailed,
+    FitStarted,
+    Notice,
+    PhaseChanged,
+    Preparing,
+    broadcaster,
+)
 from core.freeze import (
     apply_phase,
     layer_groups,
@@ -108,10 +119,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
     run_dir = Path(run_dir)
     t0 = time.time()
 
-    def emit(event: Event) -> None:
-        for sub in subscribers:
-            sub(event)
-
+    emit = broadcaster(subscribers)
     cfg = runs.load_config(run_dir)
     manifest = runs.load_dataset(run_dir)
     tc = cfg.train

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 
@@ -90,6 +91,17 @@ class FitEnded(Event):
 class FitFailed(Event):
     reason: str
     epochs_done: int = 0
+
+
+def broadcaster(subscribers) -> Callable[[Event], None]:
+    """One callable that hands an event to every subscriber in order."""
+    subs = tuple(subscribers)
+
+    def emit(event: Event) -> None:
+        for sub in subs:
+            sub(event)
+
+    return emit
 
 
 _NAMES = {FitStarted: "fit_started", Preparing: "preparing", Notice: "notice", PhaseChanged: "phase_changed",

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from core import runs, zoo
 from core.device import DevicePlan, plan_device
-from core.events import EpochEnded, Event, FitEnded, FitStarted, Notice, PhaseChanged, Preparing
+from core.events import EpochEnded, Event, FitEnded, FitStarted, Notice, PhaseChanged, Preparing, broadcaster
 from core.pipeline import ImageCache, _cache_key, eval_batch, prep_for, prepare_run_data
 from core.settings import cache_root
 from core.tasks import get_task
@@ -96,10 +96,7 @@ def train_quick(run_dir: Path, subscribers: Sequence[Callable[[Event], None]] = 
     """Fit the quick model for the run in `run_dir` and save it as the run's best weights."""
     t0 = time.time()
 
-    def emit(event: Event) -> None:
-        for sub in subscribers:
-            sub(event)
-
+    emit = broadcaster(subscribers)
     cfg = runs.load_config(run_dir)
     manifest = runs.load_dataset(run_dir)
     plan = plan_device(cfg.train.device, cfg.train.precision)
