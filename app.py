@@ -19,7 +19,7 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
-try:
-    page.run()
-finally:
-    sidebar_status()  # after the page (so it shows this run's choices), even when the page stopped early
+slot = st.sidebar.empty()
+sidebar_status(slot)  # shown even when the page stops early (st.stop ends the script run)
+page.run()
+sidebar_status(slot)  # again after the page, with the choices it made in this run

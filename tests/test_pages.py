@@ -31,6 +31,9 @@ def test_layers_without_a_model_points_to_the_model_page() -> None:
     at.switch_page("views/layers.py").run()
     _ok(at)
     assert any("Choose a model first" in i.value for i in at.info)
+    # the page stopped early (st.stop), and the sidebar still shows the device and the draft
+    captions = [c.value for c in at.sidebar.caption]
+    assert any("Model: not chosen yet" in c for c in captions) and any("CPU" in c or "GPU" in c for c in captions)
 
 
 def test_model_choice_carries_to_the_layers_page() -> None:

@@ -55,10 +55,11 @@ def cached_spec_dict(name: str) -> dict:
     return zoo.get_spec(name).to_dict()
 
 
-def sidebar_status() -> None:
-    """The device note and the current draft, on every page."""
+def sidebar_status(slot) -> None:
+    """The device note and the current draft, written into `slot` (an st.sidebar.empty()), replacing what the
+    slot showed before."""
     plan = device_plan()
-    with st.sidebar:
+    with slot.container():
         st.caption((":material/memory: " if plan.device == "cuda" else ":material/computer: ") + plan.note)
         backbone = draft("backbone")
         st.caption(f"Model: **{backbone}**" if backbone else "Model: not chosen yet")

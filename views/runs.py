@@ -72,6 +72,8 @@ if not all_runs:
 
 table = pd.DataFrame([_row(p) for p in all_runs])
 st.dataframe(table, hide_index=True, key="runs_table",
+             column_order=["name", "date", "status", "best_val_accuracy", "backbone", "dataset", "freeze",
+                           "pretrained", "epochs", "batch", "lr", "seconds", "device", "note", "run"],
              column_config={"best_val_accuracy": st.column_config.ProgressColumn("best val acc", min_value=0,
                                                                                   max_value=1, format="%.3f")})
 
