@@ -154,6 +154,8 @@ with export:
                     st.code(example.read_text(), language="python")
         st.subheader("Reproduce")
         st.code(reproduce_command(RUN), language="bash")
+        with st.expander("The run's config file (config.json)"):
+            st.code(json.dumps(runs.read_json_config(RUN), indent=2), language="json")
         st.subheader("Report for people")
         if st.button("Make the HTML report", key="runs_report", icon=":material/description:"):
             with st.spinner("Writing the report (results are computed first when needed)…"):
