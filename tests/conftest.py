@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 
 # Before any core import reads it: the app's data root for this test session.
-os.environ["TRANSFER_STUDIO_HOME"] = tempfile.mkdtemp(prefix="ts-test-home-")
+SESSION_HOME = tempfile.mkdtemp(prefix="ts-test-home-")
+os.environ["TRANSFER_STUDIO_HOME"] = SESSION_HOME
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001
+    """Remove the session's data root (runs, caches, datasets made by the tests)."""
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture()
