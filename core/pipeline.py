@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -184,11 +184,11 @@ def build_cache(paths: Sequence[str], prep: Prep, on_progress: Callable[[int, in
     failed: dict[int, str] = {}
     n_workers = workers if workers is not None else min(len(os.sched_getaffinity(0)), 4)
     jobs = [(str(p), prep) for p in paths]
-    if n_workers > 1 and len(paths) > 32:
-        ctx = __import__("multiprocessing").get_context("spawn")
-        with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
-            results = pool.map(_decode_one, jobs, chunksize=16)
-            _fill(arr, failed, results, len(paths), on_progress)
+    if n_workers > 1 and len(paths) > 16:
+        # Threads, not processes: Pillow releases the GIL while decoding and resizing, and threads need no
+        # re-import of torch per worker nor a guarded __main__ in whoever calls us.
+        with ThreadPoolExecutor(n_workers) as pool:
+            _fill(arr, failed, pool.map(_decode_one, jobs), len(paths), on_progress)
     else:
         _fill(arr, failed, map(_decode_one, jobs), len(paths), on_progress)
     arr.flush()
