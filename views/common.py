@@ -19,9 +19,6 @@ def esc(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
-DRAFT_KEYS = ("backbone", "dataset_id", "freeze")
-
-
 def draft(key: str, default=None):
     """A value of the user's draft (kept in st.session_state under a non-widget key, so it survives page switches)."""
     return st.session_state.get(f"draft_{key}", default)
@@ -46,13 +43,6 @@ def cached_group_rows(name: str, freeze_json: str, num_classes: int) -> list[dic
     from core.catalog import group_rows
 
     return group_rows(name, FreezeConfig.from_dict(json.loads(freeze_json)), num_classes=num_classes)
-
-
-@st.cache_data(show_spinner=False, ttl=60)
-def cached_spec_dict(name: str) -> dict:
-    from core import zoo
-
-    return zoo.get_spec(name).to_dict()
 
 
 def sidebar_status(slot) -> None:
