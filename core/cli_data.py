@@ -18,6 +18,14 @@ from typing import Any
 SEVERITY_LABEL = {"error": "ERROR", "warning": "warning", "info": "note"}
 
 
+def _split_and_output_options(p: argparse.ArgumentParser, json_help: str) -> None:
+    """Options shared by `data check` and `data import`."""
+    p.add_argument("--val-fraction", type=float, default=0.2, help="used when there is no val/ folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `data` command (check, import, list) to the main parser's subparsers."""
     p = subparsers.add_parser("data", help="check, import and list image datasets",
@@ -28,19 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate a folder (the same report as the Data page); exit 1 if training "
                                       "would be blocked")
     c.add_argument("folder", metavar="DIR", help="one sub-folder per class, optionally inside train/ val/ test/")
-    c.add_argument("--val-fraction", type=float, default=0.2, help="used when there is no val/ folder")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--json", action="store_true", help="last line: the report as one JSON object")
-    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _split_and_output_options(c, "last line: the report as one JSON object")
     c.set_defaults(func=cmd_data_check)
 
     i = dsub.add_parser("import", help="copy a folder or .zip into the app's store as a named dataset; prints its id")
     i.add_argument("source", metavar="DIR|ZIP")
     i.add_argument("--name", default="", help="dataset name (default: the folder or zip name)")
-    i.add_argument("--val-fraction", type=float, default=0.2, help="used when there is no val/ folder")
-    i.add_argument("--seed", type=int, default=0)
-    i.add_argument("--json", action="store_true", help="last line: {id, name, images, classes, counts, ...}")
-    i.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _split_and_output_options(i, "last line: {id, name, images, classes, counts, ...}")
     i.set_defaults(func=cmd_data_import)
 
     ls = dsub.add_parser("list", help="the datasets in the app's store, newest first")
