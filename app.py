@@ -2,19 +2,20 @@
 
 import streamlit as st
 
-from views.common import sidebar_status
+from views.common import current_task, page_file, sidebar_status
 
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
 
+TASK = current_task()
 PAGES = {
     "": [st.Page("views/home.py", title="Home", icon=":material/home:", default=True, url_path="home")],
-    "Steps": [
-        st.Page("views/model.py", title="1 · Model", icon=":material/view_in_ar:", url_path="model"),
-        st.Page("views/data.py", title="2 · Data", icon=":material/photo_library:", url_path="data"),
-        st.Page("views/layers.py", title="3 · Layers", icon=":material/layers:", url_path="layers"),
-        st.Page("views/train.py", title="4 · Train", icon=":material/model_training:", url_path="train"),
-        st.Page("views/test.py", title="5 · Test", icon=":material/science:", url_path="test"),
-        st.Page("views/runs.py", title="6 · Runs & export", icon=":material/inventory_2:", url_path="runs"),
+    "Steps": [  # a task may replace a step's view with views/<task>_<step>.py (same URL, same place in the flow)
+        st.Page(page_file("model", TASK), title="1 · Model", icon=":material/view_in_ar:", url_path="model"),
+        st.Page(page_file("data", TASK), title="2 · Data", icon=":material/photo_library:", url_path="data"),
+        st.Page(page_file("layers", TASK), title="3 · Layers", icon=":material/layers:", url_path="layers"),
+        st.Page(page_file("train", TASK), title="4 · Train", icon=":material/model_training:", url_path="train"),
+        st.Page(page_file("test", TASK), title="5 · Test", icon=":material/science:", url_path="test"),
+        st.Page(page_file("runs", TASK), title="6 · Runs & export", icon=":material/inventory_2:", url_path="runs"),
     ],
 }
 

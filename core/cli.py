@@ -113,7 +113,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core import runs, trainset
     from core.config import FreezeConfig, RunConfig, TrainConfig
     from core.recorder import RunRecorder, TextProgress
+    from core.tasks import get_task, task_of
 
+    task = task_of(args.resume) if args.resume else args.task
+    if task != "classification":
+        return get_task(task).cli("train", args)
     stop = {"asked": False}
 
     def on_sigint(signum, frame):  # noqa: ARG001
@@ -256,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a folder of images (or resume a run)")
     p.add_argument("--data", help="folder with one sub-folder per class (optionally inside train/ and val/)")
-    p.add_argument("--model", help="backbone name, e.g. mobilenetv2_100")
+    p.add_argument("--model", help="backbone name, e.g. mobilenetv2_100 (faces: the face embedder by default)")
     p.add_argument("--task", default="classification", choices=[t.name for t in list_tasks() if t.available])
+    p.add_argument("--annotations", metavar="FILE",
+                   help="detection: COCO json / VOC folder / YOLO folder (default: found in --data)")
+    p.add_argument("--ignore-index", type=int, default=None, help="segmentation: mask value to ignore (void)")
     p.add_argument("--freeze", default="head", help="head | last-N (e.g. last-2) | all | gradual")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
@@ -288,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--out", help="file to write (default: RUN_DIR/report.html)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_report)
+    from core.cli_eval import by_task
+
+    p.set_defaults(func=by_task("report", cmd_report))
 
     p = sub.add_parser("app", help="open the web app (extra options go to Streamlit, e.g. --server.port 8600)")
     p.set_defaults(func=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -177,6 +178,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def by_task(command: str, classification: Callable[[argparse.Namespace], int]
+            ) -> Callable[[argparse.Namespace], int]:
+    """`command` for the task of `--run` (its config.json or manifest.json): classification here, any other task
+    through its own `cli`."""
+    def dispatch(args: argparse.Namespace) -> int:
+        from core.tasks import get_task, task_of
+
+        task = task_of(args.run)
+        if task == "classification":
+            return classification(args)
+        try:
+            handler = get_task(task)
+        except KeyError as err:
+            return _fail(str(err.args[0]))
+        return handler.cli(command, args)
+    dispatch.__name__ = f"{command}_by_task"
+    return dispatch
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the evaluate, predict and export subcommands to the main parser's subparsers."""
     p = subparsers.add_parser("evaluate", help="metrics of a run (or export) on a labelled folder or its own "
@@ -187,7 +207,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-learning-curve", action="store_true", help="skip the learning curve (run evaluation only)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="last line: a JSON summary")
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--annotations", metavar="FILE", help="detection: the annotation file (COCO json, VOC or YOLO)")
+    p.add_argument("--ignore-index", type=int, default=None, help="segmentation: mask value to ignore (void)")
+    p.set_defaults(func=by_task("evaluate", cmd_evaluate))
 
     p = subparsers.add_parser("predict", help="classify images with a run or an exported model")
     p.add_argument("--run", required=True, metavar="RUN_DIR_OR_EXPORT")
@@ -196,11 +218,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="answer 'not sure' below this top probability (default: the stored one; -1: never)")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with every prediction")
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--out", metavar="DIR", help="segmentation: folder for the predicted mask PNGs")
+    p.set_defaults(func=by_task("predict", cmd_predict))
 
     p = subparsers.add_parser("export", help="export a run as safetensors, ONNX or TorchScript, with a parity check")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript"])
     p.add_argument("--out", required=True, metavar="PATH", help="folder that receives the files")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the files and the check")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=by_task("export", cmd_export))

@@ -1,4 +1,8 @@
-"""Typed training events. The engine emits them; recorders (run folder, CLI progress, tests) subscribe."""
+"""Typed training events. The engine emits them; recorders (run folder, CLI progress, tests) subscribe.
+
+For every task, `val_accuracy` / `best_val_accuracy` hold the task's *primary* validation metric, named by
+`FitStarted.metric` (accuracy for classification, mAP@0.5 for detection, mIoU for segmentation); a task's other
+per-epoch figures (loss terms, mAP@0.5:0.95, pixel accuracy...) go in `EpochEnded.metrics`."""
 
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ class FitStarted(Event):
     lr: float
     resumed_from: dict | None = None
     skipped_checkpoints: list[str] = field(default_factory=list)
+    metric: str = "val_accuracy"  # the task's primary validation metric (see core.tasks)
+    metric_label: str = "validation accuracy"
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class EpochEnded(Event):
     images_per_second: float
     best_val_accuracy: float
     is_best: bool
+    metrics: dict = field(default_factory=dict)  # task-specific extras, e.g. {"loss_box": 0.3, "val_map": 0.41}
 
 
 @dataclass(frozen=True)

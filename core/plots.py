@@ -27,22 +27,49 @@ def _phase_lines(fig: go.Figure, phases: list[dict], x_key: str) -> None:
                       annotation_text=ph.get("label", "phase"), annotation_position="top left")
 
 
-def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = None) -> go.Figure:
-    """Train and validation `metric` ('loss' or 'accuracy') per epoch, with phase changes marked."""
+def _finite(value):
+    """None for a missing or NaN value (plotly leaves a gap), else the value."""
+    return None if value is None or value != value else value
+
+
+def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = None, label: str = "") -> go.Figure:
+    """Train and validation `metric` ('loss' or 'accuracy') per epoch, with phase changes marked.
+
+    For tasks whose primary metric is not accuracy (mAP, mIoU), `label` names it; a split with no values (e.g. no
+    train mAP) is left out."""
     fig = go.Figure()
     epochs = [h["epoch"] for h in history]
+    shown = label or metric
     for split, colour in (("train", "#94a3b8"), ("val", "#2563eb")):
         key = f"{split}_{metric}"
-        fig.add_trace(go.Scatter(x=epochs, y=[h.get(key) for h in history], mode="lines+markers",
-                                 name=f"{split} {metric}", line_color=colour))
+        values = [_finite(h.get(key)) for h in history]
+        if metric != "loss" and all(v is None for v in values):
+            continue
+        name = f"{split} {metric}" if not label else (label if split == "val" else f"train {metric}")
+        fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=name, line_color=colour))
     if phases:
         _phase_lines(fig, [{"x": p["epoch"] + 0.5, "label": p["label"]} for p in phases], "x")
     fig.update_xaxes(dtick=1)
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=70, b=10), xaxis_title="epoch",
-                      yaxis_title=metric, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
-                      title=dict(text=metric.capitalize(), y=0.97))
+                      yaxis_title=shown, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                      title=dict(text=shown[:1].upper() + shown[1:], y=0.97))
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def extra_metrics_figure(history: list[dict]) -> go.Figure:
+    """Every task-specific per-epoch figure (`EpochEnded.metrics`: loss terms, mAP@0.5:0.95, pixel accuracy...)."""
+    fig = go.Figure()
+    epochs = [h["epoch"] for h in history]
+    keys = sorted({k for h in history for k in (h.get("metrics") or {})})
+    for key in keys:
+        fig.add_trace(go.Scatter(x=epochs, y=[_finite((h.get("metrics") or {}).get(key)) for h in history],
+                                 mode="lines+markers", name=key.replace("_", " ")))
+    fig.update_xaxes(dtick=1)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=50, b=10), xaxis_title="epoch",
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                      title=dict(text="Per-epoch details", y=0.97))
     return fig
 
 

@@ -29,6 +29,7 @@ class RunRecorder:
         if isinstance(event, FitStarted):
             runs.write_status(self.run_dir, state="running", phase="training", epochs=event.epochs,
                               device=event.device, precision=event.precision, device_note=event.device_note,
+                              metric=event.metric, metric_label=event.metric_label,
                               message="Training started" if not event.resumed_from else "Resumed training")
         elif isinstance(event, BatchEnded):
             if now - self._last >= self.min_interval:
@@ -52,11 +53,12 @@ class TextProgress:
     """A one-line progress bar on a terminal (stderr), plus one line per epoch."""
 
     def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.stream, self.width = stream, width
+        self.stream, self.width, self.metric = stream, width, "acc"
 
     def __call__(self, event: Event) -> None:
         out = self.stream
         if isinstance(event, FitStarted):
+            self.metric = "acc" if event.metric == "val_accuracy" else event.metric.removeprefix("val_")
             where = "resuming" if event.resumed_from else "training"
             out.write(f"{where} on {event.device} ({event.precision}): {event.n_train} train / {event.n_val} val "
                       f"images, {len(event.classes)} classes, {event.epochs} epochs\n")
@@ -70,8 +72,9 @@ class TextProgress:
             out.write(f"\r[{bar:<{self.width}}] step {event.step}/{event.total_steps} loss {event.loss:.3f} "
                       f"{event.images_per_second:.0f} img/s ETA {event.eta_seconds:.0f}s ")
         elif isinstance(event, EpochEnded):
-            out.write(f"\nepoch {event.epoch}: train loss {event.train_loss:.3f} acc {event.train_accuracy:.3f} | "
-                      f"val loss {event.val_loss:.3f} acc {event.val_accuracy:.3f} ({event.seconds:.0f}s)\n")
+            train_acc = f" acc {event.train_accuracy:.3f}" if self.metric == "acc" else ""
+            out.write(f"\nepoch {event.epoch}: train loss {event.train_loss:.3f}{train_acc} | "
+                      f"val loss {event.val_loss:.3f} {self.metric} {event.val_accuracy:.3f} ({event.seconds:.0f}s)\n")
         elif isinstance(event, Notice):
             out.write(f"\n{event.level}: {event.message}\n")
         elif isinstance(event, FitEnded | FitFailed):

@@ -58,15 +58,16 @@ def main(argv: list[str]) -> int:
     device = "cuda" if config.train.device in ("auto", "cuda") and _cuda() else "cpu"
     lock = _wait_for_device(run_dir, device)
     runs.write_status(run_dir, state="running", pid=os.getpid(), message="Starting…", started=time.time())
-    from core.engine import fit
     from core.quick import train_quick
     from core.recorder import RunRecorder
+    from core.tasks import get_task
 
     try:
         if config.quick:
             train_quick(run_dir, [RunRecorder(run_dir)])
         else:
-            fit(run_dir, [RunRecorder(run_dir)], should_stop=lambda: runs.stop_requested(run_dir))
+            get_task(config.task).fit(run_dir, [RunRecorder(run_dir)],
+                                      should_stop=lambda: runs.stop_requested(run_dir))
     except Exception as err:  # the worker reports any crash in the run folder, never to the app's process
         runs.write_status(run_dir, state="failed", message=f"Training failed: {type(err).__name__}: {err}",
                           ended=time.time())

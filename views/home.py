@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.settings import sample_data_root
-from views.common import DEFAULT_BACKBONE, draft, set_draft
+from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft
 
 st.title("Transfer Studio")
 st.write("Teach a pretrained image model your own classes, without programming. "
@@ -19,6 +19,8 @@ if st.button("Try it with sample data", key="home_try_sample", type="primary", i
     set_draft("dataset_id", sample_id)
     set_draft("freeze", '{"preset": "head"}')
     st.switch_page("views/layers.py")
+
+choose_task("home_task")
 
 samples_ready = (sample_data_root() / "textures").is_dir()
 if not samples_ready:

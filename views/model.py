@@ -8,9 +8,10 @@ import streamlit as st
 
 from core import zoo
 from core.catalog import backbone_rows
-from views.common import DEFAULT_BACKBONE, draft, set_draft
+from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft
 
 st.title("1 · Choose a model")
+choose_task("model_task")
 st.write("Each model was pretrained on ImageNet (1.2 million photos). Its knowledge is transferred to your classes. "
          "Smaller models train and answer faster; larger ones are usually a little more accurate.")
 

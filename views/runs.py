@@ -103,9 +103,19 @@ status = jobs.state(RUN)
 has_weights = (RUN / "checkpoints" / "best.safetensors").exists()
 results, export, manage = st.tabs(["Results", "Export and share", "Manage"])
 
+RUN_TASK = runs.read_json_config(RUN).get("task", "classification")
 with results:
     if not has_weights:
         st.info("This run has no saved weights yet.")
+    elif RUN_TASK != "classification":  # the task's own results view: views/<task>_results.py, show(run_dir)
+        import importlib
+
+        try:
+            task_view = importlib.import_module(f"views.{RUN_TASK}_results")
+        except ModuleNotFoundError:
+            st.info(f"Results for {esc(RUN_TASK)} runs are not available in this version.")
+        else:
+            task_view.show(RUN)
     else:
         ev = load_evaluation(RUN)
         label = "Compute results" if ev is None else ("Recompute (the weights changed)" if ev.get("stale")

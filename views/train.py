@@ -10,10 +10,11 @@ import streamlit as st
 from core import jobs, runs, trainset
 from core.config import AUGMENTATIONS, RunConfig, TrainConfig
 from core.lrfind import find_lr_isolated
-from core.plots import batch_loss_figure, epoch_curves, lr_find_figure
+from core.plots import batch_loss_figure, epoch_curves, extra_metrics_figure, lr_find_figure
 from core.progress import read_run
 from core.settings import runs_root
-from views.common import dataset_label, device_plan, draft, draft_freeze, need_backbone, set_draft
+from core.tasks import get_task
+from views.common import current_task, dataset_label, device_plan, draft, draft_freeze, need_backbone, set_draft
 
 st.title("4 · Train")
 backbone = need_backbone()
@@ -25,6 +26,7 @@ if not dataset_id:
     st.page_link("views/data.py", label="Go to the Data page", icon=":material/photo_library:")
     st.stop()
 freeze = draft_freeze()
+TASK = get_task(current_task())
 plan = device_plan()
 st.write(f"Model **{backbone}**, freeze **{freeze.preset}**, data **{dataset_label(dataset_id)}**.")
 st.caption(plan.note)
@@ -85,15 +87,16 @@ def _settings() -> TrainConfig:
 
 def _start(quick: bool, train: TrainConfig) -> None:
     try:
-        manifest = trainset.resolve(dataset_id)
+        manifest = TASK.resolve_data(dataset_id, train.seed)
     except trainset.DatasetProblem as err:
         st.error(str(err))
         return
     except Exception as err:  # a store error: say it plainly
         st.error(f"The dataset cannot be used: {err}")
         return
-    config = RunConfig(backbone, dataset_id, freeze, train, quick=quick,
-                       name=("Quick model" if quick else "Fine-tune") + f" · {backbone}")
+    config = RunConfig(backbone, dataset_id, freeze, train, quick=quick, task=TASK.name,
+                       name=("Quick model" if quick else "Fine-tune") + f" · {backbone}"
+                       + ("" if TASK.name == "classification" else f" · {TASK.title}"))
     run_dir = runs.create_run(config, manifest)
     jobs.start(run_dir)
     set_draft("run_id", run_dir.name)
@@ -101,8 +104,8 @@ def _start(quick: bool, train: TrainConfig) -> None:
 
 train = _settings()
 c1, c2 = st.columns(2)
-if c1.button("Quick model (seconds)", key="train_quick", icon=":material/bolt:",
-             help="Trains only a new head on features of the frozen model: a baseline in seconds."):
+if TASK.has_quick and c1.button("Quick model (seconds)", key="train_quick", icon=":material/bolt:",
+                                help="Trains only a new head on features of the frozen model: a baseline in seconds."):
     _start(True, train)
 if c2.button("Start training", key="train_start", type="primary", icon=":material/play_arrow:"):
     _start(False, train)
@@ -170,14 +173,18 @@ def live() -> None:
 
     if view.history:
         best = status.get("best_val_accuracy")
+        label = status.get("metric_label") or (view.started or {}).get("metric_label") or "validation accuracy"
         last = view.history[-1]
         m1, m2, m3 = st.columns(3)
-        m1.metric("Best validation accuracy", f"{best:.1%}" if best is not None else "—")
+        m1.metric(f"Best {label}", f"{best:.1%}" if best is not None else "—")
         m2.metric("Epochs done", f"{last['epoch']} / {view.config.get('train', {}).get('epochs', '?')}")
         m3.metric("Device", f"{status.get('device', '?')} ({status.get('precision', '?')})")
         left, right = st.columns(2)
         left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="train_loss_chart")
-        right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases), key="train_acc_chart")
+        right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases, label=label),
+                           key="train_acc_chart")
+        if any(h.get("metrics") for h in view.history):
+            st.plotly_chart(extra_metrics_figure(view.history), key="train_metrics_chart")
     if view.losses:
         st.plotly_chart(batch_loss_figure(view.steps, view.losses,
                                           [{"step": p["step"], "label": p["label"]} for p in view.phases]),

@@ -1,12 +1,32 @@
-"""Task registry: each task (classification now; detection, segmentation, faces later) plugs in here with the same
-small interface, so pages, CLI and engine ask the task instead of testing `if task == ...` everywhere."""
+"""Task registry: each task (classification, detection, segmentation, faces) plugs in here with the same small
+interface, so the worker, CLI and pages ask the task instead of testing `if task == ...` everywhere.
+
+A task lives in `core/tasks/<name>.py` or `core/tasks/<name>/__init__.py` and exposes `TASK`, an object with:
+
+- `name`, `title`, `description`: identity and one line for people;
+- `metric`, `metric_label`: the primary validation metric key written in `EpochEnded.val_accuracy`'s place
+  (e.g. "val_map50", "mAP@0.5") and its label for people;
+- `build_model(backbone, num_classes, pretrained)`: the model (backbone from `core.zoo` + the task's head);
+- `resolve_data(dataset, seed) -> dict`: the dataset manifest frozen into a new run folder (`dataset` is a stored
+  dataset id, a folder path or "sample:NAME"); raises `core.trainset.DatasetProblem` with a message for people;
+- `fit(run_dir, subscribers, should_stop) -> FitResult`: train the run folder (called by the worker and the CLI);
+- `has_quick`: whether the Train page offers the quick (cached-embedding) model;
+- `cli(command, args) -> int`: `train | evaluate | predict | export` for `--task NAME` runs (classification keeps
+  its own commands in `core.cli`/`core.cli_eval`).
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from torch import nn
+
+ORDER = ("classification", "detection", "segmentation", "faces")
 
 
 class Task(Protocol):
@@ -15,8 +35,19 @@ class Task(Protocol):
     name: str
     title: str
     description: str
+    metric: str
+    metric_label: str
+
+    has_quick: bool
 
     def build_model(self, backbone: str, num_classes: int, pretrained: bool = True) -> nn.Module: ...
+
+    def resolve_data(self, dataset: str, seed: int = 0) -> dict: ...
+
+    def fit(self, run_dir: Path, subscribers: Sequence[Callable[[Any], None]] = (),
+            should_stop: Callable[[], bool] = lambda: False) -> Any: ...
+
+    def cli(self, command: str, args: argparse.Namespace) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -27,28 +58,75 @@ class TaskInfo:
     available: bool
 
 
+PLANNED = {
+    "detection": TaskInfo("detection", "Object detection", "Find and box objects in photos.", False),
+    "segmentation": TaskInfo("segmentation", "Segmentation", "Colour every pixel by what it shows.", False),
+    "faces": TaskInfo("faces", "Face recognition", "Enrol people, then name them or answer 'unknown'.", False),
+}
+
+
+def _load(name: str) -> Task | None:
+    """The task module's TASK, or None when that task is not built yet (its module is absent)."""
+    module_name = f"core.tasks.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            return None
+        raise
+    return getattr(module, "TASK", None)
+
+
 def _registry() -> dict[str, Task]:
-    from core.tasks.classification import CLASSIFICATION
-
-    return {CLASSIFICATION.name: CLASSIFICATION}
-
-
-PLANNED = (
-    TaskInfo("detection", "Object detection", "Find and box objects in photos.", False),
-    TaskInfo("segmentation", "Segmentation", "Colour every pixel by what it shows.", False),
-    TaskInfo("faces", "Face recognition", "Enrol people, then name them or answer 'unknown'.", False),
-)
+    found = {}
+    for name in ORDER:
+        task = _load(name)
+        if task is not None:
+            found[name] = task
+    return found
 
 
 def get_task(name: str) -> Task:
     """The task called `name` (e.g. 'classification')."""
-    tasks = _registry()
-    if name not in tasks:
-        raise KeyError(f"Unknown or not yet available task '{name}'. Available: {', '.join(tasks)}.")
-    return tasks[name]
+    task = _load(name) if name in ORDER else None
+    if task is None:
+        available = ", ".join(_registry())
+        raise KeyError(f"Unknown or not yet available task '{name}'. Available: {available}.")
+    return task
 
 
 def list_tasks() -> list[TaskInfo]:
-    """Available tasks first, then the ones still to come."""
-    done = [TaskInfo(t.name, t.title, t.description, True) for t in _registry().values()]
-    return done + [p for p in PLANNED if p.name not in {d.name for d in done}]
+    """Every task in the app's order, marked available or still to come."""
+    found = _registry()
+    rows = []
+    for name in ORDER:
+        if name in found:
+            t = found[name]
+            rows.append(TaskInfo(t.name, t.title, t.description, True))
+        elif name in PLANNED:
+            rows.append(PLANNED[name])
+    return rows
+
+
+def available_task_names() -> list[str]:
+    return [t.name for t in list_tasks() if t.available]
+
+
+def task_of(path: str | Path) -> str:
+    """The task of a run folder (config.json) or an export folder (manifest.json); 'classification' otherwise.
+
+    Used by `evaluate | predict | export` to hand a run to its task's commands."""
+    import json
+
+    folder = Path(path)
+    for name in ("config.json", "manifest.json"):
+        file = folder / name
+        if folder.is_dir() and file.is_file():
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            task = data.get("task") if isinstance(data, dict) else None
+            if isinstance(task, str) and task:
+                return task
+    return "classification"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -14,6 +18,9 @@ class ClassificationTask:
     name: str = "classification"
     title: str = "Image classification"
     description: str = "Sort photos into classes you define (a folder per class)."
+    metric: str = "val_accuracy"
+    metric_label: str = "validation accuracy"
+    has_quick: bool = True
 
     def build_model(self, backbone: str, num_classes: int, pretrained: bool = True) -> nn.Module:
         """Backbone with its pretrained weights and a new, zero-initialised classifier for `num_classes`.
@@ -27,5 +34,22 @@ class ClassificationTask:
             nn.init.zeros_(head.bias)
         return model
 
+    def resolve_data(self, dataset: str, seed: int = 0) -> dict:
+        """A class-folder manifest (stored dataset, folder with class sub-folders, or sample:NAME)."""
+        from core import trainset
+
+        return trainset.resolve(dataset, seed=seed)
+
+    def fit(self, run_dir: Path, subscribers: Sequence[Callable[[Any], None]] = (),
+            should_stop: Callable[[], bool] = lambda: False) -> Any:
+        """The shared engine (`core.engine.fit`)."""
+        from core.engine import fit
+
+        return fit(run_dir, subscribers, should_stop)
+
+    def cli(self, command: str, args: argparse.Namespace) -> int:  # noqa: ARG002 - classification has its own
+        raise NotImplementedError("classification commands live in core.cli and core.cli_eval")
+
 
 CLASSIFICATION = ClassificationTask()
+TASK = CLASSIFICATION

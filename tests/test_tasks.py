@@ -1,0 +1,57 @@
+"""The task seam: registry, task of a run/export folder, per-task page files, CLI dispatch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.tasks import get_task, list_tasks, task_of
+from views.common import page_file
+
+
+def test_classification_is_available_and_first():
+    rows = list_tasks()
+    assert rows[0].name == "classification" and rows[0].available
+    assert [r.name for r in rows] == ["classification", "detection", "segmentation", "faces"]
+    task = get_task("classification")
+    assert task.metric == "val_accuracy" and task.has_quick
+
+
+def test_unknown_task_is_a_clear_error():
+    with pytest.raises(KeyError, match="Unknown or not yet available task 'tennis'"):
+        get_task("tennis")
+
+
+def test_task_of_reads_run_config_then_export_manifest(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert task_of(run) == "classification"
+    (run / "config.json").write_text(json.dumps({"task": "segmentation"}))
+    assert task_of(run) == "segmentation"
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "manifest.json").write_text(json.dumps({"task": "detection"}))
+    assert task_of(export) == "detection"
+    (export / "manifest.json").write_text("{broken")
+    assert task_of(export) == "classification"
+    assert task_of(tmp_path / "missing") == "classification"
+
+
+def test_page_file_prefers_the_tasks_own_view():
+    assert page_file("data", "classification") == "views/data.py"
+    assert page_file("data", "no_such_task") == "views/data.py"
+    assert page_file("train", "no_such_task") == "views/train.py"
+
+
+def test_epoch_curves_label_and_missing_train_metric():
+    from core.plots import epoch_curves, extra_metrics_figure
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9, "train_accuracy": float("nan"), "val_accuracy": 0.4,
+                "metrics": {"val_map": 0.2, "loss_box": 0.5}},
+               {"epoch": 2, "train_loss": 0.8, "val_loss": 0.7, "train_accuracy": float("nan"), "val_accuracy": 0.6,
+                "metrics": {"val_map": 0.3, "loss_box": 0.4}}]
+    fig = epoch_curves(history, "accuracy", label="mAP@0.5")
+    assert [t.name for t in fig.data] == ["mAP@0.5"]  # no all-NaN train trace
+    extra = extra_metrics_figure(history)
+    assert sorted(t.name for t in extra.data) == ["loss box", "val map"]
