@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +50,47 @@ def make_textures(dest: Path, seed: int = 0) -> Path:
     return root
 
 
+def _makers() -> list[tuple[str, int, Callable[[Path], Path]]]:
+    """(name, version, make) of every sample: textures here, plus each task's `core.tasks.<task>.sample` module
+    (a `VERSION` int and `make(dest) -> folder`) when that task has one."""
+    import importlib
+
+    from core.tasks import ORDER
+
+    found = [("textures", VERSION, make_textures)]
+    for task in ORDER:
+        name = f"core.tasks.{task}.sample"
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name in (name, f"core.tasks.{task}"):
+                continue
+            raise
+        found.append((task, int(getattr(module, "VERSION", 1)), module.make))
+    return found
+
+
 def ensure_samples(dest: Path) -> list[Path]:
-    """Create the sample datasets under `dest` unless this version is already there; returns their folders."""
+    """Create the sample datasets under `dest` unless this version of each is already there; returns their
+    folders. The stamp (samples.json) records each sample's version, so a new sample is made without redoing the
+    others."""
     dest.mkdir(parents=True, exist_ok=True)
     stamp = dest / "samples.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("version") == VERSION:
-        return [dest / n for n in json.loads(stamp.read_text())["datasets"]]
-    made = [make_textures(dest)]
-    stamp.write_text(json.dumps({"version": VERSION, "datasets": [p.name for p in made],
-                                 "source": "scikit-image bundled images (CC0)"}, indent=1))
+    try:
+        old = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        old = {}
+    versions = old.get("versions") or ({"textures": old["version"]} if "version" in old else {})
+    made, done = [], {}
+    for name, version, make in _makers():
+        folder = Path(old.get("folders", {}).get(name, dest / name))
+        if versions.get(name) != version or not folder.is_dir():
+            folder = make(dest)
+        made.append(folder)
+        done[name] = version
+    stamp.write_text(json.dumps({"version": VERSION, "versions": done, "datasets": [p.name for p in made],
+                                 "folders": {n: str(p) for n, p in zip(done, made, strict=True)},
+                                 "source": "scikit-image bundled images (CC0) and generated shapes"}, indent=1))
     return made
 
 

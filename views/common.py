@@ -43,6 +43,11 @@ def page_file(step: str, task: str) -> str:
     return f"views/{own.name}" if task != "classification" and own.is_file() else f"views/{step}.py"
 
 
+def step_page(step: str) -> str:
+    """The page file of a step for the current task (for st.page_link / st.switch_page)."""
+    return page_file(step, current_task())
+
+
 def choose_task(key: str) -> str:
     """A task picker (available tasks only); changing it clears the chosen data and run, which belong to a task."""
     from core.tasks import list_tasks
@@ -120,7 +125,7 @@ def need_backbone() -> str | None:
     name = draft("backbone")
     if not name:
         st.info("Choose a model first.")
-        st.page_link("views/model.py", label="Go to the Model page", icon=":material/view_in_ar:")
+        st.page_link(step_page("model"), label="Go to the Model page", icon=":material/view_in_ar:")
         return None
     return name
 

@@ -23,7 +23,7 @@ from core.data.archive import ArchiveError
 from core.data.samples import ensure_sample_dataset
 from core.data.splits import SplitConfig
 from core.settings import datasets_root, subdir
-from views.common import draft, esc, set_draft
+from views.common import draft, esc, set_draft, step_page
 
 QUOTA_ENV = "TRANSFER_STUDIO_UPLOAD_QUOTA_MB"
 SERVER_PATHS_ENV = "TRANSFER_STUDIO_SERVER_PATHS"  # "1" / "0" overrides the local-only rule
@@ -179,7 +179,7 @@ def _store_fingerprint() -> tuple:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _cached_list(fingerprint: tuple) -> list[store.DatasetSummary]:  # noqa: ARG001 - the cache key
-    return store.list_datasets()
+    return store.list_datasets(task="classification")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -589,6 +589,6 @@ st.divider()
 if view["blocking"]:
     st.caption("Fix the errors above (or add photos) before training.")
 nav = st.container(horizontal=True)
-nav.page_link("views/layers.py", label="Next: choose layers", icon=":material/layers:")
+nav.page_link(step_page("layers"), label="Next: choose layers", icon=":material/layers:")
 if not draft("backbone"):
-    nav.page_link("views/model.py", label="No model chosen yet: choose one first", icon=":material/view_in_ar:")
+    nav.page_link(step_page("model"), label="No model chosen yet: choose one first", icon=":material/view_in_ar:")

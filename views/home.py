@@ -3,36 +3,43 @@
 import streamlit as st
 
 from core.settings import sample_data_root
-from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft
+from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft, step_page
 
 st.title("Transfer Studio")
 st.write("Teach a pretrained image model your own classes, without programming. "
          "Follow the steps; each page tells you what it needs.")
 
+task_name = choose_task("home_task")
 if st.button("Try it with sample data", key="home_try_sample", type="primary", icon=":material/auto_awesome:",
-             help="Chooses MobileNetV2 and the built-in textures set (brick, grass, gravel), head-only training."):
-    from core.data.samples import ensure_sample_dataset
+             help="Chooses MobileNetV2 and a built-in sample set for the chosen task (for image classification: "
+                  "textures — brick, grass, gravel — with head-only training)."):
+    from core.tasks import get_task
 
     with st.spinner("Preparing the sample photos (once)…"):
-        sample_id = ensure_sample_dataset("textures")
+        task = get_task(task_name)
+        if hasattr(task, "ensure_sample"):  # a task's own sample set (detection shapes, segmentation masks...)
+            sample_id = task.ensure_sample()
+        else:
+            from core.data.samples import ensure_sample_dataset
+
+            sample_id = ensure_sample_dataset("textures")
+    set_draft("task", task_name)
     set_draft("backbone", DEFAULT_BACKBONE)
     set_draft("dataset_id", sample_id)
     set_draft("freeze", '{"preset": "head"}')
-    st.switch_page("views/layers.py")
-
-choose_task("home_task")
+    st.switch_page(step_page("layers"))
 
 samples_ready = (sample_data_root() / "textures").is_dir()
 if not samples_ready:
     st.warning("The sample data is not there yet: run the setup command from the README once.")
 
 STEPS = [
-    ("1 · Model", "Pick a pretrained backbone.", "views/model.py", bool(draft("backbone"))),
-    ("2 · Data", "Bring folders of photos, one per class.", "views/data.py", bool(draft("dataset_id"))),
-    ("3 · Layers", "Choose which layers to freeze.", "views/layers.py", bool(draft("freeze"))),
-    ("4 · Train", "Watch it learn, live.", "views/train.py", bool(draft("run_id"))),
-    ("5 · Test", "Try it on new pictures.", "views/test.py", False),
-    ("6 · Export", "Results, comparison, export and a report.", "views/runs.py", False),
+    ("1 · Model", "Pick a pretrained backbone.", step_page("model"), bool(draft("backbone"))),
+    ("2 · Data", "Bring folders of photos, one per class.", step_page("data"), bool(draft("dataset_id"))),
+    ("3 · Layers", "Choose which layers to freeze.", step_page("layers"), bool(draft("freeze"))),
+    ("4 · Train", "Watch it learn, live.", step_page("train"), bool(draft("run_id"))),
+    ("5 · Test", "Try it on new pictures.", step_page("test"), False),
+    ("6 · Export", "Results, comparison, export and a report.", step_page("runs"), False),
 ]
 for title, what, page, done in STEPS:
     cols = st.columns([1, 4, 2])

@@ -8,7 +8,7 @@ import streamlit as st
 from core.config import PRESET_HELP, FreezeConfig
 from core.measure import estimate_training_isolated
 from core.plots import layer_groups_figure
-from views.common import cached_group_rows, draft, draft_freeze, need_backbone, set_draft, train_images
+from views.common import cached_group_rows, draft, draft_freeze, need_backbone, set_draft, step_page, train_images
 
 st.title("3 · Choose what to train")
 backbone = need_backbone()
@@ -94,6 +94,6 @@ if est and est["model"] == backbone and est["freeze_config"] == freeze.to_dict()
     st.caption(est["note"])
 
 if draft("dataset_id") is None:
-    st.page_link("views/data.py", label="Next: bring your photos →", icon=":material/photo_library:")
+    st.page_link(step_page("data"), label="Next: bring your photos →", icon=":material/photo_library:")
 else:
-    st.page_link("views/train.py", label="Next: train →", icon=":material/model_training:")
+    st.page_link(step_page("train"), label="Next: train →", icon=":material/model_training:")

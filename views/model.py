@@ -8,7 +8,7 @@ import streamlit as st
 
 from core import zoo
 from core.catalog import backbone_rows
-from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft
+from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft, step_page
 
 st.title("1 · Choose a model")
 choose_task("model_task")
@@ -75,7 +75,7 @@ if row and row["latency_ms"]:
     st.caption(f"About {1000 / row['latency_ms']:.0f} images per second for predictions on this machine.")
 if st.button("Next: choose the layers to train →", key="model_use", type="primary", icon=":material/layers:"):
     set_draft("backbone", choice)
-    st.switch_page("views/layers.py")
+    st.switch_page(step_page("layers"))
 
 with st.expander("Use your own weights (safetensors)"):
     st.write("Have a `.safetensors` file for a timm architecture? It is checked (names and shapes) before it is "

@@ -17,7 +17,7 @@ from core.evaluate import load_evaluation, set_threshold
 from core.progress import read_run
 from core.settings import PROJECT_ROOT, runs_root
 from core.storage import read_json, write_json_atomic
-from views.common import draft, esc, set_draft
+from views.common import draft, esc, set_draft, step_page
 
 st.title("6 · Runs, results and export")
 
@@ -67,7 +67,7 @@ def _row(run_dir) -> dict:
 all_runs = runs.list_runs()
 if not all_runs:
     st.info("No runs yet.")
-    st.page_link("views/train.py", label="Go to the Train page", icon=":material/model_training:")
+    st.page_link(step_page("train"), label="Go to the Train page", icon=":material/model_training:")
     st.stop()
 
 table = pd.DataFrame([_row(p) for p in all_runs])
@@ -190,7 +190,7 @@ with manage:
     if state in ("stopped", "crashed", "cancelled", "failed") and not cfg.get("quick"):
         if st.button("Resume this run", key="runs_resume", icon=":material/play_arrow:"):
             jobs.start(RUN)
-            st.switch_page("views/train.py")
+            st.switch_page(step_page("train"))
     if cfg.get("pretrained", True) and not cfg.get("quick"):
         st.write("**What does transfer learning buy?** Train the same model with the same settings from random "
                  "weights and compare both runs above.")
@@ -203,7 +203,7 @@ with manage:
             jobs.start(new_dir)
             set_draft("run_id", new_dir.name)
             st.session_state["runs_compare"] = [run_id, new_dir.name]
-            st.switch_page("views/train.py")
+            st.switch_page(step_page("train"))
     st.divider()
     confirm = st.checkbox(f"Yes, delete {esc(names[run_id])} and its files", key="runs_delete_confirm")
     if st.button("Delete this run", key="runs_delete", disabled=not confirm or status.get("state") in

@@ -11,7 +11,7 @@ import streamlit as st
 from core import runs
 from core.inference import PredictError, Predictor
 from core.settings import runs_root, subdir
-from views.common import draft, esc, set_draft
+from views.common import draft, esc, set_draft, step_page
 
 st.title("5 · Test your model")
 
@@ -53,7 +53,7 @@ def _choose_model() -> Predictor | None:
     done = _finished_runs()
     if not done:
         st.info("No trained model yet.")
-        st.page_link("views/train.py", label="Go to the Train page", icon=":material/model_training:")
+        st.page_link(step_page("train"), label="Go to the Train page", icon=":material/model_training:")
         return None
     names = [p.name for p in done]
     current = draft("run_id")

@@ -14,7 +14,16 @@ from core.plots import batch_loss_figure, epoch_curves, extra_metrics_figure, lr
 from core.progress import read_run
 from core.settings import runs_root
 from core.tasks import get_task
-from views.common import current_task, dataset_label, device_plan, draft, draft_freeze, need_backbone, set_draft
+from views.common import (
+    current_task,
+    dataset_label,
+    device_plan,
+    draft,
+    draft_freeze,
+    need_backbone,
+    set_draft,
+    step_page,
+)
 
 st.title("4 · Train")
 backbone = need_backbone()
@@ -23,7 +32,7 @@ if backbone is None:
 dataset_id = draft("dataset_id")
 if not dataset_id:
     st.info("Choose your photos first.")
-    st.page_link("views/data.py", label="Go to the Data page", icon=":material/photo_library:")
+    st.page_link(step_page("data"), label="Go to the Data page", icon=":material/photo_library:")
     st.stop()
 freeze = draft_freeze()
 TASK = get_task(current_task())

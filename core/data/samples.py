@@ -44,7 +44,7 @@ def _source(name: str) -> dict:
 def find_sample_dataset(name: str = "textures") -> str | None:
     """The id of the stored copy of sample ``name`` (current version), or None."""
     wanted = _source(name)
-    for summary in list_datasets():
+    for summary in list_datasets(task=None):
         try:
             ds = load_dataset(summary.id)
         except DatasetError:

@@ -167,6 +167,7 @@ class DatasetSummary:
     images: int
     classes: tuple[str, ...]
     blocking: bool
+    task: str = TASK
 
 
 @dataclass(frozen=True)
@@ -560,8 +561,8 @@ def file_path(dataset_id: str, file: str) -> Path:
     return _dataset_dir(dataset_id) / file
 
 
-def list_datasets() -> list[DatasetSummary]:
-    """All complete datasets, newest first (damaged ones are left out)."""
+def list_datasets(task: str | None = None) -> list[DatasetSummary]:
+    """All complete datasets (of `task` when given), newest first (damaged ones are left out)."""
     out = []
     for entry in os.scandir(datasets_root()):
         if not _ID_RE.match(entry.name):
@@ -570,9 +571,25 @@ def list_datasets() -> list[DatasetSummary]:
             ds = load_dataset(entry.name)
         except DatasetError:
             continue
+        if task is not None and ds.task != task:
+            continue
         out.append(DatasetSummary(ds.id, ds.name, ds.created, len(ds.items), ds.classes,
-                                  bool(ds.report.get("blocking", False))))
+                                  bool(ds.report.get("blocking", False)), ds.task))
     return sorted(out, key=lambda s: (s.created, s.id), reverse=True)
+
+
+def dataset_dir(dataset_id: str) -> Path:
+    """The dataset's folder (id validated). Tasks keep their own side files here (annotations, masks, crops)."""
+    return _dataset_dir(dataset_id)
+
+
+def set_task(dataset_id: str, task: str) -> Dataset:
+    """Mark a stored dataset as belonging to `task` (e.g. 'detection'); its images stay as they are."""
+    with _locked(_dataset_dir(dataset_id)):
+        ds = load_dataset(dataset_id)
+        ds = replace(ds, task=task, updated=_now())
+        write_json_atomic(ds.root / MANIFEST, ds.to_dict())
+    return ds
 
 
 def delete_dataset(dataset_id: str) -> None:
