@@ -134,8 +134,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not args.data or not args.model:
                 print("error: --data and --model are required (or --resume RUN_DIR)", file=sys.stderr)
                 return 2
-            augment = () if args.no_augment else TrainConfig().augment
-            train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            defaults = TrainConfig()
+            augment = () if args.no_augment else defaults.augment
+            train = TrainConfig(epochs=args.epochs or defaults.epochs, batch_size=args.batch_size or
+                                defaults.batch_size, lr=args.lr, seed=args.seed,
                                 augment=augment, device=args.device, precision=args.precision,
                                 class_weights=args.class_weights)
             from core import zoo
@@ -148,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not pretrained:
                 print(f"note: {args.model} trains from scratch (random initial weights).", file=sys.stderr)
             data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data  # or an id/sample:
-            config = RunConfig(args.model, data, FreezeConfig(args.freeze), train,
+            config = RunConfig(args.model, data, FreezeConfig(args.freeze or "head"), train,
                                task=args.task, name=args.name or "", quick=args.quick, pretrained=pretrained)
             if args.quick and not pretrained:
                 print("error: the quick model needs pretrained weights.", file=sys.stderr)
@@ -265,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", metavar="FILE",
                    help="detection: COCO json / VOC folder / YOLO folder (default: found in --data)")
     p.add_argument("--ignore-index", type=int, default=None, help="segmentation: mask value to ignore (void)")
-    p.add_argument("--freeze", default="head", help="head | last-N (e.g. last-2) | all | gradual")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--freeze", default=None, help="head | last-N (e.g. last-2) | all | gradual (default: the "
+                   "task's; head for classification)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the task's (8 for classification)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the task's (32 for classification)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: chosen for the freeze preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.2, help="used when the data has no val/ folder")

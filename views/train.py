@@ -67,7 +67,7 @@ def _lr_finder(freeze, batch: int, seed: int) -> None:
 
 
 def _settings() -> TrainConfig:
-    defaults = TrainConfig()
+    defaults = TASK.default_train() if hasattr(TASK, "default_train") else TrainConfig()
     with st.expander("Settings (the defaults work well)", expanded=False):
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Epochs", 1, 500, value=defaults.epochs, key="train_epochs",
@@ -90,8 +90,10 @@ def _settings() -> TrainConfig:
             st.caption(f"• {name}: {AUGMENTATIONS[name]}")
         weights = st.checkbox("Balance classes (weight the loss)", value=bool(draft("class_weights", False)),
                               key="train_class_weights", help="Helps when some classes have far fewer photos.")
-    return TrainConfig(epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed), augment=tuple(augment),
-                       class_weights=weights)
+    from dataclasses import replace
+
+    return replace(defaults, epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed),
+                   augment=tuple(augment), class_weights=weights)
 
 
 def _start(quick: bool, train: TrainConfig) -> None:
