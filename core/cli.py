@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from core.settings import PROJECT_ROOT
@@ -116,8 +117,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core.tasks import get_task, task_of
 
     task = task_of(args.resume) if args.resume else args.task
+    if (args.nproc or 1) * args.nnodes > 1 and (task != "classification" or args.quick):
+        what = "the quick model" if args.quick else f"{task}"
+        print(f"note: {what} trains on one device; --nproc/--nnodes are ignored.", file=sys.stderr)
+        args.nproc, args.nnodes, args.node_rank = 1, 1, 0
     if task != "classification":
         return get_task(task).cli("train", args)
+    try:
+        spec = _launch_spec(args, None)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if spec.node_rank > 0:  # another node of a multi-node job: rank 0's node owns the run folder
+        return _join_distributed(args, spec)
     stop = {"asked": False}
 
     def on_sigint(signum, frame):  # noqa: ARG001
@@ -139,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             train = TrainConfig(epochs=args.epochs or defaults.epochs, batch_size=args.batch_size or
                                 defaults.batch_size, lr=args.lr, seed=args.seed,
                                 augment=augment, device=args.device, precision=args.precision,
-                                class_weights=args.class_weights)
+                                class_weights=args.class_weights, nproc=args.nproc or 1)
             from core import zoo
 
             spec = zoo.get_spec(args.model)
@@ -165,12 +177,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     subscribers = [RunRecorder(run_dir)] + ([] if args.quiet else [TextProgress()])
     print(f"run folder: {run_dir}", file=sys.stderr)
+    spec = _launch_spec(args, config.train.nproc)
     if config.quick:
         from core.quick import train_quick
 
         runs.write_status(run_dir, state="running", pid=os.getpid())
         result = train_quick(run_dir, subscribers)
         out = {"run_dir": str(run_dir), "state": "completed", **result}
+    elif spec.world_size > 1:
+        out = _train_distributed(args, run_dir, spec)
     else:
         from core.engine import fit
 
@@ -185,12 +200,68 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = {"run_dir": str(run_dir), "state": res.state, "best_val_accuracy": res.best_val_accuracy,
                "epochs": res.epochs_done, "seconds": round(res.seconds, 2), "device": res.device,
                "message": res.message}
+    out.setdefault("world_size", 1)
     if args.json:
         _print_json(out)
     else:
         print(f"{out['state']}: best val accuracy {out['best_val_accuracy']} in {out['seconds']:.1f} s; "
               f"run folder {run_dir}")
     return 0 if out["state"] in ("completed", "stopped") else 1
+
+
+def _launch_spec(args: argparse.Namespace, config_nproc: int | None):
+    """The torchrun plan from --nproc/--nnodes/--node-rank/--rdzv-endpoint (a resumed run keeps its own --nproc
+    unless a new one is given)."""
+    from core.distributed import LaunchSpec
+
+    nproc = args.nproc or config_nproc or 1
+    return LaunchSpec(nproc=nproc, nnodes=args.nnodes, node_rank=args.node_rank,
+                      rdzv_endpoint=args.rdzv_endpoint or "", device="cpu" if args.device == "cpu" else "auto")
+
+
+def _train_distributed(args: argparse.Namespace, run_dir: Path, spec) -> dict:
+    """Run the job with torchrun (this node = node 0, which owns the run folder); Ctrl-C asks for a clean stop."""
+    import signal
+
+    from core import runs
+    from core.distributed import run_distributed
+
+    def on_sigint(signum, frame):  # noqa: ARG001
+        if runs.stop_requested(run_dir):
+            raise KeyboardInterrupt
+        runs.request_stop(run_dir)
+        print("\nstopping after this batch (Ctrl-C again to abort)…", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    runs.clear_stop(run_dir)
+    runs.write_status(run_dir, state="running", pid=os.getpid(), message=f"Starting {spec.world_size} processes…")
+    t0 = time.time()
+    try:
+        res = run_distributed(run_dir, spec, extra_env={"TS_DDP_PROGRESS": "0" if args.quiet else "1"},
+                              echo=None if args.quiet else sys.stderr.write, new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        runs.clear_stop(run_dir)
+    status = runs.read_status(run_dir)
+    return {"run_dir": str(run_dir), "state": status.get("state", "failed"),
+            "best_val_accuracy": status.get("best_val_accuracy"), "epochs": status.get("epochs_done", 0),
+            "seconds": round(float(status.get("seconds") or time.time() - t0), 2), "device": status.get("device"),
+            "world_size": spec.world_size, "message": res.failure or status.get("message", "")}
+
+
+def _join_distributed(args: argparse.Namespace, spec) -> int:
+    """Node R > 0 of a multi-node job: start this node's processes; rank 0 (on node 0) writes the run folder."""
+    from core.distributed import launch
+
+    print(f"joining {spec.rdzv_endpoint} as node {spec.node_rank} of {spec.nnodes}", file=sys.stderr)
+    res = launch("-", spec, echo=None if args.quiet else sys.stderr.write, new_session=True)
+    out = {"node_rank": spec.node_rank, "world_size": spec.world_size,
+           "state": "completed" if res.returncode == 0 else "failed", "message": res.failure}
+    if args.json:
+        _print_json(out)
+    elif res.failure:
+        print(f"error: {res.failure}", file=sys.stderr)
+    return 0 if res.returncode == 0 else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -267,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", metavar="FILE",
                    help="detection: COCO json / VOC folder / YOLO folder (default: found in --data)")
     p.add_argument("--ignore-index", type=int, default=None, help="segmentation: mask value to ignore (void)")
+    p.add_argument("--arch", default=None, help="segmentation: unet (default) | fpn | deeplabv3plus")
+    p.add_argument("--target-far", type=float, default=None, help="faces: false-accept rate for 'unknown' (0.01)")
+    p.add_argument("--gallery", choices=["prototype", "nearest"], default=None, help="faces: gallery (prototype)")
     p.add_argument("--freeze", default=None, help="head | last-N (e.g. last-2) | all | gradual (default: the "
                    "task's; head for classification)")
     p.add_argument("--epochs", type=int, default=None, help="default: the task's (8 for classification)")
@@ -279,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--quick", action="store_true", help="a linear head on cached embeddings, in seconds")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="processes on this machine: one per GPU (DDP); on a CPU, N gloo processes")
+    p.add_argument("--nnodes", type=int, default=1, help="machines in a multi-node job (as torchrun)")
+    p.add_argument("--node-rank", type=int, default=0, help="this machine's place, 0..nnodes-1 (as torchrun)")
+    p.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT", help="node 0's address for a multi-node job")
     p.add_argument("--from-scratch", action="store_true", help="random initial weights (to see what transfer buys)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run to its planned end")
     p.add_argument("--runs-dir", help="where to create the run folder (default: the data root's runs/)")

@@ -73,10 +73,13 @@ class TrainConfig:
     precision: str = "auto"
     class_weights: bool = False
     max_bad_steps: int = 3
+    nproc: int = 1  # processes on this machine (one per GPU; DDP). batch_size is per process.
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be at least 1")
+        if self.nproc < 1:
+            raise ValueError("the number of processes must be at least 1")
         if self.lr is not None and not 0 < self.lr < 10:
             raise ValueError("the learning rate must be between 0 and 10")
         if self.optimizer not in ("adamw", "sgd"):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from core import runs, zoo
 from core.config import TrainConfig
 from core.device import DevicePlan, plan_device
+from core.distributed import SINGLE, DistContext, lr_scale, scaling_note
 from core.events import (
     BatchEnded,
     EpochEnded,
@@ -40,7 +41,16 @@ from core.freeze import (
     set_train_mode,
     trainable_counts,
 )
-from core.pipeline import ImageCache, batch_generator, epoch_order, eval_batch, prep_for, prepare_run_data, train_batch
+from core.pipeline import (
+    ImageCache,
+    batch_generator,
+    epoch_order,
+    eval_batch,
+    image_generators,
+    prep_for,
+    prepare_run_data,
+    train_batch,
+)
 from core.tasks import get_task
 
 Subscriber = Callable[[Event], None]
@@ -68,6 +78,7 @@ class _State:
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
+    world_size: int = 1
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -113,15 +124,35 @@ def evaluate_indices(model: torch.nn.Module, cache: ImageCache, idx: Sequence[in
     return loss, acc, logits
 
 
-def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Callable[[], bool] = lambda: False
-        ) -> FitResult:
-    """Train (or resume) the run in `run_dir` to its planned end, a stop request, or a clear failure."""
+def validate(model: torch.nn.Module, cache: ImageCache, idx: Sequence[int], labels: torch.Tensor, plan: DevicePlan,
+             dist: DistContext = SINGLE) -> tuple[float, float]:
+    """(val loss, val accuracy) over `idx`; with several processes each scores its slice and the sums are added,
+    so the figures equal a single process's on the same weights."""
+    lo, hi = dist.slice(len(idx))
+    mine = list(idx[lo:hi])
+    loss_sum, correct = 0.0, 0
+    if mine:
+        _, _, logits = evaluate_indices(model, cache, mine, labels, plan)
+        y = labels[mine]
+        loss_sum = float(F.cross_entropy(logits, y, reduction="sum"))
+        correct = int((logits.argmax(1) == y).sum())
+    loss_sum, correct_f, n = dist.sum([loss_sum, correct, len(mine)])
+    if not n:
+        return float("nan"), float("nan")
+    return loss_sum / n, correct_f / n
+
+
+def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop: Callable[[], bool] = lambda: False,
+        dist: DistContext = SINGLE) -> FitResult:
+    """Train (or resume) the run in `run_dir` to its planned end, a stop request, or a clear failure.
+
+    With a distributed context (see core.distributed) every process runs this; rank 0 alone reads and writes the
+    run folder and emits events; the others receive the config, data list and checkpoint from it."""
     run_dir = Path(run_dir)
     t0 = time.time()
 
-    emit = broadcaster(subscribers)
-    cfg = runs.load_config(run_dir)
-    manifest = runs.load_dataset(run_dir)
+    emit = broadcaster(subscribers if dist.is_main else ())
+    cfg, manifest = dist.share(lambda: (runs.load_config(run_dir), runs.load_dataset(run_dir)))
     tc = cfg.train
     plan = plan_device(tc.device, tc.precision)
     dev = plan.torch_device()
@@ -131,15 +162,23 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
 
     torch.manual_seed(tc.seed)
     model = get_task(cfg.task).build_model(cfg.backbone, len(classes), cfg.pretrained).to(dev)
+    if dist.enabled and dist.backend == "nccl":  # batch statistics over all GPUs (SyncBN needs CUDA)
+        from timm.layers import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     groups = layer_groups(model)
     phases = plan_phases(groups, cfg.freeze, tc.epochs)
-    base_lr = tc.effective_lr(cfg.freeze)
+    base_lr = tc.effective_lr(cfg.freeze) * lr_scale(dist.world_size, tc.optimizer)
     opt = make_optimizer(optimizer_groups(model, groups, base_lr, tc.weight_decay), tc, base_lr)
 
-    data = prepare_run_data(manifest, prep, lambda d, t: emit(Preparing(d, t)),
-                            lambda msg: emit(Notice("warning", msg)))
+    data = None
+    for turn in (0, 1):  # one process per machine decodes the image cache; the others then find it ready
+        if (dist.local_rank == 0) == (turn == 0):
+            data = prepare_run_data(manifest, prep, lambda d, t: emit(Preparing(d, t)),
+                                    lambda msg: emit(Notice("warning", msg)))
+        dist.barrier()
     cache, labels, train_idx, val_idx = data.cache, data.labels, data.train_idx, data.val_idx
     if not train_idx or not val_idx:
         return _fail(emit, run_dir, t0, plan, "No readable training or validation images are left.", 0)
@@ -148,30 +187,45 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         counts = torch.bincount(labels[train_idx], minlength=len(classes)).float().clamp(min=1)
         weights = (counts.sum() / (len(classes) * counts)).to(dev)
 
-    st = _State(batch_size=tc.batch_size)
-    ckpt, skipped = runs.load_checkpoint(run_dir)
+    st = _State(batch_size=tc.batch_size, world_size=dist.world_size)
+    ckpt, skipped = dist.share(lambda: runs.load_checkpoint(run_dir))
     resumed = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        st = _State(**ckpt["state"])
+        st = _State(**{"world_size": 1, **ckpt["state"]})
         resumed = {"epoch": st.epoch, "pos": st.pos, "step": st.step}
-    steps_per_epoch = math.ceil(len(train_idx) / st.batch_size)
-    total_steps = max(st.step + 1, tc.epochs * steps_per_epoch)
+        if st.world_size != dist.world_size:  # resumed with another number of processes: same data position,
+            st.step = math.ceil((st.epoch * len(train_idx) + st.pos) / (st.batch_size * dist.world_size))
+            st.world_size = dist.world_size  # the schedule continues by images seen
+            st.batch_size = tc.batch_size
+            before = ckpt["state"].get("world_size", 1)
+            emit(Notice("info", f"Resumed with {dist.world_size} process(es) instead of {before}."))
+    global_batch = st.batch_size * dist.world_size
+    steps_per_epoch = math.ceil(len(train_idx) / global_batch)
+    remaining = (math.ceil((len(train_idx) - st.pos) / global_batch) + (tc.epochs - st.epoch - 1) * steps_per_epoch
+                 if st.epoch < tc.epochs else 0)
+    total_steps = max(st.step + 1, st.step + remaining)
+    device_note = plan.note + (" " + scaling_note(dist.world_size, st.batch_size, tc.optimizer, base_lr)
+                               if dist.enabled else "")
     emit(FitStarted(tc.epochs, steps_per_epoch, len(train_idx), len(val_idx), classes, plan.device, plan.precision,
-                    plan.note, st.batch_size, base_lr, resumed, skipped))
+                    device_note, global_batch, base_lr, resumed, skipped, world_size=dist.world_size))
 
     def checkpoint() -> None:
-        runs.save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                       "state": st.to_dict(), "epoch": st.epoch, "pos": st.pos, "step": st.step})
+        if dist.is_main:
+            runs.save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                           "state": st.to_dict(), "epoch": st.epoch, "pos": st.pos,
+                                           "step": st.step})
 
     session_images, session_t0, bad_steps = 0, time.time(), 0
     current = None
+    net = model
     lr_now = base_lr
     for epoch in range(st.epoch, tc.epochs):
         phase = phase_at(phases, epoch)
         if phase is not current:
             apply_phase(model, groups, phase)
+            net = dist.wrap(model)  # DDP registers the parameters that train: wrap again when they change
             trainable, frozen = trainable_counts(groups, phase)
             emit(PhaseChanged(epoch, phase.label, trainable, frozen))
             current = phase
@@ -179,31 +233,48 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
         epoch_t0 = time.time()
         while st.pos < len(train_idx):
-            if should_stop():
+            if dist.any(dist.is_main and should_stop()):
                 checkpoint()
                 msg = f"Stopped at epoch {epoch + 1}, image {st.pos} of {len(train_idx)}; resume to continue."
                 emit(FitEnded("stopped", epoch, st.best, time.time() - t0, msg))
                 return FitResult("stopped", st.best, epoch, time.time() - t0, plan.device, st.history, msg)
-            idx = [train_idx[j] for j in order[st.pos:st.pos + st.batch_size]]
+            positions = order[st.pos:st.pos + st.batch_size * dist.world_size]
+            lo, hi = dist.slice(len(positions))
+            idx = [train_idx[j] for j in positions[lo:hi]]
             gen = batch_generator(tc.seed, epoch, st.pos)
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            x = train_batch(cache.squares[idx], prep, tc.augment, gen, plan.channels_last).to(dev)
+            dummy = not idx  # a process with no image in a short last batch still joins the gradient exchange
+            if dummy:
+                idx, lo, hi = [train_idx[positions[0]]], 0, 1
+            x = train_batch(cache.squares[idx], prep, tc.augment, image_generators(tc.seed, epoch, st.pos + lo,
+                            hi - lo), plan.channels_last).to(dev)
             y = labels[idx].to(dev)
+            y_all = labels[[train_idx[j] for j in positions]]
+            denom = float(len(positions)) if weights is None else float(weights.cpu()[y_all].sum())
             lr_now = lr_at(st.step, total_steps, base_lr, tc.warmup_fraction)
             for group, mult in zip(opt.param_groups, phase.lr_mult, strict=True):
                 group["lr"] = lr_now * mult
             oom = False
             try:
                 with plan.autocast():
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=tc.label_smoothing)
-                finite = bool(torch.isfinite(loss))
+                    logits = net(x)
+                per_batch = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=tc.label_smoothing,
+                                            reduction="sum")
+                if dummy:
+                    per_batch = per_batch * 0.0
+                # this process's share of the global batch's mean loss: DDP averages gradients over processes
+                loss = per_batch * dist.world_size / denom
+                correct_here = 0 if dummy else int((logits.argmax(1) == y).sum())
+                bad, loss_total, correct_total, n_total = dist.sum(
+                    [0.0 if bool(torch.isfinite(loss)) else 1.0, float(per_batch.detach()), correct_here,
+                     0 if dummy else len(idx)])
+                finite = bad == 0
                 if finite:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
             except RuntimeError as err:
-                if not _is_oom(err):
+                if dist.enabled or not _is_oom(err):  # several processes: a failure ends the job (torchrun)
                     raise
                 oom = True
             if oom:  # recover outside the except block, so the failed step's tensors are freed
@@ -225,23 +296,24 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
                 emit(Notice("warning", "A step gave a non-finite loss and was skipped."))
             else:
                 bad_steps = 0
-                st.loss_sum += float(loss.detach()) * len(idx)
-                st.correct += int((logits.argmax(1) == y).sum())
-                st.seen += len(idx)
-            st.pos += len(idx)
+                st.loss_sum += loss_total
+                st.correct += int(round(correct_total))
+                st.seen += int(round(n_total))
+            st.pos += len(positions)
             st.step += 1
-            session_images += len(idx)
+            session_images += len(positions)
             rate = session_images / max(1e-6, time.time() - session_t0)
             left = (tc.epochs - epoch) * len(train_idx) - st.pos
-            shown = float(loss.detach()) if finite else float("nan")
+            shown = loss_total / denom if finite else float("nan")
             emit(BatchEnded(epoch, st.pos, st.step, total_steps, shown, lr_now, round(rate, 2),
                             round(left / max(rate, 1e-6), 1)))
-        val_loss, val_acc, _ = evaluate_indices(model, cache, val_idx, labels, plan)
+        val_loss, val_acc = validate(model, cache, val_idx, labels, plan, dist)
         is_best = st.best is None or val_acc > st.best
         if is_best:
             st.best = val_acc
-            runs.save_weights(run_dir, model.state_dict(), {"epoch": epoch + 1, "val_accuracy": val_acc,
-                                                            "val_loss": val_loss, "classes": classes})
+            if dist.is_main:
+                runs.save_weights(run_dir, model.state_dict(), {"epoch": epoch + 1, "val_accuracy": val_acc,
+                                                                "val_loss": val_loss, "classes": classes})
         row = {"epoch": epoch + 1, "train_loss": st.loss_sum / max(1, st.seen), "train_accuracy":
                st.correct / max(1, st.seen), "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr_now,
                "seconds": time.time() - epoch_t0}

@@ -36,6 +36,7 @@ class FitStarted(Event):
     skipped_checkpoints: list[str] = field(default_factory=list)
     metric: str = "val_accuracy"  # the task's primary validation metric (see core.tasks)
     metric_label: str = "validation accuracy"
+    world_size: int = 1  # processes training together (DDP); batch_size is then the global batch
 
 
 @dataclass(frozen=True)

@@ -90,13 +90,15 @@ def predict_input(source: str | os.PathLike | bytes, prep: Prep) -> torch.Tensor
     return eval_batch(load_square(source, prep)[None], prep, channels_last=False)
 
 
-def train_batch(squares: np.ndarray, prep: Prep, augment: Sequence[str], gen: torch.Generator,
-                channels_last: bool = True) -> torch.Tensor:
-    """Augmented training input from cached squares; every random draw comes from `gen`."""
+def train_batch(squares: np.ndarray, prep: Prep, augment: Sequence[str],
+                gen: torch.Generator | Sequence[torch.Generator], channels_last: bool = True) -> torch.Tensor:
+    """Augmented training input from cached squares; every random draw comes from `gen` (one generator for the
+    batch, or one per image so that an image's augmentation does not depend on which batch or process it is in)."""
     t = torch.from_numpy(np.require(squares, requirements=["C", "W"])).permute(0, 3, 1, 2)
     s, size = t.shape[-1], prep.size
+    gens = [gen] * len(t) if isinstance(gen, torch.Generator) else list(gen)
     out = []
-    for img in t:
+    for img, gen in zip(t, gens, strict=True):
         if "crop" in augment:
             area = s * s * float(torch.empty(1).uniform_(0.25, 1.0, generator=gen))
             logr = float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen))
@@ -122,6 +124,17 @@ def batch_generator(seed: int, epoch: int, pos: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + pos)
     return gen
+
+
+def image_generators(seed: int, epoch: int, start: int, count: int) -> list[torch.Generator]:
+    """One generator per image at positions start..start+count-1 of the epoch's order (a stream distinct from
+    `batch_generator`'s)."""
+    gens = []
+    for k in range(count):
+        gen = torch.Generator()
+        gen.manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + start + k) ^ 0x5DEECE66D)
+        gens.append(gen)
+    return gens
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -65,6 +65,10 @@ def main(argv: list[str]) -> int:
     try:
         if config.quick:
             train_quick(run_dir, [RunRecorder(run_dir)])
+        elif config.train.nproc > 1 and config.task == "classification":
+            from core.distributed import LaunchSpec, run_distributed
+
+            run_distributed(run_dir, LaunchSpec(nproc=config.train.nproc, device=config.train.device))
         else:
             get_task(config.task).fit(run_dir, [RunRecorder(run_dir)],
                                       should_stop=lambda: runs.stop_requested(run_dir))

@@ -46,3 +46,19 @@ def test_quick_model_from_the_page_trains_in_a_worker_and_shows_its_result(home:
     assert not at.exception
     assert any(m.label == "Best validation accuracy" for m in at.metric)
     assert any("Quick model ready" in s.value for s in at.success)
+
+
+def test_without_two_gpus_the_page_says_why_it_trains_on_one_device(home: Path, sample_textures) -> None:
+    from core.distributed import gpu_rows, multi_gpu_note
+
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = "sample:textures"
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    rows = gpu_rows()
+    if len(rows) >= 2:
+        assert at.slider(key="train_gpus").value == len(rows)
+    else:
+        assert any(multi_gpu_note(rows) == c.value for c in at.caption)
+        assert "several GPUs needs 2 or more" in multi_gpu_note(rows)

@@ -9,6 +9,7 @@ import streamlit as st
 
 from core import jobs, runs, trainset
 from core.config import AUGMENTATIONS, RunConfig, TrainConfig
+from core.distributed import gpu_rows, lr_scale, multi_gpu_note, scaling_note
 from core.lrfind import find_lr_isolated
 from core.plots import batch_loss_figure, epoch_curves, extra_metrics_figure, lr_find_figure
 from core.progress import read_run
@@ -90,10 +91,27 @@ def _settings() -> TrainConfig:
             st.caption(f"• {name}: {AUGMENTATIONS[name]}")
         weights = st.checkbox("Balance classes (weight the loss)", value=bool(draft("class_weights", False)),
                               key="train_class_weights", help="Helps when some classes have far fewer photos.")
+        nproc = _gpus(defaults, int(batch), lr)
     from dataclasses import replace
 
     return replace(defaults, epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed),
-                   augment=tuple(augment), class_weights=weights)
+                   augment=tuple(augment), class_weights=weights, nproc=nproc)
+
+
+def _gpus(defaults: TrainConfig, batch: int, lr: float | None) -> int:
+    """Several GPUs (DDP, one process each) when the machine has them and the task can use them; else one line."""
+    rows = gpu_rows()
+    if len(rows) < 2 or TASK.name != "classification":
+        st.caption(multi_gpu_note(rows) if TASK.name == "classification" or len(rows) < 2 else
+                   f"{TASK.title} trains on one GPU.")
+        return 1
+    st.dataframe(rows, hide_index=True, key="train_gpu_table")
+    n = st.slider("GPUs to use", 1, len(rows), value=len(rows), key="train_gpus",
+                  help="One training process per GPU (PyTorch DistributedDataParallel).")
+    if n > 1:
+        base = lr if lr is not None else defaults.effective_lr(freeze)
+        st.caption(scaling_note(n, batch, defaults.optimizer, base * lr_scale(n, defaults.optimizer)))
+    return int(n)
 
 
 def _start(quick: bool, train: TrainConfig) -> None:
