@@ -18,7 +18,16 @@ def main(argv: list[str]) -> int:
     import torch
     import torchvision
     from fastai.callback.core import Callback
-    from fastai.vision.all import ImageDataLoaders, Resize, accuracy, aug_transforms, vision_learner
+    from fastai.vision.all import (
+        ImageDataLoaders,
+        Resize,
+        accuracy,
+        aug_transforms,
+        default_split,
+        imagenet_stats,
+        model_meta,
+        vision_learner,
+    )
 
     data, weights, epochs = Path(argv[0]), Path(argv[1]), int(argv[2])
     t0 = time.time()
@@ -39,9 +48,12 @@ def main(argv: list[str]) -> int:
             print(json.dumps({"epoch": self.epoch + 1, "seconds": round(time.time() - t0, 1),
                               "val_accuracy": acc}), flush=True)
 
+    # fastai's way to describe a custom architecture (vision_learner does not forward its `cut` argument):
+    # the body is everything before the classifier, ImageNet statistics, the default two-group split.
+    model_meta[mobilenet_v2] = {"cut": -1, "split": default_split, "stats": imagenet_stats}
     dls = ImageDataLoaders.from_folder(data, train="train", valid="val", item_tfms=Resize(224),
                                        batch_tfms=aug_transforms(), num_workers=0, seed=0)
-    learn = vision_learner(dls, mobilenet_v2, metrics=accuracy, cut=-1, cbs=[Report()])
+    learn = vision_learner(dls, mobilenet_v2, metrics=accuracy, cbs=[Report()])
     learn.fine_tune(epochs)
     return 0
 
