@@ -8,7 +8,16 @@ import streamlit as st
 from core.config import PRESET_HELP, FreezeConfig
 from core.measure import estimate_training_isolated
 from core.plots import layer_groups_figure
-from views.common import cached_group_rows, draft, draft_freeze, need_backbone, set_draft, step_page, train_images
+from views.common import (
+    cached_group_rows,
+    current_task,
+    draft,
+    draft_freeze,
+    need_backbone,
+    set_draft,
+    step_page,
+    train_images,
+)
 
 st.title("3 · Choose what to train")
 backbone = need_backbone()
@@ -17,6 +26,13 @@ if backbone is None:
 
 st.write(f"Model: **{backbone}**. A pretrained model is a stack of layer groups: early groups see edges and "
          "textures, later ones whole objects. Freezing keeps a group as it was learned on ImageNet.")
+_task = current_task()
+if _task != "classification":
+    from core.tasks import get_task
+
+    _t = get_task(_task)
+    st.info(f"{_t.title}: the groups below are the pretrained backbone's; the task's own layers "
+            f"({getattr(_t, 'head_label', 'its head')}) always train. \"head\" in the table stands for them.")
 
 saved = draft_freeze()
 kinds = ["head", "last-N", "all", "gradual", "custom"]

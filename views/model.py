@@ -11,7 +11,13 @@ from core.catalog import backbone_rows
 from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft, step_page
 
 st.title("1 · Choose a model")
-choose_task("model_task")
+_task_name = choose_task("model_task")
+if _task_name != "classification":
+    from core.tasks import get_task
+
+    _note = getattr(get_task(_task_name), "model_note", "")
+    if _note:
+        st.info(_note)
 st.write("Each model was pretrained on ImageNet (1.2 million photos). Its knowledge is transferred to your classes. "
          "Smaller models train and answer faster; larger ones are usually a little more accurate.")
 

@@ -12,6 +12,8 @@ A task lives in `core/tasks/<name>.py` or `core/tasks/<name>/__init__.py` and ex
 - `fit(run_dir, subscribers, should_stop) -> FitResult`: train the run folder (called by the worker and the CLI);
 - `has_quick`: whether the Train page offers the quick (cached-embedding) model;
 - optional `default_train() -> TrainConfig`: the task's winning defaults for the Train page (else TrainConfig());
+- optional `model_note` (shown on the Model page, e.g. what is and is not pretrained) and `head_label` (the
+  task's own layers that always train, named on the Layers page);
 - optional `ensure_sample() -> str`: import the task's sample set (made by `core/tasks/<task>/sample.py` at setup:
   `VERSION` and `make(dest) -> folder`) into the store and return its dataset id (Home's "Try it" button);
 - `cli(command, args) -> int`: `train | evaluate | predict | export` for `--task NAME` runs (classification keeps
