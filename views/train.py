@@ -116,7 +116,8 @@ def _gpus(defaults: TrainConfig, batch: int, lr: float | None) -> int:
 
 def _start(quick: bool, train: TrainConfig) -> None:
     try:
-        manifest = TASK.resolve_data(dataset_id, train.seed)
+        # a task's own model choices made on its pages (e.g. segmentation's architecture) go with the manifest
+        manifest = TASK.resolve_data(dataset_id, train.seed, **(draft(f"{TASK.name}_options") or {}))
     except trainset.DatasetProblem as err:
         st.error(str(err))
         return

@@ -1,0 +1,450 @@
+"""Export a segmentation run: safetensors + manifest (the only thing ever loaded back from users) and ONNX, each
+checked against PyTorch after writing: logits within 1e-4 and identical masks on a few of the run's validation
+images (and batch sizes 1 and N). The folder layout and export.json match core.export, so the Runs page reads it.
+
+    model.safetensors   weights (bit-exact copy of the run's best weights)
+    model.onnx          dynamic batch, height and width (multiples of 32)
+    manifest.json       task, architecture, backbone, classes + class table, preprocessing, metrics, file hashes
+    export.json         the parity check of every format
+    predict_example.py  a short script that writes mask PNGs with these files
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import runs, zoo
+from core.export import (
+    EXAMPLE_FILE,
+    EXPORT_FILE,
+    EXPORT_FORMAT,
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    MAX_WEIGHTS_BYTES,
+    ExportError,
+    ExportResult,
+    _publish,
+    _read_capped,
+    check_against_architecture,
+    parse_safetensors_header,
+)
+from core.storage import read_json, write_bytes_atomic, write_json_atomic
+from core.tasks.segmentation.augment import pad_to
+from core.tasks.segmentation.data import ClassTable
+from core.tasks.segmentation.model import ARCHITECTURES, DEFAULT_ARCH, DIVISOR, build
+from core.tasks.segmentation.predict import PREDICT_MAX_SIDE
+from core.tasks.segmentation.train import to_input
+
+FORMATS = ("safetensors", "onnx")
+FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
+TOLERANCE = 1e-4
+CHECK_SIDE = 256
+
+
+@dataclass
+class LoadedSegExport:
+    model: torch.nn.Module
+    manifest: dict
+    state_dict: dict
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _run_model(run_dir: Path) -> tuple[torch.nn.Module, dict, str]:
+    cfg = runs.load_config(run_dir)
+    manifest = runs.load_dataset(run_dir)
+    arch = (manifest.get("model") or {}).get("arch", DEFAULT_ARCH)
+    state = runs.load_weights(run_dir)
+    model = build(cfg.backbone, len(manifest["classes"]), pretrained=False, arch=arch)
+    model.load_state_dict(state, strict=True)
+    return model.eval().float(), state, arch
+
+
+def build_manifest(run_dir: Path, arch: str) -> dict:
+    cfg = runs.load_config(run_dir)
+    data = runs.load_dataset(run_dir)
+    spec = zoo.get_spec(cfg.backbone)
+    best = read_json(run_dir / "checkpoints" / "best.json", {}) or {}
+    weights = run_dir / "checkpoints" / "best.safetensors"
+    table = data["table"]
+    return {
+        "format": EXPORT_FORMAT, "format_version": 1, "task": "segmentation", "architecture": arch,
+        "backbone": cfg.backbone, "num_classes": len(data["classes"]), "classes": list(data["classes"]),
+        "table": table,
+        "preprocessing": {"mean": list(spec.mean), "std": list(spec.std), "divisor": DIVISOR,
+                          "max_side": PREDICT_MAX_SIDE, "steps": (
+                              "decode, apply EXIF orientation, RGB (alpha on white); if the longer side is above "
+                              f"{PREDICT_MAX_SIDE} px, downscale (bilinear); x = (pixel - 255*mean) / (255*std), "
+                              f"channels first; pad right/bottom with 0 to multiples of {DIVISOR}; crop the logits "
+                              "back and resize them (bilinear) to the image size; argmax over classes")},
+        "input": {"name": "input", "shape": ["batch", 3, "height", "width"], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["batch", len(data["classes"]), "height", "width"],
+                   "meaning": "argmax over the class axis gives the class index of each pixel"},
+        "metrics": {k: best.get(k) for k in ("val_miou", "val_pixel_accuracy", "epoch") if best.get(k) is not None},
+        "versions": {"torch": torch.__version__, "timm": _version("timm"),
+                     "segmentation_models_pytorch": _version("segmentation-models-pytorch")},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": {"run_id": run_dir.name, "run_name": cfg.name, "weights_sha256": _sha(weights.read_bytes())},
+        "files": {},
+    }
+
+
+def _version(dist: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def check_inputs(run_dir: Path, mean: tuple, std: tuple, n: int = 4) -> tuple[torch.Tensor, str]:
+    """Up to `n` validation images of the run, resized to CHECK_SIDE² (multiples of 32), normalised; synthetic if
+    none can be read."""
+    from PIL import Image
+
+    from core.data.images import load_rgb
+
+    items = runs.load_dataset(run_dir)["items"]
+    ordered = [it for it in items if it["split"] == "val"] + [it for it in items if it["split"] != "val"]
+    arrays = []
+    for it in ordered:
+        if len(arrays) >= n:
+            break
+        try:
+            img = load_rgb(it["image"]).resize((CHECK_SIDE, CHECK_SIDE * 3 // 4 // DIVISOR * DIVISOR),
+                                               Image.Resampling.BILINEAR)
+        except Exception:  # noqa: BLE001 - a missing file is just not used for the check
+            continue
+        arrays.append(np.asarray(img, dtype=np.uint8))
+    note = f"{len(arrays)} validation images"
+    if len(arrays) < 2:
+        rng = np.random.default_rng(0)
+        arrays = list(rng.integers(0, 256, (n, CHECK_SIDE * 3 // 4 // DIVISOR * DIVISOR, CHECK_SIDE, 3),
+                                   dtype=np.uint8))
+        note = f"{n} synthetic images (the run's images were not readable)"
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return to_input(x, mean, std, channels_last=False), note
+
+
+def compare(reference: list[torch.Tensor], outputs: list[torch.Tensor], tolerance: float) -> dict:
+    """Max |logit difference| and mask agreement of each batch against PyTorch."""
+    diffs, agree, beyond_ties = [], [], 0
+    for ref, out in zip(reference, outputs, strict=True):
+        out = torch.as_tensor(out).float()
+        if out.shape != ref.shape:
+            return {"ok": False, "error": f"output shape {tuple(out.shape)} differs from PyTorch's {tuple(ref.shape)}",
+                    "tolerance": tolerance}
+        diffs.append(float((out - ref).abs().max()))
+        differ = out.argmax(1) != ref.argmax(1)
+        agree.append(1.0 - float(differ.float().mean()))
+        top2 = ref.topk(2, dim=1).values if ref.shape[1] > 1 else torch.cat([ref, ref - 1], 1)
+        margin = top2[:, 0] - top2[:, 1]
+        beyond_ties += int((differ & (margin > 2 * tolerance)).sum())  # a differing pixel that is not a tie
+    worst = max(diffs)
+    identical = all(a == 1.0 for a in agree)
+    return {"ok": bool(math.isfinite(worst) and worst <= tolerance and beyond_ties == 0), "max_abs_diff": worst,
+            "max_abs_diff_per_batch": diffs, "mask_agreement": min(agree), "masks_identical": identical,
+            "differing_pixels_not_ties": beyond_ties,
+            "tie_rule": f"a pixel may differ only where PyTorch's two best logits are within {2 * tolerance:g}",
+            "top1_agreement": min(agree), "tolerance": tolerance, "batch_sizes": [int(r.shape[0]) for r in reference],
+            "reference": "PyTorch, float32, eval mode, CPU"}
+
+
+def _onnx_bytes(model: torch.nn.Module, example: torch.Tensor) -> bytes:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    h = torch.export.Dim("h32", min=1, max=256) * DIVISOR
+    w = torch.export.Dim("w32", min=1, max=256) * DIVISOR
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=["input"],
+                                    output_names=["logits"], dynamic_shapes=({0: batch, 2: h, 3: w},),
+                                    verbose=False, external_data=False)
+    buf = io.BytesIO()
+    program.save(buf, external_data=False)
+    return buf.getvalue()
+
+
+def _onnx_outputs(data: bytes, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # our own bytes, just exported
+    name = sess.get_inputs()[0].name
+    return [torch.from_numpy(sess.run(None, {name: b.numpy()})[0]) for b in batches]
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, tolerance: float = TOLERANCE
+               ) -> ExportResult:
+    """Export the run's best weights as `fmt` into `out` (default RUN/exports/model) and check it against PyTorch."""
+    t0 = time.time()
+    if fmt not in FORMATS:
+        raise ExportError(f"Segmentation models export as {' or '.join(FORMATS)} (not {fmt}).")
+    run_dir = Path(run_dir)
+    model, state, arch = _run_model(run_dir)
+    manifest = build_manifest(run_dir, arch)
+    folder = Path(out) if out else run_dir / "exports" / "model"
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder} exists and is not a folder; give a folder for the export.")
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = _previous(folder, manifest)
+    x, note = check_inputs(run_dir, tuple(manifest["preprocessing"]["mean"]), tuple(manifest["preprocessing"]["std"]))
+    batches = [x, x[:1]]
+    with torch.inference_mode():
+        reference = [model(b) for b in batches]
+    name = FILES[fmt]
+    extra: dict = {}
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        data = save({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                    metadata={"format": "pt", "producer": "transfer-studio"})
+        write_bytes_atomic(folder / name, data)
+        manifest["files"] = {**previous, fmt: {"file": name, "sha256": _sha(data), "bytes": len(data)}}
+        write_json_atomic(folder / MANIFEST_FILE, manifest)
+        loaded = load_export(folder)
+        exact = loaded.state_dict.keys() == state.keys() and all(
+            loaded.state_dict[k].dtype == v.dtype and torch.equal(loaded.state_dict[k], v) for k, v in state.items())
+        with torch.inference_mode():
+            outputs = [loaded.model(b) for b in batches]
+        extra = {"bit_exact": bool(exact), "tensors": len(state)}
+    else:
+        data = _onnx_bytes(model, x[:2])
+        # a second size too: the ONNX graph must accept other image sizes (multiples of 32)
+        odd = pad_to(torch.nn.functional.interpolate(x[:1], size=(x.shape[2] + DIVISOR, x.shape[3] - DIVISOR),
+                                                     mode="bilinear"), DIVISOR)[0]
+        batches.append(odd)
+        with torch.inference_mode():
+            reference.append(model(odd))
+        outputs = _onnx_outputs(data, batches)
+        write_bytes_atomic(folder / name, data)
+    _publish(folder / name)
+    written = (folder / name).read_bytes()
+    check = {"format": fmt, **compare(reference, outputs, tolerance), "n_images": int(x.shape[0]), "inputs": note,
+             "sizes": [list(b.shape[2:]) for b in batches], **extra,
+             "file_is_checked_bytes": _sha(written) == _sha(data)}
+    check["ok"] = bool(check["ok"] and extra.get("bit_exact", True) and check["file_is_checked_bytes"])
+    manifest["files"] = {**previous, fmt: {"file": name, "sha256": _sha(written), "bytes": len(written),
+                                           "check_ok": check["ok"]}}
+    write_json_atomic(folder / MANIFEST_FILE, manifest)
+    record = read_json(folder / EXPORT_FILE, {}) or {}
+    formats = {k: v for k, v in (record.get("formats") or {}).items() if k in manifest["files"]}
+    formats[fmt] = {"file": name, "sha256": manifest["files"][fmt]["sha256"], "bytes": len(written),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 2),
+                    "check": check}
+    write_json_atomic(folder / EXPORT_FILE, {"run_id": run_dir.name, "task": "segmentation",
+                                             "source_weights_sha256": manifest["source"]["weights_sha256"],
+                                             "formats": formats})
+    write_bytes_atomic(folder / EXAMPLE_FILE, example_script(manifest).encode())
+    for f in (MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE):
+        _publish(folder / f)
+    files = sorted({FILES[f] for f in manifest["files"] if f in FILES} | {MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE})
+    return ExportResult(fmt, folder, files, check, check["ok"], time.time() - t0)
+
+
+def _previous(folder: Path, manifest: dict) -> dict:
+    old = read_json(folder / MANIFEST_FILE)
+    if not isinstance(old, dict) or old.get("format") != EXPORT_FORMAT:
+        return {}
+    src = old.get("source") or {}
+    if src.get("run_id") != manifest["source"]["run_id"]:
+        raise ExportError(f"{folder} already holds an export of another run ({src.get('run_id')}); choose an empty "
+                          "folder.")
+    files = {k: v for k, v in (old.get("files") or {}).items() if k in FILES}
+    if src.get("weights_sha256") == manifest["source"]["weights_sha256"]:
+        return files
+    for fmt in files:
+        (folder / FILES[fmt]).unlink(missing_ok=True)
+    return {}
+
+
+# --- loading an export: safetensors + manifest only -----------------------------------------------------------------
+
+def validate_manifest(data: object) -> dict:
+    """Check the manifest fields we use; raises ExportError."""
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise ExportError("manifest.json is not a Transfer Studio export manifest.")
+    if data.get("task") != "segmentation":
+        raise ExportError(f"manifest.json is for the task {data.get('task')!r}, not segmentation.")
+    if data.get("architecture") not in ARCHITECTURES:
+        raise ExportError(f"manifest.json names the architecture {data.get('architecture')!r}; expected one of "
+                          f"{', '.join(ARCHITECTURES)}.")
+    backbone = data.get("backbone")
+    if not isinstance(backbone, str) or len(backbone) > 100:
+        raise ExportError("manifest.json: backbone must be a model name.")
+    try:
+        zoo.get_spec(backbone)
+        table = ClassTable.from_dict(data.get("table") or {})
+    except Exception as err:  # noqa: BLE001 - ZooError, SegDataError, KeyError, TypeError: a bad manifest
+        raise ExportError(f"manifest.json: {err}") from None
+    if list(table.names) != data.get("classes") or data.get("num_classes") != len(table.names):
+        raise ExportError("manifest.json: classes, num_classes and the class table disagree.")
+    prep = data.get("preprocessing")
+    if not isinstance(prep, dict) or not all(isinstance(prep.get(k), list) and len(prep[k]) == 3
+                                             and all(isinstance(v, int | float) for v in prep[k])
+                                             for k in ("mean", "std")):
+        raise ExportError("manifest.json: preprocessing mean/std must be 3 numbers each.")
+    if any(v <= 0 for v in prep["std"]):
+        raise ExportError("manifest.json: preprocessing std must be positive.")
+    entry = (data.get("files") or {}).get("safetensors")
+    if not isinstance(entry, dict) or entry.get("file") != FILES["safetensors"] or not isinstance(
+            entry.get("sha256"), str) or len(entry["sha256"]) != 64:
+        raise ExportError("manifest.json does not list model.safetensors with its sha256.")
+    return data
+
+
+def _read_export(path: Path) -> tuple[bytes, bytes]:
+    if path.is_dir():
+        weights, manifest = path / FILES["safetensors"], path / MANIFEST_FILE
+        if not weights.is_file() or not manifest.is_file():
+            raise ExportError(f"{path.name} needs model.safetensors and manifest.json (other model files are never "
+                              "loaded).")
+        if weights.is_symlink() or manifest.is_symlink():
+            raise ExportError("Links are not followed: copy the files themselves into the folder.")
+        return (_read_capped(manifest, MAX_MANIFEST_BYTES, "manifest.json"),
+                _read_capped(weights, MAX_WEIGHTS_BYTES, "model.safetensors"))
+    from core.export import _from_zip
+
+    if path.is_file():
+        return _from_zip(path)
+    raise ExportError(f"{path} does not exist.")
+
+
+def load_export(path: str | os.PathLike) -> LoadedSegExport:
+    """Validate and load a segmentation export (folder or zip): header, manifest, sha256, tensor names and shapes
+    against the architecture (built on the meta device), then the tensors (safetensors never runs code)."""
+    manifest_bytes, data = _read_export(Path(path).expanduser())
+    header = parse_safetensors_header(data)
+    try:
+        manifest = validate_manifest(json.loads(manifest_bytes.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError) as err:
+        if isinstance(err, ExportError):
+            raise
+        raise ExportError("manifest.json is not valid JSON.") from None
+    if _sha(data) != manifest["files"]["safetensors"]["sha256"]:
+        raise ExportError("model.safetensors does not match the sha256 in manifest.json: the file is damaged or was "
+                          "changed after the export.")
+    with torch.device("meta"):
+        ref = build(manifest["backbone"], manifest["num_classes"], pretrained=False, arch=manifest["architecture"])
+    from core.export import _DTYPE_NAMES
+
+    expected = {k: (tuple(v.shape), _DTYPE_NAMES.get(v.dtype, str(v.dtype))) for k, v in ref.state_dict().items()}
+    check_against_architecture(header, expected)
+    from safetensors.torch import load as load_bytes
+
+    state = load_bytes(data)
+    model = build(manifest["backbone"], manifest["num_classes"], pretrained=False, arch=manifest["architecture"])
+    model.load_state_dict(state, strict=True)
+    return LoadedSegExport(model.eval(), manifest, state)
+
+
+_EXAMPLE = '''"""Segment images with the model exported here by Transfer Studio (run __RUN__): writes one mask PNG
+per image (pixel value = class index, coloured palette) next to it, named IMAGE.mask.png.
+
+    python predict_example.py IMAGE [IMAGE ...] [--format safetensors|onnx]
+
+Needs: pip install pillow numpy onnxruntime   (safetensors: pip install torch segmentation-models-pytorch timm)
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+MANIFEST = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+PREP = MANIFEST["preprocessing"]
+CLASSES = MANIFEST["classes"]
+COLOURS = MANIFEST["table"]["colours"]
+
+
+def load(path):
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")
+
+
+def preprocess(img):
+    scale = min(1.0, PREP["max_side"] / max(img.size))
+    if scale < 1.0:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
+    x = (np.asarray(img, dtype=np.float32) - np.float32(255) * np.asarray(PREP["mean"], np.float32)) / (
+        np.float32(255) * np.asarray(PREP["std"], np.float32))
+    x = x.transpose(2, 0, 1)[None]
+    h, w = x.shape[2:]
+    d = PREP["divisor"]
+    x = np.pad(x, ((0, 0), (0, 0), (0, (-h) % d), (0, (-w) % d)))
+    return np.ascontiguousarray(x), (h, w)
+
+
+def onnx_runner():
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+    return lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def torch_runner():
+    import segmentation_models_pytorch as smp
+    import torch
+    from safetensors.torch import load_file
+
+    enc = "mobilenet_v2" if MANIFEST["backbone"] == "mobilenetv2_100" else "tu-" + MANIFEST["backbone"]
+    cls = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus}[MANIFEST["architecture"]]
+    net = cls(encoder_name=enc, encoder_weights=None, classes=len(CLASSES))
+    state = {k.removeprefix("net."): v for k, v in load_file(str(HERE / "model.safetensors")).items()}
+    net.load_state_dict(state)
+    net.eval()
+
+    def run(x):
+        with torch.inference_mode():
+            return net(torch.from_numpy(x)).numpy()
+    return run
+
+
+def segment(run, path):
+    img = load(path)
+    x, (h, w) = preprocess(img)
+    logits = run(x)[0][:, :h, :w]
+    mask = logits.argmax(0).astype(np.uint8)
+    out = Image.fromarray(mask, "L").resize(img.size, Image.Resampling.NEAREST).convert("P")
+    flat = [v for c in COLOURS for v in c]
+    out.putpalette(flat + [0] * (768 - len(flat)))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Segment images with this exported model.")
+    parser.add_argument("images", nargs="+")
+    parser.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    args = parser.parse_args(argv)
+    run = onnx_runner() if args.format == "onnx" else torch_runner()
+    for path in args.images:
+        mask = segment(run, path)
+        target = Path(path).with_suffix(".mask.png")
+        mask.save(target)
+        counts = np.bincount(np.asarray(mask).ravel(), minlength=len(CLASSES))
+        shares = ", ".join(f"{c} {n / counts.sum():.1%}" for c, n in zip(CLASSES, counts) if n)
+        print(f"{path} -> {target}: {shares}")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def example_script(manifest: dict) -> str:
+    return _EXAMPLE.replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))

@@ -1,0 +1,378 @@
+"""Data (segmentation): bring images + masks, name the classes and the ignore value, see the validation report
+(class pixel share, images per class, overlays, problems by file), resize mismatched masks (nearest-neighbour only)
+and paint or fix masks on top of the photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.data import store
+from core.settings import datasets_root
+from core.tasks import get_task
+from core.tasks.segmentation import data as segdata
+from views.common import draft, esc, set_draft, step_page
+from views.segmentation_results import jpeg, legend
+
+QUOTA_ENV = "TRANSFER_STUDIO_UPLOAD_QUOTA_MB"
+SERVER_PATHS_ENV = "TRANSFER_STUDIO_SERVER_PATHS"
+TASK = get_task("segmentation")
+PROBLEM_TITLES = {"missing_mask": "Images without a mask", "extra_mask": "Masks without an image",
+                  "size_mismatch": "Mask size differs from the image",
+                  "unknown_values": "Mask values that are no class",
+                  "unreadable_image": "Images that cannot be decoded", "unreadable_mask": "Masks that cannot be read"}
+
+st.title("2 · Images and masks")
+st.write("Bring photos and, for each, a mask PNG with the same file name: either class ids (pixel value = class, "
+         "with an optional classes.txt) or colours (the app finds the colours; you name them). Layout: "
+         "`images/` + `masks/`, or `train/` and `val/` each holding both.")
+if not draft("freeze"):  # segmentation's recommended freeze until the user chooses on the Layers page
+    set_draft("freeze", json.dumps(TASK.default_freeze().to_dict()))
+
+
+def _quota_left() -> int:
+    try:
+        quota = int(float(os.environ.get(QUOTA_ENV, "2048")) * 1024**2)
+    except ValueError:
+        quota = 2048 * 1024**2
+    return max(0, quota - int(st.session_state.get("data_upload_used", 0)))
+
+
+def _charge(n: int) -> bool:
+    if n > _quota_left():
+        st.error(f"This upload ({n / 1024**2:.0f} MB) is larger than what this session may still upload "
+                 f"({_quota_left() / 1024**2:.0f} MB). Use the command line for big datasets.")
+        return False
+    st.session_state["data_upload_used"] = int(st.session_state.get("data_upload_used", 0)) + n
+    return True
+
+
+def _server_paths_allowed() -> bool:
+    env = os.environ.get(SERVER_PATHS_ENV, "")
+    if env in ("0", "1"):
+        return env == "1"
+    return str(st.get_option("server.address") or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _chosen(dataset_id: str, report: segdata.SegReport) -> None:
+    set_draft("dataset_id", dataset_id)
+    st.session_state["seg_flash"] = (f"Imported {sum(report.splits.values())} image + mask pairs"
+                                     + (f"; {len(report.problems)} problems are listed below." if report.problems
+                                        else "."))
+
+
+def _options() -> dict:
+    c1, c2 = st.columns(2)
+    ignore = c1.number_input("Mask value to ignore (void), if any", -1, 255, -1, key="seg_data_ignore",
+                             help="-1: none. Pixels with this value are left out of training and of the metrics. "
+                                  "A class named 'void' or 'unlabelled', and the value 255, are ignored by default.")
+    val = c2.slider("Validation share when there is no val/ folder", 0.1, 0.5, 0.2, 0.05, key="seg_data_val")
+    return {"ignore": None if ignore < 0 else int(ignore), "val_fraction": float(val)}
+
+
+def _import_section() -> None:
+    tabs = ["Upload a folder", "Upload a .zip", "Sample"] + (["Folder on this computer"] if _server_paths_allowed()
+                                                              else [])
+    parts = st.tabs(tabs)
+    with parts[0]:
+        uploads = st.file_uploader("Drop a folder holding images/ and masks/ (or train/ and val/)",
+                                   accept_multiple_files="directory", key="seg_data_upload")
+        if uploads:
+            opts = _options()
+            name = st.text_input("Dataset name", "My segmentation set", key="seg_data_name", max_chars=100)
+            if st.button("Import these images and masks", key="seg_data_import_upload", type="primary") and \
+                    _charge(sum(f.size for f in uploads)):
+                with st.spinner("Checking every image and mask…"):
+                    try:
+                        dataset_id, report = segdata.import_uploads(((f.name, f.getvalue()) for f in uploads), name,
+                                                                    **opts)
+                    except Exception as err:  # SegDataError, DatasetError: a message, never a traceback
+                        st.error(f"Could not import: {getattr(err, 'reason', None) or err}")
+                    else:
+                        _chosen(dataset_id, report)
+                        st.rerun()
+    with parts[1]:
+        zipped = st.file_uploader("Drop a .zip of images/ and masks/", type=["zip"], key="seg_data_zip")
+        if zipped is not None:
+            opts = _options() if not uploads else {}
+            if st.button("Import this zip", key="seg_data_import_zip", type="primary") and _charge(zipped.size):
+                with tempfile.NamedTemporaryFile(suffix=".zip", dir=datasets_root(), delete=False) as fh:
+                    fh.write(zipped.getvalue())
+                try:
+                    dataset_id, report = segdata.import_zip(fh.name, os.path.splitext(zipped.name)[0][:80] or "zip",
+                                                            **opts)
+                except Exception as err:  # ArchiveError, SegDataError…
+                    st.error(f"Could not import: {getattr(err, 'reason', None) or err}")
+                else:
+                    _chosen(dataset_id, report)
+                    st.rerun()
+                finally:
+                    os.unlink(fh.name)
+    with parts[2]:
+        st.write("Shapes (circle, square, triangle) on photo textures, with exact masks: 48 training and 16 "
+                 "validation images.")
+        if st.button("Use the sample set", key="seg_data_sample", icon=":material/auto_awesome:"):
+            with st.spinner("Preparing the sample (once)…"):
+                set_draft("dataset_id", TASK.ensure_sample())
+            st.rerun()
+    if len(parts) > 3:
+        with parts[3]:
+            folder = st.text_input("Folder path", key="seg_data_path", placeholder="/data/camvid")
+            if folder:
+                opts = _options() if not uploads and zipped is None else {}
+                if st.button("Import this folder", key="seg_data_import_path", type="primary"):
+                    with st.spinner("Checking every image and mask…"):
+                        try:
+                            dataset_id, report = segdata.import_folder(folder, os.path.basename(folder.rstrip("/"))
+                                                                       or "folder", **opts)
+                        except Exception as err:  # noqa: BLE001
+                            st.error(f"Could not import: {getattr(err, 'reason', None) or err}")
+                        else:
+                            _chosen(dataset_id, report)
+                            st.rerun()
+
+
+def _stamp(dataset_id: str) -> tuple:
+    side = segdata.side_file(dataset_id)
+    return store.manifest_stamp(dataset_id), side.stat().st_mtime_ns if side.exists() else 0
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _report(dataset_id: str, stamp: tuple) -> dict:  # noqa: ARG001 - stamp is the cache key
+    rep = segdata.stored_report(dataset_id)
+    return {**rep.to_dict(), "sizes": rep.sizes}
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _overlay(dataset_id: str, item_file: str, stamp: tuple, opacity: float, side: int = 240) -> bytes | None:  # noqa: ARG001
+    from core.data.images import load_rgb
+    from core.tasks.segmentation.predict import colour_overlay
+
+    _, table, _, _ = segdata.stored_pairs(dataset_id)
+    codes = segdata.read_stored_codes(dataset_id, item_file)
+    try:
+        img = load_rgb(store.file_path(dataset_id, item_file))
+    except Exception:  # noqa: BLE001 - shown as missing
+        return None
+    if codes is not None and codes.shape == (img.height, img.width):
+        train = segdata.to_train_ids(codes, table)
+        img = colour_overlay(img, train, list(table.colours), opacity, ignore=train == segdata.IGNORE)
+    img.thumbnail((side, side))
+    return jpeg(img)
+
+
+def _bar(values: dict, title: str, colours: list, fmt: str) -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(values.values()), y=list(values), orientation="h",
+                           marker_color=[f"rgb({c[0]},{c[1]},{c[2]})" for c in colours],
+                           texttemplate=fmt, textposition="auto"))
+    fig.update_layout(height=max(240, 26 * len(values) + 80), margin=dict(l=10, r=10, t=40, b=10), title=title,
+                      yaxis_autorange="reversed")
+    return fig
+
+
+def _hex(c) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*c[:3])
+
+
+def _class_table(dataset_id: str, table: segdata.ClassTable) -> None:
+    st.subheader("Classes")
+    df = pd.DataFrame({"value": list(table.codes), "name": list(table.names),
+                       "colour": [_hex(c) for c in table.colours]})
+    edited = st.data_editor(df, hide_index=True, key=f"seg_data_classes_{dataset_id}", disabled=["value"],
+                            column_config={"name": st.column_config.TextColumn("name", max_chars=100, required=True),
+                                           "colour": st.column_config.TextColumn("colour (#rrggbb)", max_chars=7)})
+    values = ["none"] + [str(v) for v in range(256) if v not in table.codes]
+    current = "none" if table.ignore is None else str(table.ignore)
+    if current not in values:
+        values.append(current)
+    ignore = st.selectbox("Ignored value (void)", values, index=values.index(current), key="seg_data_ignore_pick",
+                          help="Pixels with this mask value are left out of training and of the metrics.")
+    c1, c2 = st.columns(2)
+    if c1.button("Save classes", key="seg_data_save_classes"):
+        try:
+            colours = [tuple(int(h.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)) for h in edited["colour"]]
+            segdata.update_table(dataset_id, [str(n) for n in edited["name"]], None if ignore == "none"
+                                 else int(ignore), colours)
+        except (ValueError, segdata.SegDataError) as err:
+            st.error(f"Not saved: {err}")
+        else:
+            st.success("Saved.")
+            st.rerun()
+    new = c2.text_input("Add a class (e.g. to paint it)", key="seg_data_new_class", max_chars=100)
+    if new and c2.button("Add", key="seg_data_add_class"):
+        segdata.add_class(dataset_id, new)
+        st.rerun()
+
+
+def _problems(dataset_id: str, report: dict) -> None:
+    problems = report["problems"]
+    if not problems:
+        st.success("No problems: every image has a readable mask of the same size with known values.")
+        return
+    by_kind: dict[str, list] = {}
+    for p in problems:
+        by_kind.setdefault(p["kind"], []).append(p)
+    for kind, rows in by_kind.items():
+        with st.expander(f"{PROBLEM_TITLES.get(kind, kind)}: {len(rows)}", expanded=kind != "unknown_values"):
+            for p in rows[:50]:
+                st.caption(esc(p["message"]))
+            if len(rows) > 50:
+                st.caption(f"… and {len(rows) - 50} more.")
+            if kind == "size_mismatch" and st.button("Resize these masks to their images (nearest-neighbour)",
+                                                     key="seg_data_resize"):
+                done = segdata.resize_masks(dataset_id, [p["file"] for p in rows])
+                st.success(f"Resized {len(done)} masks; class ids were kept exactly (no blending).")
+                st.rerun()
+    st.caption("Pairs with a problem (other than unknown values, which are ignored) are left out of training.")
+
+
+def _paint(dataset_id: str, table: segdata.ClassTable) -> None:
+    """Brush and eraser per class on top of the photo (streamlit-drawable-canvas), or a rectangle fill."""
+    from core.data.images import load_rgb
+
+    ds = store.load_dataset(dataset_id)
+    if not ds.items:
+        return
+    names = {it.file: it.original_name or it.file for it in ds.items}
+    file = st.selectbox("Image", list(names), format_func=lambda f: names[f][:80], key="seg_paint_image")
+    img = load_rgb(store.file_path(dataset_id, file))
+    codes = segdata.read_stored_codes(dataset_id, file)
+    if codes is None or codes.shape != (img.height, img.width):
+        base = table.ignore if table.ignore is not None else table.codes[0]
+        codes = np.full((img.height, img.width), base, dtype=np.int32)
+        st.caption("This image has no usable mask yet: you start from an empty one.")
+    eraser = "eraser (back to void)" if table.ignore is not None else f"eraser (back to {table.names[0]})"
+    tools = list(table.names) + [eraser]
+    c1, c2 = st.columns([3, 1])
+    tool = c1.radio("Paint with", tools, horizontal=True, key="seg_paint_tool")
+    width = c2.slider("Brush", 2, 60, 16, key="seg_paint_brush")
+    erase_code = table.ignore if table.ignore is not None else table.codes[0]
+    colours = list(table.colours)
+    scale = min(1.0, 640 / img.width)
+    shown_w, shown_h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    from core.tasks.segmentation.predict import colour_overlay
+
+    train = segdata.to_train_ids(codes, table)
+    background = colour_overlay(img, train, colours, 0.45, ignore=train == segdata.IGNORE).resize((shown_w, shown_h))
+    brush = (255, 255, 255) if tool == eraser else colours[tools.index(tool)]
+    try:
+        from streamlit_drawable_canvas import st_canvas
+    except Exception:  # noqa: BLE001 - outside `streamlit run` the component cannot register: rectangles only
+        st_canvas = None
+    modes = (["Brush"] if st_canvas is not None else []) + ["Fill a rectangle"]
+    mode = st.radio("Tool", modes, horizontal=True, key="seg_paint_mode")
+    painted = None
+    if mode == "Brush":
+        try:
+            res = st_canvas(stroke_width=int(width), stroke_color=_hex(brush), background_image=background,
+                            width=shown_w, height=shown_h, drawing_mode="freedraw", return_image_data=True,
+                            key=f"seg_paint_canvas_{file}_{tool}")
+            if res is not None and res.json_data and res.json_data.get("objects"):
+                painted = np.asarray(res.image_data)
+        except Exception as err:  # noqa: BLE001 - the component failed: say so; rectangles still work
+            st.warning(f"The brush is not available here ({err}); use 'Fill a rectangle'.")
+    else:
+        st.image(jpeg(background), width=shown_w)
+        st.caption("Fill a rectangle (in image pixels) with the chosen class:")
+        r = st.columns(4)
+        x0 = r[0].number_input("left", 0, img.width - 1, 0, key="seg_paint_x0")
+        y0 = r[1].number_input("top", 0, img.height - 1, 0, key="seg_paint_y0")
+        x1 = r[2].number_input("right", 1, img.width, img.width, key="seg_paint_x1")
+        y1 = r[3].number_input("bottom", 1, img.height, img.height, key="seg_paint_y1")
+        if st.button("Fill", key="seg_paint_fill"):
+            codes = codes.copy()
+            codes[int(y0):int(y1), int(x0):int(x1)] = erase_code if tool == eraser else table.codes[
+                tools.index(tool)]
+            segdata.save_mask(dataset_id, file, codes)
+            st.success("Mask saved.")
+            st.rerun()
+        return
+    st.caption("Draw on the photo, then save. Each stroke takes the class of its colour.")
+    if painted is not None and st.button("Save the painted mask", key="seg_paint_save", type="primary"):
+        from PIL import Image
+
+        layer = np.asarray(Image.fromarray(painted.astype(np.uint8), "RGBA").resize(
+            (img.width, img.height), Image.Resampling.NEAREST)).astype(np.int32)
+        hit = layer[..., 3] >= 128
+        palette = np.array(colours + [(255, 255, 255)], dtype=np.int32)
+        dist = ((layer[..., None, :3] - palette[None, None]) ** 2).sum(-1)
+        nearest = dist.argmin(-1)
+        targets = np.array(list(table.codes) + [erase_code], dtype=np.int32)
+        codes = codes.copy()
+        codes[hit] = targets[nearest[hit]]
+        segdata.save_mask(dataset_id, file, codes)
+        st.success("Mask saved.")
+        st.rerun()
+
+
+flash = st.session_state.pop("seg_flash", None)
+if flash:
+    st.success(flash)
+_import_section()
+
+datasets = store.list_datasets(task="segmentation")
+if not datasets:
+    st.info("No segmentation dataset yet: import one above, or use the sample.")
+    st.stop()
+ids = [d.id for d in datasets]
+current = draft("dataset_id")
+labels = {d.id: f"{d.name} ({d.images} images)" for d in datasets}
+chosen = st.selectbox("Dataset", ids, index=ids.index(current) if current in ids else 0, key="seg_data_pick",
+                      format_func=lambda i: labels[i])
+set_draft("dataset_id", chosen)
+try:
+    _, TABLE, SIDE, _ = segdata.stored_pairs(chosen)
+except Exception as err:  # noqa: BLE001 - a damaged side file
+    st.error(f"This dataset cannot be used: {esc(err)}")
+    st.stop()
+with st.spinner("Reading the masks…"):
+    REPORT = _report(chosen, _stamp(chosen))
+
+splits = REPORT["splits"]
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Usable pairs", REPORT["n_usable"])
+c2.metric("Training", splits.get("train", 0))
+c3.metric("Validation", splits.get("val", 0))
+c4.metric("Problems", len(REPORT["problems"]))
+st.caption(("Split: the train/ and val/ folders." if SIDE.get("split_mode") == "folders" else
+            f"Split: seeded ({SIDE.get('val_fraction', 0.2):.0%} validation, seed {SIDE.get('seed', 0)}), saved with "
+            "the dataset.") + (f" Ignored value: {TABLE.ignore}." if TABLE.ignore is not None else ""))
+for note in SIDE.get("notes", [])[:5]:
+    st.caption(esc(note))
+
+_class_table(chosen, TABLE)
+left, right = st.columns(2)
+colours = list(TABLE.colours)
+left.plotly_chart(_bar(REPORT["class_share"], "Share of labelled pixels per class", colours, "%{x:.1%}"),
+                  key="seg_data_share")
+right.plotly_chart(_bar(REPORT["class_images"], "Images in which each class appears", colours, "%{x}"),
+                   key="seg_data_images")
+rare = [c for c, s in REPORT["class_share"].items() if s < 0.01]
+if rare:
+    st.caption(f"Rare classes (under 1 % of the pixels): {esc(', '.join(rare))}. The loss (Dice + cross-entropy) "
+               "gives them weight; 'Balance classes' on the Train page adds more.")
+
+st.subheader("Problems")
+_problems(chosen, REPORT)
+
+st.subheader("Images with their masks")
+opacity = st.slider("Mask opacity", 0.0, 1.0, 0.5, 0.05, key="seg_data_opacity")
+ds = store.load_dataset(chosen)
+stamp = _stamp(chosen)
+cols = st.columns(4)
+for k, item in enumerate(ds.items[:12]):
+    thumb = _overlay(chosen, item.file, stamp, opacity)
+    if thumb:
+        cols[k % 4].image(thumb, caption=item.original_name[:40])
+legend(list(TABLE.names), colours, key="seg_data_legend")
+
+with st.expander("Paint or fix a mask", expanded=False):
+    _paint(chosen, TABLE)
+
+st.page_link(step_page("layers"), label="Next: choose the architecture and what trains →", icon=":material/layers:")

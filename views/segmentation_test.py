@@ -1,0 +1,100 @@
+"""Test (segmentation): drop photos or take one; see the coloured mask over the photo with a legend, an opacity
+slider and each class's share of the area; download the mask PNG."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import streamlit as st
+
+from core import runs
+from core.settings import runs_root, subdir
+from views.common import draft, esc, set_draft, step_page
+from views.segmentation_results import jpeg, legend, run_predictor
+
+st.title("5 · Test your segmentation model")
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _export_predictor(path: str, digest: str):  # noqa: ARG001 - digest is the cache key
+    from core.tasks.segmentation.predict import SegPredictor
+
+    return SegPredictor.from_export(path)
+
+
+def _runs() -> list[Path]:
+    return [p for p in runs.list_runs() if (p / "checkpoints" / "best.safetensors").exists()
+            and runs.read_json_config(p).get("task") == "segmentation"]
+
+
+def _choose():
+    source = st.radio("Model", ["A run trained here", "An exported model (.zip)"], key="seg_test_source",
+                      horizontal=True)
+    if source.startswith("An exported"):
+        upload = st.file_uploader("Exported model (zip with model.safetensors + manifest.json)", type=["zip"],
+                                  key="seg_test_export_zip")
+        st.caption("Only segmentation models exported by Transfer Studio are accepted (safetensors + manifest).")
+        if upload is None:
+            return None
+        data = upload.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        path = subdir("imports") / f"{digest[:16]}.zip"
+        if not path.exists():
+            path.write_bytes(data)
+        try:
+            return _export_predictor(str(path), digest)
+        except Exception as err:  # noqa: BLE001 - ExportError and friends: a message
+            st.error(f"This file cannot be used: {err}")
+            return None
+    done = _runs()
+    if not done:
+        st.info("No trained segmentation model yet.")
+        st.page_link(step_page("train"), label="Go to the Train page", icon=":material/model_training:")
+        return None
+    names = [p.name for p in done]
+    current = draft("run_id")
+    labels = {p.name: f"{runs.read_json_config(p).get('name') or p.name} · mIoU "
+                      f"{(runs.read_status(p).get('best_val_accuracy') or 0):.1%} ({p.name})" for p in done}
+    run_id = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
+                          format_func=lambda n: labels[n], key="seg_test_run")
+    set_draft("run_id", run_id)
+    weights = runs_root() / run_id / "checkpoints" / "best.safetensors"
+    return run_predictor(str(runs_root() / run_id), weights.stat().st_mtime)
+
+
+predictor = _choose()
+if predictor is None:
+    st.stop()
+files = st.file_uploader("Photos to test", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+                         accept_multiple_files=True, key="seg_test_files")
+camera = st.camera_input("Or take a photo", key="seg_test_camera") if st.toggle(
+    "Use the camera", key="seg_test_camera_on") else None
+opacity = st.slider("Mask opacity", 0.0, 1.0, 0.5, 0.05, key="seg_test_opacity")
+inputs = [(f.name, f.getvalue()) for f in files or []]
+if camera is not None:
+    inputs.append(("camera photo", camera.getvalue()))
+if not inputs:
+    st.info("Drop one or more photos above.")
+    st.stop()
+
+from core.data.images import load_rgb  # noqa: E402
+from core.tasks.segmentation.predict import colour_overlay  # noqa: E402
+
+colours = [tuple(c) for c in predictor.table.colours]
+for name, data in inputs:
+    st.divider()
+    st.markdown(f"**{esc(name)}**")
+    pred = predictor.predict(data, name)
+    if not pred.ok:
+        st.error(f"This file cannot be read: {pred.error}")
+        continue
+    img = load_rgb(data)
+    left, right = st.columns([3, 2])
+    left.image(jpeg(colour_overlay(img, pred.mask, colours, opacity)), width="stretch")
+    left.caption(f"{pred.seconds * 1000:.0f} ms on {predictor.plan.device}" + (f"; {pred.note}" if pred.note else ""))
+    with right:
+        legend(predictor.classes, colours, pred.shares, key=f"seg_test_legend_{hashlib.md5(data).hexdigest()[:8]}")
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).stem)[:60] or "image"
+    right.download_button("Download the mask PNG", predictor.mask_png(pred.mask), file_name=f"{stem}_mask.png",
+                          mime="image/png", key=f"seg_test_dl_{hashlib.md5(data).hexdigest()[:8]}")
