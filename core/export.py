@@ -704,6 +704,11 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
             has_weights = True
         if has_weights:  # without local weights the command line trains from scratch anyway
             args.append("--from-scratch")
+    from core.tasks import get_task
+
+    task = get_task(cfg.task)
+    if hasattr(task, "reproduce_args"):  # the task's own options (e.g. segmentation's --arch, --ignore-index)
+        args += task.reproduce_args(runs.load_dataset(run_dir))
     command = shlex.join(args)
     if notes:
         command += "  # not settable from the command line: " + "; ".join(notes)

@@ -55,3 +55,16 @@ def test_epoch_curves_label_and_missing_train_metric():
     assert [t.name for t in fig.data] == ["mAP@0.5"]  # no all-NaN train trace
     extra = extra_metrics_figure(history)
     assert sorted(t.name for t in extra.data) == ["loss box", "val map"]
+
+
+def test_reproduce_command_carries_the_tasks_own_options(tmp_path, home):
+    from core import runs
+    from core.config import RunConfig
+    from core.export import reproduce_command
+
+    manifest = {"task": "segmentation", "classes": ["a", "b"], "items": [], "model": {"arch": "fpn"},
+                "ignore_value": 11, "source": {}}
+    run_dir = runs.create_run(RunConfig("mobilenetv2_100", "/data/camvid", task="segmentation"), manifest,
+                              tmp_path / "runs")
+    command = reproduce_command(run_dir)
+    assert "--task segmentation" in command and "--arch fpn" in command and "--ignore-index 11" in command

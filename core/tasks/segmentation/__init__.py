@@ -75,6 +75,16 @@ class SegmentationTask:
         manifest["model"] = {"arch": arch}
         return manifest
 
+    def reproduce_args(self, manifest: dict) -> list[str]:
+        """The command-line options that recreate this run's model choice and void value."""
+        args = []
+        arch = (manifest.get("model") or {}).get("arch")
+        if arch:
+            args += ["--arch", str(arch)]
+        if manifest.get("ignore_value") is not None:
+            args += ["--ignore-index", str(manifest["ignore_value"])]
+        return args
+
     def fit(self, run_dir: Path, subscribers: Sequence[Callable[[Any], None]] = (),
             should_stop: Callable[[], bool] = lambda: False) -> Any:
         from core.tasks.segmentation.train import fit
