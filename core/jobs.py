@@ -22,7 +22,7 @@ JOB_FILE = "job.json"
 def start(run_dir: Path) -> int:
     """Start (or resume) the run's worker process (detached, see core.launch); returns its pid."""
     run_dir = Path(run_dir).resolve()
-    if is_alive(run_dir):
+    if is_alive(run_dir) and not _exited(run_dir):
         raise runs.RunError("This run is already running.")
     runs.clear_stop(run_dir)
     runs.write_status(run_dir, state="queued", message="Starting…", queued_at=time.time())
@@ -38,6 +38,19 @@ def start(run_dir: Path) -> int:
         created = 0.0
     (run_dir / JOB_FILE).write_text(json.dumps({"pid": pid, "create_time": created, "started": time.time()}))
     return pid
+
+
+def _exited(run_dir: Path, timeout: float = 15.0) -> bool:
+    """A worker that has written a final status (stopped, failed...) is only exiting: wait until it is gone, so a
+    Resume pressed right away starts instead of being refused. False when it is really still working."""
+    if runs.read_status(run_dir).get("state") not in runs.FINAL_STATES:
+        return False
+    end = time.time() + timeout
+    while is_alive(run_dir):
+        if time.time() > end:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _process(run_dir: Path) -> psutil.Process | None:

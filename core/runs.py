@@ -12,16 +12,19 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.config import RunConfig
@@ -143,21 +146,63 @@ def _manifest(run_dir: Path) -> dict:
 def save_checkpoint(run_dir: Path, state: dict, name: str = "last") -> Path:
     """Write a resumable checkpoint atomically, then record it (with its sha256) in the manifest.
 
-    The previous complete checkpoint is kept as `<name>.prev.pt` until the new one is recorded."""
+    The previous complete checkpoint is kept as `<name>.prev.pt` until the new one is recorded. A write that fails
+    (full disk, file size limit, read-only folder) puts the previous checkpoint back and raises RunError saying so.
+    Temporary files left by a worker killed in the middle of a save are removed first."""
     ckpt_dir = Path(run_dir) / "checkpoints"
-    path = ckpt_dir / f"{name}.pt"
+    path, prev = ckpt_dir / f"{name}.pt", ckpt_dir / f"{name}.prev.pt"
+    for pattern in (f".{name}.pt.*.tmp", ".manifest.json.*.tmp"):  # temp files of a save that was killed
+        for stale in ckpt_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
-    if path.exists():
-        os.replace(path, ckpt_dir / f"{name}.prev.pt")
-    write_atomic(path, lambda fh: fh.write(buf.getbuffer()))
     manifest = _manifest(Path(run_dir))
-    manifest[name] = {"file": path.name, "sha256": hashlib.sha256(buf.getbuffer()).hexdigest(),
-                      "epoch": state.get("epoch"), "pos": state.get("pos"), "step": state.get("step"),
-                      "saved": time.time()}
-    write_json_atomic(ckpt_dir / "manifest.json", manifest)
-    (ckpt_dir / f"{name}.prev.pt").unlink(missing_ok=True)
+    before = manifest.get(name)
+    if path.exists():
+        # After a save killed between its rename and the manifest, last.pt is newer than the record: prev is the
+        # recorded checkpoint then, and it stays until this save is recorded.
+        unrecorded = prev.exists() and not (before and _sha256(path) == before.get("sha256"))
+        if not unrecorded:
+            os.replace(path, prev)
+    try:
+        write_atomic(path, lambda fh: fh.write(buf.getbuffer()), before_replace=_test_pause)
+        manifest[name] = {"file": path.name, "sha256": hashlib.sha256(buf.getbuffer()).hexdigest(),
+                          "epoch": state.get("epoch"), "pos": state.get("pos"), "step": state.get("step"),
+                          "saved": time.time()}
+        write_json_atomic(ckpt_dir / "manifest.json", manifest)
+    except OSError as err:
+        if prev.exists():
+            os.replace(prev, path)  # the previous checkpoint is the newest again, as the manifest still says
+        kept = (f"the previous checkpoint (step {before.get('step')}) is kept" if before and path.exists()
+                else "there is no earlier checkpoint")
+        raise RunError(f"Could not save the checkpoint: {_write_problem(err)}; {kept}. Free some disk space, "
+                       "then resume.") from err
+    prev.unlink(missing_ok=True)
     return path
+
+
+#: Tests only (tests/test_faults.py): seconds to pause between "temporary checkpoint complete" and its rename into
+#: place, so a kill -9 can land inside that window. Unset (no pause) in normal use.
+PAUSE_ENV = "TRANSFER_STUDIO_TEST_CHECKPOINT_PAUSE_S"
+
+
+def _test_pause() -> None:
+    try:
+        seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    except ValueError:
+        return
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def _write_problem(err: Exception) -> str:
+    """Plain English for a failed write (full disk, size limit, read-only folder...), with the system's words."""
+    code = getattr(err, "errno", None)
+    plain = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+             errno.EFBIG: "the file is larger than this system allows", errno.EROFS: "the disk is read-only",
+             errno.EACCES: "the run folder is not writable", errno.EPERM: "the run folder is not writable"}
+    detail = getattr(err, "strerror", None) or str(err)
+    return f"{plain.get(code, 'the file could not be written')} ({detail})"
 
 
 def load_checkpoint(run_dir: Path, name: str = "last") -> tuple[dict | None, list[str]]:
@@ -179,16 +224,34 @@ def load_checkpoint(run_dir: Path, name: str = "last") -> tuple[dict | None, lis
 
 
 def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor], meta: dict, name: str = "best") -> Path:
-    """Model weights as safetensors (+ a JSON sidecar with the metrics), written atomically."""
+    """Model weights as safetensors (+ a JSON sidecar with the metrics), written atomically.
+
+    A write that fails (full disk...) leaves the previous weights in place and raises RunError saying so."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     tmp = ckpt_dir / f".{name}.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, ckpt_dir / f"{name}.safetensors")
-    write_json_atomic(ckpt_dir / f"{name}.json", meta)
+    for stale in ckpt_dir.glob(f".{name}.json.*.tmp"):  # left by a save that was killed
+        stale.unlink(missing_ok=True)
+    try:
+        save_file(tensors, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, ckpt_dir / f"{name}.safetensors")
+        write_json_atomic(ckpt_dir / f"{name}.json", meta)
+    except (OSError, SafetensorError) as err:
+        tmp.unlink(missing_ok=True)
+        problem = _write_problem(err if isinstance(err, OSError) else OSError(_errno_in(str(err)), str(err)))
+        kept = (f"the previous {name} weights are kept" if (ckpt_dir / f"{name}.safetensors").exists()
+                else f"no {name} weights were saved before")
+        raise RunError(f"Could not save the {name} weights: {problem}; {kept}. Free some disk space, then "
+                       "resume.") from err
     return ckpt_dir / f"{name}.safetensors"
+
+
+def _errno_in(text: str) -> int | None:
+    """The errno in a library's message such as '... File too large (os error 27)', if any."""
+    found = re.search(r"os error (\d+)", text)
+    return int(found.group(1)) if found else None
 
 
 def load_weights(run_dir: Path, name: str = "best") -> dict[str, torch.Tensor]:

@@ -26,8 +26,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through `write(fileobj)` atomically; on any error the old file stays and the temp is removed."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None],
+                 before_replace: Callable[[], None] | None = None) -> None:
+    """Write `path` through `write(fileobj)` atomically; on any error the old file stays and the temp is removed.
+
+    The temporary file is `.<name>.<random>.tmp` in the same folder. `before_replace` runs once the temp file is
+    complete and synced, just before the rename (core.runs uses it for a test-only pause)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -35,6 +39,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         try:
