@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -192,6 +193,7 @@ def build_cache(paths: Sequence[str], prep: Prep, on_progress: Callable[[int, in
         if on_progress:
             on_progress(len(paths), len(paths))
         return ImageCache(arr, {int(k): v for k, v in meta["failed"].items()}, prep)
+    _remove_stale_parts(folder)
     tmp = data_path.with_suffix(f".{os.getpid()}.tmp")
     arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)  # bounded memory for big sets
     failed: dict[int, str] = {}
@@ -209,6 +211,24 @@ def build_cache(paths: Sequence[str], prep: Prep, on_progress: Callable[[int, in
     os.replace(tmp, data_path)
     write_json_atomic(meta_path, {"n": len(paths), "prep": asdict(prep), "failed": failed})
     return ImageCache(np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape), failed, prep)
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Delete half-built caches (`<key>.<pid>.tmp`) whose builder process is gone (e.g. killed mid-build)."""
+    for part in folder.glob("*.tmp"):
+        pid = part.suffixes[-2].lstrip(".") if len(part.suffixes) >= 2 else ""
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fill(arr: np.ndarray, failed: dict[int, str], results, total: int,

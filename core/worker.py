@@ -73,8 +73,8 @@ def main(argv: list[str]) -> int:
             get_task(config.task).fit(run_dir, [RunRecorder(run_dir)],
                                       should_stop=lambda: runs.stop_requested(run_dir))
     except Exception as err:  # the worker reports any crash in the run folder, never to the app's process
-        runs.write_status(run_dir, state="failed", message=f"Training failed: {type(err).__name__}: {err}",
-                          ended=time.time())
+        said = str(err) if isinstance(err, runs.RunError) else f"{type(err).__name__}: {err}"
+        runs.write_status(run_dir, state="failed", message=f"Training failed: {said}", ended=time.time())
         runs.append_event(run_dir, {"type": "fit_failed", "reason": f"{type(err).__name__}: {err}",
                                     "traceback": traceback.format_exc()})
         return 1

@@ -138,3 +138,23 @@ def test_dataset_problems_are_named(tmp_path: Path) -> None:
         trainset.resolve(str(one))
     with pytest.raises(trainset.DatasetProblem, match="not a folder"):
         trainset.from_folder(tmp_path / "missing")
+
+
+def test_half_built_image_caches_of_dead_processes_are_removed(colours: Path, home: Path) -> None:
+    import os
+    import subprocess
+
+    from core.pipeline import build_cache, prep_for
+    from core.settings import cache_root
+
+    folder = cache_root() / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # its pid belongs to no live process now
+    stale = folder / f"abc.{ended.pid}.tmp"
+    stale.write_bytes(b"x" * 1000)
+    mine = folder / f"def.{os.getpid()}.tmp"  # a live builder's part stays
+    mine.write_bytes(b"x")
+    paths = sorted(str(p) for p in (colours / "train").rglob("*.png"))[:4]
+    build_cache(paths, prep_for(zoo.get_spec("test_resnet")))
+    assert not stale.exists() and mine.exists()

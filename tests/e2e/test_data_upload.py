@@ -71,7 +71,7 @@ def test_upload_a_folder_shows_the_report(page, app_url, st_helpers, tmp_path: P
     expect(main.get_by_role("button", name=re.compile(r"Drop bad files \(1\)"))).to_be_visible()
     expect(page.get_by_role("combobox", name="Dataset to train on")).to_have_value(re.compile(r"^critters — 7 images"))
     # the uploader was emptied after the import (its bytes released)
-    expect(page.locator('[data-testid="stFileUploaderFile"]')).to_have_count(0)
+    expect(page.get_by_test_id("stFileChip")).to_have_count(0)
     assert dialogs == []
 
 
