@@ -8,6 +8,7 @@ as an uninterrupted one. A `should_stop` callable is checked between batches.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,14 @@ def make_optimizer(param_groups: list[dict], tc: TrainConfig, lr: float) -> torc
     if tc.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=tc.momentum, nesterov=True)
     return torch.optim.AdamW(param_groups, lr=lr, betas=(tc.momentum, 0.999))
+
+
+def _injected_oom(batch: int) -> None:
+    """Fault injection for tests (no cheap way to exhaust memory on a CPU): with TRANSFER_STUDIO_TEST_OOM_ABOVE=N
+    in the environment, a batch of more than N images fails as an out-of-memory error would."""
+    limit = os.environ.get("TRANSFER_STUDIO_TEST_OOM_ABOVE", "")
+    if limit.isdigit() and batch > int(limit):
+        raise RuntimeError(f"CUDA out of memory (injected for a test: batch {batch} > {limit})")
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -256,6 +265,7 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
                 group["lr"] = lr_now * mult
             oom = False
             try:
+                _injected_oom(len(idx))
                 with plan.autocast():
                     logits = net(x)
                 per_batch = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=tc.label_smoothing,

@@ -158,3 +158,24 @@ def test_half_built_image_caches_of_dead_processes_are_removed(colours: Path, ho
     paths = sorted(str(p) for p in (colours / "train").rglob("*.png"))[:4]
     build_cache(paths, prep_for(zoo.get_spec("test_resnet")))
     assert not stale.exists() and mine.exists()
+
+
+def test_out_of_memory_halves_the_batch_and_finishes(colours: Path, tmp_path: Path, home: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSFER_STUDIO_TEST_OOM_ABOVE", "3")  # batches above 3 images fail like an OOM
+    run_dir = _run(colours, tmp_path, batch_size=8, epochs=1)
+    res = engine.fit(run_dir, [RunRecorder(run_dir)])
+    assert res.state == "completed"
+    notices = [e["message"] for e in runs.read_events(run_dir) if e["type"] == "notice"]
+    assert notices[:2] == ["Out of memory: the batch size is now 4.", "Out of memory: the batch size is now 2."]
+    ckpt, _ = runs.load_checkpoint(run_dir)
+    assert ckpt["state"]["batch_size"] == 2 and ckpt["state"]["pos"] == 0 and ckpt["state"]["epoch"] == 1
+
+
+def test_out_of_memory_at_one_image_fails_with_advice(colours: Path, tmp_path: Path, home: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSFER_STUDIO_TEST_OOM_ABOVE", "0")
+    run_dir = _run(colours, tmp_path, batch_size=2, epochs=1)
+    res = engine.fit(run_dir, [RunRecorder(run_dir)])
+    assert res.state == "failed" and "batch of 1 image" in res.message
+    assert runs.read_status(run_dir)["state"] == "failed"
