@@ -706,6 +706,27 @@ def drop_files(dataset_id: str, files: Iterable[str], *, config: ValidationConfi
         return ds
 
 
+def remove_class(dataset_id: str, name: str, *, config: ValidationConfig | None = None) -> Dataset:
+    """Remove a class with all its images (their files are deleted) and every notice naming it."""
+    folder = _dataset_dir(dataset_id)
+    with _locked(folder):
+        ds = load_dataset(dataset_id)
+        if name not in ds.classes:
+            raise DatasetError(f"there is no class named {name!r}")
+        gone = [it for it in ds.items if it.label == name]
+        keep = tuple(it for it in ds.items if it.label != name)
+        gone_files = {it.file for it in gone}
+        notes = tuple(p for p in ds.notes if name not in p.classes and not set(p.files) & gone_files)
+        ds = _save(replace(ds, classes=tuple(c for c in ds.classes if c != name), items=keep, notes=notes,
+                           skipped=tuple(s for s in ds.skipped if s.label != name)),
+                   config, resplit=ds.split_mode != "folders")
+        still_used = {it.file for it in keep}
+        for it in gone:
+            if it.file not in still_used:
+                ds.path(it).unlink(missing_ok=True)
+        return ds
+
+
 def relabel_files(dataset_id: str, files: Iterable[str], label: str, *,
                   config: ValidationConfig | None = None) -> Dataset:
     """Move items (by their ``file`` value) to another existing class; their split stays as it is."""

@@ -1,0 +1,80 @@
+"""Face recognition end to end on real people (../shared/datasets/lfw_faces, read in place, never copied into the
+repo): enrol through the CLI, identify, answer "unknown" for strangers, export and report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from tests.conftest import shared_dataset
+
+pytestmark = [pytest.mark.datasets, pytest.mark.weights]
+
+
+@pytest.fixture(scope="module")
+def lfw_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """3 enrolled people (5 photos each; 2 more each to probe) and 2 strangers (2 photos each), as symlink-free
+    copies in a tmp folder (outside the repo)."""
+    src = shared_dataset("lfw_faces")
+    people = sorted(p.name for p in src.iterdir() if p.is_dir())
+    root = tmp_path_factory.mktemp("lfw")
+    enrol, probe = root / "enrol", root / "probe"
+    for i, person in enumerate(people[:5]):
+        photos = sorted((src / person).iterdir())
+        (probe / person).mkdir(parents=True)
+        for f in photos[5:7]:
+            shutil.copy(f, probe / person / f.name)
+        if i < 3:
+            (enrol / person).mkdir(parents=True)
+            for f in photos[:5]:
+                shutil.copy(f, enrol / person / f.name)
+    return enrol, probe, people[3:5]
+
+
+def _json(capsys: pytest.CaptureFixture) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_enrol_identify_and_reject_strangers_from_the_command_line(lfw_split, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+    from skimage import data
+
+    enrol, probe, strangers = lfw_split
+    person = sorted(p.name for p in enrol.iterdir())[0]
+    Image.fromarray(data.brick()).save(enrol / person / "not_a_face.png")
+    try:
+        assert main(["train", "--task", "faces", "--data", str(enrol), "--runs-dir", str(tmp_path / "runs"),
+                     "--json"]) == 0
+    finally:
+        (enrol / person / "not_a_face.png").unlink()
+    out = _json(capsys)
+    assert out["model"] == "dlib_resnet_face" and len(out["people"]) == 3 and out["device"] == "cpu"
+    assert out["no_face"] == [f"{person}/not_a_face.png"] and isinstance(out["threshold"], float)
+    run = out["run_dir"]
+
+    assert main(["evaluate", "--run", run, "--data", str(probe), "--json"]) == 0
+    ev = _json(capsys)
+    assert ev["n_images"] == 10 and ev["n_unknown_images"] == 4 and ev["strangers"] == strangers
+    assert ev["unknown_rejection"] == 1.0 and ev["accuracy"] >= 5 / 6
+
+    stranger_photo = sorted((probe / strangers[0]).iterdir())[0]
+    assert main(["predict", "--run", run, str(stranger_photo), "--json"]) == 0
+    faces = _json(capsys)["predictions"][0]["faces"]
+    assert faces and faces[0]["label"] == "unknown" and len(faces[0]["box"]) == 4
+
+    assert main(["export", "--run", run, "--format", "safetensors", "--out", str(tmp_path / "exp"), "--json"]) == 0
+    exp = _json(capsys)
+    assert exp["ok"] and exp["biometric"] is True
+    manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
+    assert manifest["biometric"] is True and "biometric data" in manifest["notice"]
+    assert main(["predict", "--run", str(tmp_path / "exp"), str(stranger_photo), "--json"]) == 0
+    assert _json(capsys)["predictions"][0]["faces"][0]["label"] == "unknown"
+
+    assert main(["report", "--run", run, "--json"]) == 0
+    html = Path(_json(capsys)["report"]).read_text()
+    assert "biometric data" in html and person in html and "strangers answered" in html

@@ -1,0 +1,153 @@
+"""AppTest for the face pages: People (enrol, photos without a face by name, delete a person), Train (the two model
+paths), Test (identify an uploaded photo, verify) and the Results tab (threshold trade-off, evaluation)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+from streamlit.testing.v1 import AppTest
+
+from core import runs
+from core.config import FreezeConfig, RunConfig, TrainConfig
+from core.data.store import import_folder, set_task
+from core.recorder import RunRecorder
+from core.settings import runs_root
+from tests.conftest import shared_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _app(page: str, **draft) -> AppTest:
+    """The step's page (views/<step>.py); with the task 'faces' chosen the router shows views/faces_<step>.py."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["draft_task"] = "faces"
+    for key, value in draft.items():
+        at.session_state[f"draft_{key}"] = value
+    at.switch_page(page)
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _texts(at: AppTest) -> str:
+    return " ".join(str(e.value) for kind in ("markdown", "caption", "success", "info", "warning", "error")
+                    for e in getattr(at, kind)).replace("\\", "")  # esc() escapes markdown characters
+
+
+def test_train_page_without_people_points_to_the_people_page(home: Path) -> None:
+    at = _app("views/train.py")
+    at.run()
+    _ok(at)
+    assert "Enrol some people first" in _texts(at)
+
+
+@pytest.mark.weights
+def test_people_page_shows_faces_names_photos_without_one_and_deletes_a_person(home: Path, tmp_path: Path) -> None:
+    from skimage import data
+
+    folder = tmp_path / "team"
+    (folder / "eileen").mkdir(parents=True)
+    (folder / "nobody").mkdir()
+    astro = Image.fromarray(data.astronaut()).resize((256, 256))
+    astro.save(folder / "eileen" / "eileen_1.png")
+    ImageOps.mirror(astro).save(folder / "eileen" / "eileen_2.png")
+    Image.fromarray(data.brick()).resize((128, 128)).convert("RGB").save(folder / "nobody" / "wall.png")
+    ds = import_folder(folder, "Team").dataset
+    set_task(ds.id, "faces")
+
+    at = _app("views/data.py", dataset_id=ds.id)
+    at.run()
+    _ok(at)
+    assert [m.value for m in at.metric] == ["2", "2", "1"]
+    assert "wall.png" in _texts(at) and "no face found" in _texts(at)
+    assert "**eileen** — 2 photos with a face" in _texts(at)  # shown with their aligned crops
+
+    at.selectbox(key="faces_delete_person").set_value("nobody")
+    at.checkbox(key="faces_delete_confirm").check()
+    at.run()
+    at.button(key="faces_delete").click()
+    at.run()
+    _ok(at)
+    assert "Removed 1 photos" in _texts(at)
+    assert [m.value for m in at.metric][0] == "1"
+
+
+@pytest.fixture()
+def face_run(home: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A frozen dlib run on 2 LFW people (4 photos each) and a probe folder with a stranger."""
+    from core.tasks.faces.data import resolve
+    from core.tasks.faces.train import fit
+
+    src = shared_dataset("lfw_faces")
+    people = sorted(p.name for p in src.iterdir() if p.is_dir())
+    enrol, probe = tmp_path / "enrol", tmp_path / "probe"
+    for i, person in enumerate(people[:3]):
+        photos = sorted((src / person).iterdir())
+        (probe / person).mkdir(parents=True)
+        shutil.copy(photos[10], probe / person / photos[10].name)
+        if i < 2:
+            (enrol / person).mkdir(parents=True)
+            for f in photos[:4]:
+                shutil.copy(f, enrol / person / f.name)
+    manifest = resolve(str(enrol))
+    cfg = RunConfig("dlib_resnet_face", str(enrol), FreezeConfig("all"), TrainConfig(), task="faces",
+                    name="tiny faces")
+    run_dir = runs.create_run(cfg, manifest, runs_root())
+    assert fit(run_dir, [RunRecorder(run_dir)]).state == "completed"
+    return run_dir, probe
+
+
+@pytest.mark.weights
+@pytest.mark.datasets
+def test_test_page_boxes_and_names_an_uploaded_photo_and_verifies(face_run) -> None:
+    run_dir, probe = face_run
+    person = sorted(p.name for p in probe.iterdir())[0]
+    photo = next((probe / person).iterdir()).read_bytes()
+    at = _app("views/test.py", run_id=run_dir.name)
+    at.run()
+    _ok(at)
+    at.file_uploader(key="faces_test_files").set_value([("probe.jpg", photo, "image/jpeg")])
+    at.run()
+    _ok(at)
+    assert f"**{person}** · score" in _texts(at)
+    assert "1 face(s)" in _texts(at)
+    at.file_uploader(key="faces_verify_a").set_value([("a.jpg", photo, "image/jpeg")])
+    buf = io.BytesIO()
+    ImageOps.mirror(Image.open(io.BytesIO(photo))).save(buf, "JPEG")
+    at.file_uploader(key="faces_verify_b").set_value([("b.jpg", buf.getvalue(), "image/jpeg")])
+    at.run()
+    _ok(at)
+    assert "Probably the same person" in _texts(at)
+
+
+@pytest.mark.weights
+@pytest.mark.datasets
+def test_results_tab_shows_the_trade_off_and_evaluates_a_folder(face_run) -> None:
+    run_dir, probe = face_run
+    at = _app("views/runs.py", run_id=run_dir.name)
+    at.run()
+    _ok(at)
+    assert "Threshold" in [m.label for m in at.metric]
+    at.text_input(key="faces_eval_folder").set_value(str(probe))
+    at.run()
+    at.button(key="faces_eval_go").click()
+    at.run()
+    _ok(at)
+    labels = [m.label for m in at.metric]
+    assert "Strangers answered 'unknown'" in labels
+    before = runs.read_status(run_dir)
+    at.select_slider(key="faces_results_far").set_value(0.1)
+    at.run()
+    at.button(key="faces_results_retarget").click()
+    at.run()
+    _ok(at)
+    from core.storage import read_json
+
+    assert read_json(run_dir / "gallery.json")["target_far"] == 0.1 and before["state"] == "completed"
+    assert "New threshold" in _texts(at) or read_json(run_dir / "gallery.json")["calibration"]["target_far"] == 0.1
