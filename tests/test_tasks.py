@@ -68,3 +68,23 @@ def test_reproduce_command_carries_the_tasks_own_options(tmp_path, home):
                               tmp_path / "runs")
     command = reproduce_command(run_dir)
     assert "--task segmentation" in command and "--arch fpn" in command and "--ignore-index 11" in command
+
+
+def test_home_offers_a_sample_only_where_the_task_has_one(home):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert not at.button(key="home_try_sample").disabled  # classification: the textures sample
+    names = [t.name for t in list_tasks() if t.available]
+    for name in names:
+        at.session_state["draft_task"] = name
+        at.run()
+        assert not at.exception
+        task = get_task(name)
+        has = name == "classification" or hasattr(task, "ensure_sample")
+        assert at.button(key="home_try_sample").disabled is (not has)
+        if not has:
+            assert any("no built-in sample" in c.value for c in at.caption)

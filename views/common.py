@@ -60,11 +60,19 @@ def choose_task(key: str) -> str:
     def changed() -> None:
         new = st.session_state[key]
         if new and new != current_task():
+            from core.tasks import get_task
+
             set_draft("task", new)
             set_draft("dataset_id", None)
             set_draft("run_id", None)
+            task = get_task(new)  # the task's own default of what trains (e.g. segmentation: everything)
+            default = task.default_freeze() if hasattr(task, "default_freeze") else FreezeConfig()
+            set_draft("freeze", json.dumps(default.to_dict()))
 
-    choice = st.segmented_control("What should the model learn?", available, default=current, key=key,
+    if st.session_state.get(key) not in (None, current):  # chosen elsewhere meanwhile (the other page's picker)
+        st.session_state[key] = current
+    default = None if key in st.session_state else current  # (a default beside a state value draws a warning)
+    choice = st.segmented_control("What should the model learn?", available, default=default, key=key,
                                   format_func=lambda n: titles.get(n, n), on_change=changed)
     chosen = choice or current
     st.caption(next(t.description for t in rows if t.name == chosen))

@@ -1,8 +1,11 @@
 """Home: the steps with their status for this session, and a one-click sample-data path for first-time users."""
 
+import json
+
 import streamlit as st
 
 from core.settings import sample_data_root
+from core.tasks import get_task
 from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft, step_page
 
 st.title("Transfer Studio")
@@ -10,13 +13,13 @@ st.write("Teach a pretrained image model your own classes, without programming. 
          "Follow the steps; each page tells you what it needs.")
 
 task_name = choose_task("home_task")
+task = get_task(task_name)
+has_sample = task_name == "classification" or hasattr(task, "ensure_sample")
 if st.button("Try it with sample data", key="home_try_sample", type="primary", icon=":material/auto_awesome:",
+             disabled=not has_sample,
              help="Chooses MobileNetV2 and a built-in sample set for the chosen task (for image classification: "
                   "textures — brick, grass, gravel — with head-only training)."):
-    from core.tasks import get_task
-
     with st.spinner("Preparing the sample photos (once)…"):
-        task = get_task(task_name)
         if hasattr(task, "ensure_sample"):  # a task's own sample set (detection shapes, segmentation masks...)
             sample_id = task.ensure_sample()
         else:
@@ -26,8 +29,12 @@ if st.button("Try it with sample data", key="home_try_sample", type="primary", i
     set_draft("task", task_name)
     set_draft("backbone", DEFAULT_BACKBONE)
     set_draft("dataset_id", sample_id)
-    set_draft("freeze", '{"preset": "head"}')
+    freeze = task.default_freeze().to_dict() if hasattr(task, "default_freeze") else {"preset": "head"}
+    set_draft("freeze", json.dumps(freeze))
     st.switch_page(step_page("layers"))
+if not has_sample:
+    st.caption(f"There is no built-in sample for {task.title}: photos of people need their consent, and no "
+               "package ships a licence-clean set. Bring one folder of photos per person on the Data step.")
 
 samples_ready = (sample_data_root() / "textures").is_dir()
 if not samples_ready:
