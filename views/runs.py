@@ -49,6 +49,17 @@ def _dataset_name(dataset: str) -> str:
         return Path(dataset).name or dataset
 
 
+def _is_zoo_backbone(name: str) -> bool:
+    """True for an ImageNet backbone of the zoo (a frozen face embedder has no 'from scratch' to compare with)."""
+    from core import zoo
+
+    try:
+        zoo.get_spec(name)
+    except zoo.ZooError:
+        return False
+    return True
+
+
 def _row(run_dir) -> dict:
     cfg, status, meta = runs.read_json_config(run_dir), runs.read_status(run_dir), _meta(run_dir)
     train = cfg.get("train", {})
@@ -191,7 +202,7 @@ with manage:
         if st.button("Resume this run", key="runs_resume", icon=":material/play_arrow:"):
             jobs.start(RUN)
             st.switch_page(step_page("train"))
-    if cfg.get("pretrained", True) and not cfg.get("quick"):
+    if cfg.get("pretrained", True) and not cfg.get("quick") and _is_zoo_backbone(cfg.get("backbone", "")):
         st.write("**What does transfer learning buy?** Train the same model with the same settings from random "
                  "weights and compare both runs above.")
         if st.button("Train the same from scratch", key="runs_scratch", icon=":material/compare_arrows:"):
