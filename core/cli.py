@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from core.cli_common import print_json as _print_json
 from core.settings import PROJECT_ROOT
-
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, default=str))
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:

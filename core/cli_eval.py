@@ -7,23 +7,14 @@ stderr and exit status 2 (no traceback); with --json the last line of stdout is 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, default=str))
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f} %"
+from core.cli_common import error_text
+from core.cli_common import fail as _fail
+from core.cli_common import pct as _pct
+from core.cli_common import print_json as _print_json
 
 
 def _progress(quiet: bool):
@@ -48,10 +39,7 @@ def _guard(fn):
         except KeyboardInterrupt:
             return _fail("interrupted", 130)
         except Exception as err:  # noqa: BLE001 - the user gets a message, never a traceback
-            text = str(err) or type(err).__name__
-            if isinstance(err, KeyError) and err.args:
-                text = str(err.args[0])
-            return _fail(text)
+            return _fail(error_text(err))
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper

@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 from pathlib import Path
 
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, default=str))
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f} %"
+from core.cli_common import fail as _fail
+from core.cli_common import pct as _pct
+from core.cli_common import print_json as _print_json
+from core.cli_common import run_command
 
 
 def run(command: str, args: argparse.Namespace) -> int:
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
                 "report": cmd_report}
-    if command not in handlers:
-        return _fail(f"'{command}' is not available for face recognition runs.")
-    try:
-        return handlers[command](args)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except Exception as err:  # noqa: BLE001 - one clear line, never a traceback
-        return _fail(str(err) or type(err).__name__)
+    return run_command(handlers, command, args, "face recognition")
 
 
 def _progress(quiet: bool):

@@ -5,52 +5,21 @@ export whose config.json / manifest.json names the task). Errors are one line on
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import signal
 import sys
 from pathlib import Path
 
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(_clean(obj), default=str))
-
-
-def _clean(obj: object) -> object:
-    """NaN → null, so every line is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+from core.cli_common import fail as _fail
+from core.cli_common import pct as _pct
+from core.cli_common import print_json as _print_json
+from core.cli_common import run_command
 
 
 def run(command: str, args: argparse.Namespace) -> int:
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
                 "report": cmd_report}
-    if command not in handlers:
-        return _fail(f"'{command}' is not available for segmentation runs.")
-    try:
-        return handlers[command](args)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except Exception as err:  # noqa: BLE001 - the user gets a message, never a traceback
-        text = str(err) or type(err).__name__
-        if isinstance(err, KeyError) and err.args:
-            text = str(err.args[0])
-        return _fail(text)
+    return run_command(handlers, command, args, "segmentation")
 
 
 # --- train ------------------------------------------------------------------------------------------------------
