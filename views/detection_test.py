@@ -1,0 +1,103 @@
+"""Test a detector: drop photos or take one; boxes with class and score, a threshold slider, time per photo."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import runs
+from core.settings import subdir
+from core.tasks.detection.draw import detections_image
+from core.tasks.detection.predict import Detector
+from views.common import draft, esc, set_draft, step_page
+
+st.title("5 · Test your detector")
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _run_detector(run_dir: str, stamp: float) -> Detector:  # noqa: ARG001 - stamp: reload when weights change
+    from core.tasks.detection.predict import from_run
+
+    return from_run(run_dir)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _export_detector(path: str, digest: str) -> Detector:  # noqa: ARG001 - digest is the cache key
+    from core.tasks.detection.export import load_export
+
+    return load_export(path)
+
+
+def _detection_runs() -> list[Path]:
+    return [p for p in runs.list_runs() if (p / "checkpoints" / "best.safetensors").exists()
+            and runs.read_json_config(p).get("task") == "detection"]
+
+
+def _choose() -> Detector | None:
+    source = st.radio("Model", ["A run trained here", "An exported model (.zip)"], key="dtest_source",
+                      horizontal=True)
+    if source.startswith("An exported"):
+        upload = st.file_uploader("Exported detector (zip with model.safetensors + manifest.json)", type=["zip"],
+                                  key="dtest_export_zip")
+        st.caption("Only models exported by Transfer Studio are accepted; other files are refused unopened.")
+        if upload is None:
+            return None
+        data = upload.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        path = subdir("imports") / f"{digest[:16]}.zip"
+        if not path.exists():
+            path.write_bytes(data)
+        try:
+            return _export_detector(str(path), digest)
+        except Exception as err:  # noqa: BLE001 - ExportError and friends: a message, never a traceback
+            st.error(f"This file cannot be used: {esc(err)}")
+            return None
+    done = _detection_runs()
+    if not done:
+        st.info("No trained detector yet.")
+        st.page_link(step_page("train"), label="Go to the Train page", icon=":material/model_training:")
+        return None
+    names = [p.name for p in done]
+    current = draft("run_id")
+    labels = {p.name: f"{runs.read_json_config(p).get('name') or p.name} ({p.name})" for p in done}
+    chosen = st.selectbox("Run", names, index=names.index(current) if current in names else 0, key="dtest_run",
+                          format_func=lambda n: labels.get(n, n))
+    set_draft("run_id", chosen)
+    run_dir = done[names.index(chosen)]
+    stamp = (run_dir / "checkpoints" / "best.safetensors").stat().st_mtime
+    with st.spinner("Loading the detector…"):
+        return _run_detector(str(run_dir), stamp)
+
+
+detector = _choose()
+if detector is None:
+    st.stop()
+st.caption(f"Classes: {esc(', '.join(detector.classes))}")
+threshold = st.slider("Show boxes scoring at least", 0.05, 0.95, 0.5, 0.05, key="dtest_threshold",
+                      help="Lower finds more objects but also more false boxes.")
+files = st.file_uploader("Photos", type=["jpg", "jpeg", "png", "webp", "bmp"], accept_multiple_files=True,
+                         key="dtest_files")
+shot = st.camera_input("Or take a photo", key="dtest_camera")
+inputs = [(f.name, f.getvalue()) for f in files or []] + ([("camera photo", shot.getvalue())] if shot else [])
+for n, (name, data) in enumerate(inputs):
+    result = detector.detect(data, name=name, threshold=0.05)
+    st.subheader(esc(name))
+    if not result.ok:
+        st.error(f"{esc(name)} cannot be read: {esc(result.error)}")
+        continue
+    shown = [d.to_dict() for d in result.detections if d.score >= threshold]
+    left, right = st.columns([3, 2])
+    from core.data.images import load_rgb
+
+    left.image(detections_image(load_rgb(data), shown), width="stretch")
+    if shown:
+        right.dataframe(pd.DataFrame([{"class": d["label"], "score": d["score"],
+                                       "box (x1, y1, x2, y2)": ", ".join(f"{v:.0f}" for v in d["box"])}
+                                      for d in shown]), hide_index=True, key=f"dtest_table_{n}")
+    else:
+        right.info("Nothing found above the threshold.")
+    right.caption(f"{len(shown)} boxes · {1000 * result.seconds:.0f} ms for this photo "
+                  f"({result.width}×{result.height} px)")
