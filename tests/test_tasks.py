@@ -88,3 +88,23 @@ def test_home_offers_a_sample_only_where_the_task_has_one(home):
         assert at.button(key="home_try_sample").disabled is (not has)
         if not has:
             assert any("no built-in sample" in c.value for c in at.caption)
+
+
+def test_train_page_offers_only_the_extras_that_apply_to_the_task(home):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    found = {}
+    for name in [t.name for t in list_tasks() if t.available]:
+        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
+        at.session_state["draft_task"] = name
+        at.session_state["draft_backbone"] = "mobilenetv2_100"
+        at.session_state["draft_dataset_id"] = "not-a-dataset"
+        at.switch_page("views/train.py").run()
+        assert not at.exception
+        keys = {b.key for b in at.button} | {c.key for c in at.checkbox}
+        found[name] = ("train_lr_find" in keys, "train_class_weights" in keys)
+    assert found["classification"] == (True, True)
+    if "detection" in found:
+        assert found["detection"] == (False, False)

@@ -84,13 +84,17 @@ def _settings() -> TrainConfig:
             st.session_state.setdefault("train_lr", defaults.effective_lr(freeze))
             lr = st.number_input("Learning rate", 1e-6, 5.0, format="%.5f", key="train_lr",
                                  help="How big each learning step is. Too high: the loss explodes.")
-        _lr_finder(freeze, int(batch), int(seed))
+        options = getattr(TASK, "train_options", ("lr_finder", "class_weights"))
+        if "lr_finder" in options:
+            _lr_finder(freeze, int(batch), int(seed))
         augment = st.multiselect("Augmentations", list(AUGMENTATIONS), default=list(defaults.augment),
                                  key="train_augment", help="Random changes that make the model robust.")
         for name in augment:
             st.caption(f"• {name}: {AUGMENTATIONS[name]}")
-        weights = st.checkbox("Balance classes (weight the loss)", value=bool(draft("class_weights", False)),
-                              key="train_class_weights", help="Helps when some classes have far fewer photos.")
+        weights = False
+        if "class_weights" in options:
+            weights = st.checkbox("Balance classes (weight the loss)", value=bool(draft("class_weights", False)),
+                                  key="train_class_weights", help="Helps when some classes have far fewer photos.")
         nproc = _gpus(defaults, int(batch), lr)
     from dataclasses import replace
 
