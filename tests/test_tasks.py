@@ -108,3 +108,14 @@ def test_train_page_offers_only_the_extras_that_apply_to_the_task(home):
     assert found["classification"] == (True, True)
     if "detection" in found:
         assert found["detection"] == (False, False)
+
+
+def test_detection_reproduce_names_the_annotation_file(tmp_path):
+    if "detection" not in [t.name for t in list_tasks() if t.available]:
+        pytest.skip("no detection task")
+    ann = tmp_path / "boxes.json"
+    ann.write_text("{}")
+    task = get_task("detection")
+    assert task.reproduce_args({"source": {"kind": "folder", "annotations": str(ann)}}) == ["--annotations",
+                                                                                           str(ann)]
+    assert task.reproduce_args({"source": {"kind": "stored", "annotations": "x"}}) == []

@@ -45,6 +45,14 @@ class DetectionTask:
 
         return resolve(dataset, seed)
 
+    def reproduce_args(self, manifest: dict) -> list[str]:
+        """`--annotations FILE` when the run read a folder whose annotation file could be ambiguous."""
+        source = manifest.get("source") or {}
+        ann = source.get("annotations")
+        if source.get("kind") == "folder" and ann and Path(str(ann)).is_file():
+            return ["--annotations", str(ann)]
+        return []
+
     def fit(self, run_dir: Path, subscribers: Sequence[Callable[[Any], None]] = (),
             should_stop: Callable[[], bool] = lambda: False) -> Any:
         from core.tasks.detection.train import fit
