@@ -27,6 +27,7 @@ import shlex
 import time
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -270,7 +271,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"{folder} exists and is not a folder; give a folder for the export.")
     folder.mkdir(parents=True, exist_ok=True)
-    previous = _previous_export(folder, manifest)
+    previous = previous_export(folder, manifest)
     prep = Prep(**{k: manifest["preprocessing"][k] for k in ("size", "scale_size", "interpolation", "mean", "std")})
     x, note = _check_inputs(run_dir, prep, n_check)
     batches = _batches(x)
@@ -296,27 +297,35 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
         data = _torchscript_bytes(model, x[:2] if len(x) >= 2 else x)
         outputs = _torchscript_outputs(data, batches)
         write_bytes_atomic(folder / name, data)
+    check = {"format": fmt, **_compare(reference, outputs, tolerance), "n_images": len(x), "inputs": note, **extra}
+    return finish_export(folder, run_dir, fmt, name, data, check, manifest, previous, t0, example_script)
+
+
+def finish_export(folder: Path, run_dir: Path, fmt: str, name: str, data: bytes, check: dict, manifest: dict,
+                  previous: dict, t0: float, example: Callable[[dict], str], task: str | None = None
+                  ) -> ExportResult:
+    """The end of every export (all tasks): publish the written model file, confirm it holds the checked bytes,
+    record its hash in manifest.json and the check in export.json, write the example script, say what is there."""
     _publish(folder / name)
     written = (folder / name).read_bytes()
-    check = {"format": fmt, **_compare(reference, outputs, tolerance), "n_images": len(x), "inputs": note, **extra,
-             "file_is_checked_bytes": _sha256(written) == _sha256(data)}
-    check["ok"] = bool(check["ok"] and extra.get("bit_exact", True) and check["file_is_checked_bytes"])
+    check["file_is_checked_bytes"] = _sha256(written) == _sha256(data)
+    check["ok"] = bool(check["ok"] and check.get("bit_exact", True) and check["file_is_checked_bytes"])
     # the written file's hash (what a user will check), then manifest, export.json and the example script
     manifest["files"] = {**previous, fmt: {"file": name, "sha256": _sha256(written), "bytes": len(written),
                                            "check_ok": check["ok"]}}
     write_json_atomic(folder / MANIFEST_FILE, manifest)
     record = read_json(folder / EXPORT_FILE, {}) or {}
     formats = {k: v for k, v in (record.get("formats") or {}).items() if k in manifest["files"]}
-    formats[fmt] = {"file": name, "sha256": manifest["files"][fmt]["sha256"], "bytes": manifest["files"][fmt]["bytes"],
+    formats[fmt] = {"file": name, "sha256": manifest["files"][fmt]["sha256"], "bytes": len(written),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 2),
                     "check": check}
-    write_json_atomic(folder / EXPORT_FILE, {"run_id": run_dir.name,
+    write_json_atomic(folder / EXPORT_FILE, {"run_id": run_dir.name, **({"task": task} if task else {}),
                                              "source_weights_sha256": manifest["source"]["weights_sha256"],
                                              "formats": formats})
-    write_bytes_atomic(folder / EXAMPLE_FILE, example_script(manifest).encode())
+    write_bytes_atomic(folder / EXAMPLE_FILE, example(manifest).encode())
     for extra_file in (MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE):
         _publish(folder / extra_file)
-    files = sorted({FILES[f] for f in manifest["files"]} | {MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE})
+    files = sorted({e["file"] for e in manifest["files"].values()} | {MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE})
     return ExportResult(fmt, folder, files, check, check["ok"], time.time() - t0)
 
 
@@ -330,9 +339,10 @@ def _publish(path: Path) -> None:
         pass
 
 
-def _previous_export(folder: Path, manifest: dict) -> dict:
+def previous_export(folder: Path, manifest: dict, file_names: dict[str, str] = FILES) -> dict:
     """File entries of formats already exported here for the same weights. Another run's export is refused;
-    entries for older weights of this run are dropped and their files removed (they would disagree)."""
+    entries for older weights of this run are dropped and their files removed (they would disagree).
+    `file_names`: format → file name of the task's exports."""
     old = read_json(folder / MANIFEST_FILE)
     if not isinstance(old, dict) or old.get("format") != EXPORT_FORMAT:
         return {}
@@ -340,11 +350,11 @@ def _previous_export(folder: Path, manifest: dict) -> dict:
     if src.get("run_id") != manifest["source"]["run_id"]:
         raise ExportError(f"{folder} already holds an export of another run ({src.get('run_id')}); choose an empty "
                           "folder.")
-    files = {k: v for k, v in (old.get("files") or {}).items() if k in FILES}
+    files = {k: v for k, v in (old.get("files") or {}).items() if k in file_names}
     if src.get("weights_sha256") == manifest["source"]["weights_sha256"]:
         return files
     for fmt in files:
-        (folder / FILES[fmt]).unlink(missing_ok=True)
+        (folder / file_names[fmt]).unlink(missing_ok=True)
     return {}
 
 

@@ -26,8 +26,6 @@ import torch
 
 from core import runs, zoo
 from core.export import (
-    EXAMPLE_FILE,
-    EXPORT_FILE,
     EXPORT_FORMAT,
     EXPORT_VERSION,
     FILES,
@@ -37,10 +35,11 @@ from core.export import (
     ExportResult,
     _from_folder,
     _from_zip,
-    _publish,
     _sha256,
     check_against_architecture,
+    finish_export,
     parse_safetensors_header,
+    previous_export,
 )
 from core.storage import read_json, write_bytes_atomic, write_json_atomic
 from core.tasks.detection.model import DETECTORS, DetectorConfig, build_detector, predicting
@@ -169,17 +168,6 @@ def onnx_outputs(data: bytes, images: list[torch.Tensor]) -> list[dict]:
     return out
 
 
-def _previous(folder: Path, manifest: dict) -> dict:
-    old = read_json(folder / MANIFEST_FILE)
-    if not isinstance(old, dict) or old.get("format") != EXPORT_FORMAT:
-        return {}
-    src = old.get("source") or {}
-    if src.get("run_id") != manifest["source"]["run_id"]:
-        raise ExportError(f"{folder} already holds an export of another run ({src.get('run_id')}); choose an empty "
-                          "folder.")
-    if src.get("weights_sha256") != manifest["source"]["weights_sha256"]:
-        return {}
-    return {k: v for k, v in (old.get("files") or {}).items() if k in FORMATS}
 
 
 def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, n_check: int = 4
@@ -201,7 +189,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"{folder} exists and is not a folder; give a folder for the export.")
     folder.mkdir(parents=True, exist_ok=True)
-    previous = _previous(folder, manifest)
+    previous = previous_export(folder, manifest, FILES)
     size = manifest["preprocessing"]["eval_size"]
     images = _check_images(run_dir, n_check)
     reference = _torch_outputs(model, images, size)
@@ -223,28 +211,10 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
         data = onnx_bytes(model, images[0], size)
         write_bytes_atomic(folder / name, data)
         outputs = onnx_outputs(data, images)
-    _publish(folder / name)
-    written = (folder / name).read_bytes()
     check = {"format": fmt, **compare(reference, outputs), "n_images": len(images),
-             "inputs": "validation images of the run", **extra,
-             "file_is_checked_bytes": _sha256(written) == _sha256(data)}
-    check["ok"] = bool(check["ok"] and extra.get("bit_exact", True) and check["file_is_checked_bytes"])
-    manifest["files"] = {**previous, fmt: {"file": name, "sha256": _sha256(written), "bytes": len(written),
-                                           "check_ok": check["ok"]}}
-    write_json_atomic(folder / MANIFEST_FILE, manifest)
-    record = read_json(folder / EXPORT_FILE, {}) or {}
-    formats = {k: v for k, v in (record.get("formats") or {}).items() if k in manifest["files"]}
-    formats[fmt] = {"file": name, "sha256": manifest["files"][fmt]["sha256"], "bytes": len(written),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 2),
-                    "check": check}
-    write_json_atomic(folder / EXPORT_FILE, {"run_id": run_dir.name, "task": "detection",
-                                             "source_weights_sha256": manifest["source"]["weights_sha256"],
-                                             "formats": formats})
-    write_bytes_atomic(folder / EXAMPLE_FILE, example_script(manifest).encode())
-    for f in (MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE):
-        _publish(folder / f)
-    files = [f for f in (name, MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE) if (folder / f).exists()]
-    return ExportResult(fmt, folder, files, check, check["ok"], time.time() - t0)
+             "inputs": "validation images of the run", **extra}
+    return finish_export(folder, run_dir, fmt, name, data, check, manifest, previous, t0, example_script,
+                         task="detection")
 
 
 # --- loading a user's export -----------------------------------------------------------------------------------------

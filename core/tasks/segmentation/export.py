@@ -26,18 +26,17 @@ import torch
 
 from core import runs, zoo
 from core.export import (
-    EXAMPLE_FILE,
-    EXPORT_FILE,
     EXPORT_FORMAT,
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
     MAX_WEIGHTS_BYTES,
     ExportError,
     ExportResult,
-    _publish,
     _read_capped,
     check_against_architecture,
+    finish_export,
     parse_safetensors_header,
+    previous_export,
 )
 from core.storage import read_json, write_bytes_atomic, write_json_atomic
 from core.tasks.segmentation.augment import pad_to
@@ -199,7 +198,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, tol
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"{folder} exists and is not a folder; give a folder for the export.")
     folder.mkdir(parents=True, exist_ok=True)
-    previous = _previous(folder, manifest)
+    previous = previous_export(folder, manifest, FILES)
     x, note = check_inputs(run_dir, tuple(manifest["preprocessing"]["mean"]), tuple(manifest["preprocessing"]["std"]))
     batches = [x, x[:1]]
     with torch.inference_mode():
@@ -230,44 +229,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, tol
             reference.append(model(odd))
         outputs = _onnx_outputs(data, batches)
         write_bytes_atomic(folder / name, data)
-    _publish(folder / name)
-    written = (folder / name).read_bytes()
     check = {"format": fmt, **compare(reference, outputs, tolerance), "n_images": int(x.shape[0]), "inputs": note,
-             "sizes": [list(b.shape[2:]) for b in batches], **extra,
-             "file_is_checked_bytes": _sha(written) == _sha(data)}
-    check["ok"] = bool(check["ok"] and extra.get("bit_exact", True) and check["file_is_checked_bytes"])
-    manifest["files"] = {**previous, fmt: {"file": name, "sha256": _sha(written), "bytes": len(written),
-                                           "check_ok": check["ok"]}}
-    write_json_atomic(folder / MANIFEST_FILE, manifest)
-    record = read_json(folder / EXPORT_FILE, {}) or {}
-    formats = {k: v for k, v in (record.get("formats") or {}).items() if k in manifest["files"]}
-    formats[fmt] = {"file": name, "sha256": manifest["files"][fmt]["sha256"], "bytes": len(written),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 2),
-                    "check": check}
-    write_json_atomic(folder / EXPORT_FILE, {"run_id": run_dir.name, "task": "segmentation",
-                                             "source_weights_sha256": manifest["source"]["weights_sha256"],
-                                             "formats": formats})
-    write_bytes_atomic(folder / EXAMPLE_FILE, example_script(manifest).encode())
-    for f in (MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE):
-        _publish(folder / f)
-    files = sorted({FILES[f] for f in manifest["files"] if f in FILES} | {MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE})
-    return ExportResult(fmt, folder, files, check, check["ok"], time.time() - t0)
+             "sizes": [list(b.shape[2:]) for b in batches], **extra}
+    return finish_export(folder, run_dir, fmt, name, data, check, manifest, previous, t0, example_script,
+                         task="segmentation")
 
 
-def _previous(folder: Path, manifest: dict) -> dict:
-    old = read_json(folder / MANIFEST_FILE)
-    if not isinstance(old, dict) or old.get("format") != EXPORT_FORMAT:
-        return {}
-    src = old.get("source") or {}
-    if src.get("run_id") != manifest["source"]["run_id"]:
-        raise ExportError(f"{folder} already holds an export of another run ({src.get('run_id')}); choose an empty "
-                          "folder.")
-    files = {k: v for k, v in (old.get("files") or {}).items() if k in FILES}
-    if src.get("weights_sha256") == manifest["source"]["weights_sha256"]:
-        return files
-    for fmt in files:
-        (folder / FILES[fmt]).unlink(missing_ok=True)
-    return {}
 
 
 # --- loading an export: safetensors + manifest only -----------------------------------------------------------------
