@@ -215,7 +215,9 @@ def live() -> None:
         m3.metric("Device", f"{status.get('device', '?')} ({status.get('precision', '?')})")
         left, right = st.columns(2)
         left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="train_loss_chart")
-        right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases, label=label),
+        metric = status.get("metric") or (view.started or {}).get("metric") or "val_accuracy"
+        right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases,
+                                        label="" if metric == "val_accuracy" else label),
                            key="train_acc_chart")
         if any(h.get("metrics") for h in view.history):
             st.plotly_chart(extra_metrics_figure(view.history), key="train_metrics_chart")
