@@ -199,30 +199,37 @@ class LaunchResult:
     log_tail: list[str] = field(default_factory=list)
 
 
-_RANK = re.compile(r"rank\s*:\s*(\d+)")
-_EXIT = re.compile(r"exitcode\s*:\s*(-?\d+)")
 _ERROR_LINE = re.compile(r"^\s*(\w+(Error|Exception)\b.*)$")
 
 
+_ENTRY = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+_TERMINATED = (-signal.SIGTERM, -signal.SIGINT)  # what torchrun sends the other ranks when it stops a job
+
+
 def describe_failure(log: str, returncode: int) -> str:
-    """A sentence from torchrun's "Root Cause" report: which rank failed, with what exit code or error."""
+    """A sentence from torchrun's failure report: which rank failed first, with what exit code or error.
+
+    torchrun lists every failed rank; the ones it terminated itself (SIGTERM) or that only lost a peer are
+    consequences, so a rank killed by another signal or exiting with its own error is named instead."""
+    report = log[log.find("Failures:"):] if "Failures:" in log else log[log.rfind("Root Cause"):]
+    entries = [(int(r), int(c)) for r, c in _ENTRY.findall(report)]
     root = log[log.rfind("Root Cause"):] if "Root Cause" in log else log
-    rank = _RANK.search(root)
-    code = _EXIT.search(root)
     errors = [m.group(1).strip() for line in root.splitlines() if (m := _ERROR_LINE.match(line))]
-    who = f"process rank {rank.group(1)}" if rank else "a training process"
-    if code and int(code.group(1)) < 0:
-        sig = -int(code.group(1))
+    killed = [(r, c) for r, c in entries if c < 0 and c not in _TERMINATED]
+    chosen = killed[0] if killed else (entries[0] if entries else None)
+    if chosen is None:
+        return f"the distributed job ended with exit code {returncode}."
+    rank, code = chosen
+    who = f"process rank {rank}"
+    if code < 0:
         try:
-            name = signal.Signals(sig).name
+            name = signal.Signals(-code).name
         except ValueError:
-            name = f"signal {sig}"
+            name = f"signal {-code}"
         return f"{who} was killed ({name}); the job was stopped. Resume continues from the last checkpoint."
     if errors:
         return f"{who} failed: {errors[-1][:300]}"
-    if code:
-        return f"{who} exited with code {code.group(1)}; the job was stopped."
-    return f"the distributed job ended with exit code {returncode}."
+    return f"{who} exited with code {code}; the job was stopped."
 
 
 def launch(run_dir: str, spec: LaunchSpec, *, extra_env: dict[str, str] | None = None,

@@ -164,3 +164,10 @@ def test_two_gpus_with_nccl(colours: Path, tmp_path: Path, home: Path) -> None:
     assert out.returncode == 0, out.log_tail
     started = next(e for e in runs.read_events(run_dir) if e["type"] == "fit_started")
     assert started["device"] == "cuda" and started["world_size"] == 2
+
+
+def test_failure_report_names_the_killed_rank_not_the_one_torchrun_terminated() -> None:
+    log = ("Failures:\n[1]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 11)\n"
+           "Root Cause (first observed failure):\n[0]:\n  rank      : 0 (local_rank: 0)\n"
+           "  exitcode  : -15 (pid: 10)\n")
+    assert describe_failure(log, 1).startswith("process rank 1 was killed (SIGKILL)")
