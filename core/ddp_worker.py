@@ -34,12 +34,18 @@ def main(argv: list[str]) -> int:
             subscribers.append(TextProgress())
     from core.engine import fit
 
-    try:
-        result = fit(run_dir, subscribers, should_stop=lambda: runs.stop_requested(run_dir), dist=ctx)
-    finally:
-        shutdown(ctx)
+    # An exception propagates without a collective teardown (it could hang on a peer that is gone): torchrun
+    # records it and stops the other ranks.
+    result = fit(run_dir, subscribers, should_stop=lambda: runs.stop_requested(run_dir), dist=ctx)
+    ctx.barrier()  # rank 0's last writes are done before any rank tears its connections down
+    shutdown(ctx)
     return 0 if result.state in ("completed", "stopped") else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalisation: gloo's threads may still hold tensors whose release then needs the GIL of a
+    # dying interpreter, which aborts (SIGABRT) a rank that finished its work. Everything is already on disk.
+    os._exit(code)
