@@ -206,6 +206,15 @@ _ENTRY = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 _TERMINATED = (-signal.SIGTERM, -signal.SIGINT)  # what torchrun sends the other ranks when it stops a job
 
 
+_WHAT = re.compile(r"what\(\):\s*(.+)$", re.M)
+
+
+def _native_error(log: str) -> str:
+    """The message of a C++ exception that aborted a process ("terminate called ... what(): ..."), if any."""
+    found = _WHAT.findall(log)
+    return found[-1].strip()[:200] if found else ""
+
+
 def describe_failure(log: str, returncode: int) -> str:
     """A sentence from torchrun's failure report: which rank failed first, with what exit code or error.
 
@@ -226,7 +235,9 @@ def describe_failure(log: str, returncode: int) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"{who} was killed ({name}); the job was stopped. Resume continues from the last checkpoint."
+        why = _native_error(log)
+        return (f"{who} was killed ({name}{': ' + why if why else ''}); the job was stopped. Resume continues "
+                "from the last checkpoint.")
     if errors:
         return f"{who} failed: {errors[-1][:300]}"
     return f"{who} exited with code {code}; the job was stopped."

@@ -171,3 +171,12 @@ def test_failure_report_names_the_killed_rank_not_the_one_torchrun_terminated() 
            "Root Cause (first observed failure):\n[0]:\n  rank      : 0 (local_rank: 0)\n"
            "  exitcode  : -15 (pid: 10)\n")
     assert describe_failure(log, 1).startswith("process rank 1 was killed (SIGKILL)")
+
+
+def test_failure_report_quotes_the_native_error_of_an_aborted_rank() -> None:
+    log = ("terminate called after throwing an instance of 'gloo::IoException'\n"
+           "  what():  [pair.cc:598] Connection closed by peer [127.0.0.1]:5555\n"
+           "Failures:\n  <NO_OTHER_FAILURES>\nRoot Cause (first observed failure):\n[0]:\n"
+           "  rank      : 1 (local_rank: 1)\n  exitcode  : -6 (pid: 12)\n")
+    text = describe_failure(log, 1)
+    assert text.startswith("process rank 1 was killed (SIGABRT: [pair.cc:598] Connection closed by peer")
