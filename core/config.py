@@ -74,6 +74,7 @@ class TrainConfig:
     class_weights: bool = False
     max_bad_steps: int = 3
     nproc: int = 1  # processes on this machine (one per GPU; DDP). batch_size is per process.
+    train_size: int = 0  # side of the training crops in pixels; 0 = the model's input size (validation always is)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -82,6 +83,8 @@ class TrainConfig:
             raise ValueError("the number of processes must be at least 1")
         if self.lr is not None and not 0 < self.lr < 10:
             raise ValueError("the learning rate must be between 0 and 10")
+        if self.train_size and not 32 <= self.train_size <= 1024:
+            raise ValueError("the training image size must be between 32 and 1024 pixels (0 = the model's own)")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError("optimizer must be 'adamw' or 'sgd'")
         unknown = set(self.augment) - set(AUGMENTATIONS)

@@ -92,11 +92,13 @@ def predict_input(source: str | os.PathLike | bytes, prep: Prep) -> torch.Tensor
 
 
 def train_batch(squares: np.ndarray, prep: Prep, augment: Sequence[str],
-                gen: torch.Generator | Sequence[torch.Generator], channels_last: bool = True) -> torch.Tensor:
+                gen: torch.Generator | Sequence[torch.Generator], channels_last: bool = True,
+                size: int | None = None) -> torch.Tensor:
     """Augmented training input from cached squares; every random draw comes from `gen` (one generator for the
-    batch, or one per image so that an image's augmentation does not depend on which batch or process it is in)."""
+    batch, or one per image so that an image's augmentation does not depend on which batch or process it is in).
+    `size`: the side of the training crops (default: the model's input size)."""
     t = torch.from_numpy(np.require(squares, requirements=["C", "W"])).permute(0, 3, 1, 2)
-    s, size = t.shape[-1], prep.size
+    s, size = t.shape[-1], size or prep.size
     gens = [gen] * len(t) if isinstance(gen, torch.Generator) else list(gen)
     out = []
     for img, gen in zip(t, gens, strict=True):

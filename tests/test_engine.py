@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -179,3 +180,21 @@ def test_out_of_memory_at_one_image_fails_with_advice(colours: Path, tmp_path: P
     res = engine.fit(run_dir, [RunRecorder(run_dir)])
     assert res.state == "failed" and "batch of 1 image" in res.message
     assert runs.read_status(run_dir)["state"] == "failed"
+
+
+
+def test_training_crops_can_be_smaller_than_the_model_input(colours: Path, tmp_path: Path) -> None:
+    """train_size shrinks the training crops only; validation still sees the model's own input size."""
+    from core.pipeline import Prep, eval_batch, image_generators, train_batch
+
+    with pytest.raises(ValueError, match="training image size"):
+        TrainConfig(train_size=8)
+    prep = Prep(64, 72, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    squares = np.random.default_rng(0).integers(0, 255, (3, 72, 72, 3), dtype=np.uint8)
+    gens = image_generators(0, 0, 0, 3)
+    assert train_batch(squares, prep, ("crop", "flip"), gens, size=40).shape == (3, 3, 40, 40)
+    assert train_batch(squares, prep, (), image_generators(0, 0, 0, 3)).shape == (3, 3, 64, 64)
+    assert eval_batch(squares, prep).shape == (3, 3, 64, 64)
+    run_dir = _run(colours, tmp_path, epochs=1, train_size=48)
+    assert engine.fit(run_dir, [RunRecorder(run_dir)]).state == "completed"
+    assert runs.load_config(run_dir).train.train_size == 48

@@ -1,0 +1,98 @@
+"""Try one training recipe of the app's engine on a dataset and print its curve (val accuracy against wall-clock
+seconds from the start, image decoding included). Used to choose the defaults (BENCHMARKS.md, issue 9).
+
+    .venv/bin/python bench/recipe_probe.py --data ../shared/datasets/clothing10 --freeze all --epochs 6 \\
+        --set train_size=160 --set lr=0.001 [--budget-s 600] [--csv bench/results/probe.csv]
+
+`--set KEY=VALUE` overrides a TrainConfig field (numbers parsed as JSON, tuples as comma lists).
+Run alone on the machine: other processes make every number worse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def parse_sets(items: list[str]) -> dict:
+    """KEY=VALUE pairs → TrainConfig overrides (JSON values, comma lists for tuple fields)."""
+    from core.config import TrainConfig
+
+    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        if key not in kinds:
+            raise SystemExit(f"unknown TrainConfig field '{key}'")
+        if "tuple" in str(kinds[key]):
+            out[key] = tuple(v for v in raw.split(",") if v)
+        else:
+            try:
+                out[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                out[key] = raw
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model", default="mobilenetv2_100")
+    ap.add_argument("--freeze", default="all")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], help="TrainConfig override KEY=VALUE")
+    ap.add_argument("--budget-s", type=float, default=None, help="stop after this many seconds")
+    ap.add_argument("--csv", default="")
+    args = ap.parse_args(argv)
+    os.environ["TRANSFER_STUDIO_HOME"] = tempfile.mkdtemp(prefix="probe-home-")  # pays its own decoding
+
+    from core import runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from core.device import configure_threads
+    from core.engine import fit
+    from core.events import EpochEnded
+
+    configure_threads()
+    overrides = parse_sets(args.set)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    cfg = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze), TrainConfig(**overrides))
+    run_dir = runs.create_run(cfg, trainset.resolve(cfg.dataset), Path(tempfile.mkdtemp(prefix="probe-runs-")))
+    rows: list[dict] = []
+    t0 = time.time()
+
+    def on(ev: object) -> None:
+        if isinstance(ev, EpochEnded):
+            rows.append({"epoch": ev.epoch, "seconds": round(time.time() - t0, 1),
+                         "val_accuracy": round(ev.val_accuracy, 4), "train_images_per_second": ev.images_per_second})
+            print(json.dumps(rows[-1]), flush=True)
+
+    stop = (lambda: time.time() - t0 > args.budget_s) if args.budget_s else (lambda: False)
+    res = fit(run_dir, [on], should_stop=stop)
+    best = max((r["val_accuracy"] for r in rows), default=None)
+    summary = {"recipe": {"freeze": args.freeze, **{k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in overrides.items()}},
+               "state": res.state, "best_val_accuracy": best, "seconds": round(time.time() - t0, 1),
+               "s_to": {str(t): next((r["seconds"] for r in rows if r["val_accuracy"] >= t), None)
+                        for t in (0.90, 0.93, 0.95)}}
+    print(json.dumps(summary), flush=True)
+    if args.csv and rows:
+        with open(args.csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
