@@ -147,7 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             train = TrainConfig(epochs=args.epochs or defaults.epochs, batch_size=args.batch_size or
                                 defaults.batch_size, lr=args.lr, seed=args.seed,
                                 augment=augment, device=args.device, precision=args.precision,
-                                class_weights=args.class_weights, nproc=args.nproc or 1)
+                                class_weights=args.class_weights, nproc=args.nproc or 1,
+                                train_size=args.train_size or 0)
             from core import zoo
 
             spec = zoo.get_spec(args.model)
@@ -343,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="default: the task's (32 for classification)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: chosen for the freeze preset)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=None, metavar="PX",
+                   help="classification: side of the training crops (e.g. 160: about 2x faster per epoch on a CPU; "
+                   "validation keeps the model's size); default: the model's input size")
     p.add_argument("--val-fraction", type=float, default=0.2, help="used when the data has no val/ folder")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")

@@ -266,13 +266,14 @@ def test_a_safetensors_file_with_extra_or_wrong_tensors_is_refused(exported, tmp
 def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> None:
     from core.cli import build_parser
 
-    run_dir = make_run(tmp_path, epochs=3, batch_size=8, lr=0.02, seed=7, augment=(), class_weights=True)
+    run_dir = make_run(tmp_path, epochs=3, batch_size=8, lr=0.02, seed=7, augment=(), class_weights=True,
+                       train_size=40)
     command = reproduce_command(run_dir)
     assert command.startswith("transfer-studio train ") and "#" not in command  # everything is expressible
     args = build_parser().parse_args(shlex.split(command)[1:])
     cfg = runs.load_config(run_dir)
     assert Path(args.data).resolve() == Path(cfg.dataset) and args.model == cfg.backbone
-    assert (args.epochs, args.batch_size, args.lr, args.seed) == (3, 8, 0.02, 7)
+    assert (args.epochs, args.batch_size, args.lr, args.seed, args.train_size) == (3, 8, 0.02, 7, 40)
     assert args.no_augment and args.class_weights and args.freeze == "head"
     assert (args.device, args.precision) == ("cpu", "fp32")
     assert not args.from_scratch  # test_convnext has no local weights: the command line trains it from scratch

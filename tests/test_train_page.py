@@ -62,3 +62,24 @@ def test_without_two_gpus_the_page_says_why_it_trains_on_one_device(home: Path, 
     else:
         assert any(multi_gpu_note(rows) == c.value for c in at.caption)
         assert "several GPUs needs 2 or more" in multi_gpu_note(rows)
+
+
+def test_faster_epochs_option_trains_on_smaller_crops(home: Path, sample_textures) -> None:
+    from core.pipeline import reduced_train_size
+
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = "sample:textures"
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    box = at.checkbox(key="train_small_crops")
+    assert box.label.endswith("160×160 crops") and reduced_train_size(224) == 160
+    box.check().run()
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    run_dir = runs_root() / at.session_state["draft_run_id"]
+    assert runs.load_config(run_dir).train.train_size == 160
+    from core import jobs
+
+    jobs.cancel(run_dir)

@@ -82,9 +82,16 @@ def _choose(page, st, option: str) -> None:
     from playwright.sync_api import expect
 
     box = page.get_by_role("combobox", name="Dataset to train on", exact=True)
-    box.click()
-    page.get_by_role("listbox").get_by_role("option", name=option, exact=True).click()
-    expect(box).to_have_value(option)
+    for attempt in range(3):  # a rerun still in flight (from the previous input) can redraw the box under the click
+        st.wait_idle(page)
+        box.click()
+        page.get_by_role("listbox").get_by_role("option", name=option, exact=True).click()
+        try:
+            expect(box).to_have_value(option, timeout=10_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     st.wait_idle(page)
 
 
