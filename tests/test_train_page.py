@@ -18,6 +18,16 @@ def _app() -> AppTest:
     return at
 
 
+def _with_sample() -> AppTest:
+    """The Train page with MobileNetV2 and the sample textures chosen, drawn once without an error."""
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = "sample:textures"
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    return at
+
+
 def test_train_page_asks_for_data_first(home: Path) -> None:
     at = _app()
     at.session_state["draft_backbone"] = "mobilenetv2_100"
@@ -27,11 +37,7 @@ def test_train_page_asks_for_data_first(home: Path) -> None:
 
 
 def test_quick_model_from_the_page_trains_in_a_worker_and_shows_its_result(home: Path, sample_textures) -> None:
-    at = _app()
-    at.session_state["draft_backbone"] = "mobilenetv2_100"
-    at.session_state["draft_dataset_id"] = "sample:textures"
-    at.switch_page("views/train.py").run()
-    assert not at.exception
+    at = _with_sample()
     at.button(key="train_quick").click().run()
     assert not at.exception
     run_id = at.session_state["draft_run_id"]
@@ -51,11 +57,7 @@ def test_quick_model_from_the_page_trains_in_a_worker_and_shows_its_result(home:
 def test_without_two_gpus_the_page_says_why_it_trains_on_one_device(home: Path, sample_textures) -> None:
     from core.distributed import gpu_rows, multi_gpu_note
 
-    at = _app()
-    at.session_state["draft_backbone"] = "mobilenetv2_100"
-    at.session_state["draft_dataset_id"] = "sample:textures"
-    at.switch_page("views/train.py").run()
-    assert not at.exception
+    at = _with_sample()
     rows = gpu_rows()
     if len(rows) >= 2:
         assert at.slider(key="train_gpus").value == len(rows)
@@ -67,11 +69,7 @@ def test_without_two_gpus_the_page_says_why_it_trains_on_one_device(home: Path, 
 def test_faster_epochs_option_trains_on_smaller_crops(home: Path, sample_textures) -> None:
     from core.pipeline import reduced_train_size
 
-    at = _app()
-    at.session_state["draft_backbone"] = "mobilenetv2_100"
-    at.session_state["draft_dataset_id"] = "sample:textures"
-    at.switch_page("views/train.py").run()
-    assert not at.exception
+    at = _with_sample()
     box = at.checkbox(key="train_small_crops")
     assert box.label.endswith("160×160 crops") and reduced_train_size(224) == 160
     box.check().run()
