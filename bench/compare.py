@@ -155,19 +155,25 @@ def fastai(plan: Plan) -> Row:
 
 # --- the app's engine ---------------------------------------------------------------------------------------------
 
-def _engine(plan: Plan, freeze: str, epochs: int | None, label: str, quick: bool = False,
+def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quick: bool = False,
             fresh: bool = True) -> Row:
-    from core import runs, trainset
-    from core.config import FreezeConfig, RunConfig, TrainConfig
+    """The app's engine with the classification defaults (`freeze`/`epochs` None = the defaults' own; the training
+    crop size is always the default's)."""
+    from dataclasses import replace
+
+    from core import runs, trainset, zoo
+    from core.config import FreezeConfig, RunConfig
     from core.engine import fit
     from core.quick import train_quick
     from core.recorder import RunRecorder
+    from core.tasks.classification import CLASSIFICATION
 
     if fresh:
         _fresh_home()
-    train = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
-    cfg = RunConfig(plan.model, str(plan.data), FreezeConfig(freeze), train, quick=quick,
-                    pretrained=plan.pretrained)
+    train = replace(CLASSIFICATION.default_train(), epochs=epochs or CLASSIFICATION.default_train().epochs,
+                    train_size=0 if quick else CLASSIFICATION.default_train_size(zoo.get_spec(plan.model).input_size))
+    chosen = FreezeConfig(freeze) if freeze else CLASSIFICATION.default_freeze()
+    cfg = RunConfig(plan.model, str(plan.data), chosen, train, quick=quick, pretrained=plan.pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(plan.data)), Path(tempfile.mkdtemp(prefix="bench-runs-")))
     t0 = time.time()
     if quick:
@@ -198,7 +204,12 @@ def ours(plan: Plan, item: str) -> list[Row]:
         again = _engine(plan, "head", None, "ours: quick model again (cached embeddings)", quick=True, fresh=False)
         return [first, again]
     if item == "defaults":
-        return [_engine(plan, "head", None, "ours: defaults (head, 8 epochs)")]
+        from core import zoo
+        from core.tasks.classification import CLASSIFICATION
+
+        d, crop = CLASSIFICATION.default_train(), CLASSIFICATION.default_train_size(zoo.get_spec(plan.model).input_size)
+        what = f"{CLASSIFICATION.default_freeze().preset}, {d.epochs} epochs, {crop}² crops"
+        return [_engine(plan, None, None, f"ours: defaults ({what})")]
     preset, epochs = item.split(":")
     if epochs != "budget":
         return [_engine(plan, preset, int(epochs), f"ours: {preset} x{epochs}")]

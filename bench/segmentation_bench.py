@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recipe_probe import parse_sets  # bench/ is on sys.path when run as a script
+
 TARGET = 0.65
 
 
@@ -33,7 +35,9 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_app(data: Path, epochs: int | None, out: Path, budget_min: float | None) -> dict:
+def run_app(data: Path, epochs: int | None, out: Path, budget_min: float | None, sets: dict | None = None,
+            arch: str | None = None, tag: str = "app") -> dict:
+    """The app's task on `data` with its defaults, `sets` overriding TrainConfig fields (e.g. train_size)."""
     from dataclasses import replace
 
     from core import runs
@@ -41,10 +45,10 @@ def run_app(data: Path, epochs: int | None, out: Path, budget_min: float | None)
     from core.events import BatchEnded, EpochEnded
     from core.tasks.segmentation import TASK
 
-    tc = TASK.default_train()
+    tc = replace(TASK.default_train(), **(sets or {}))
     if epochs:
         tc = replace(tc, epochs=epochs)
-    manifest = TASK.resolve_data(str(data), 0, ignore=11)
+    manifest = TASK.resolve_data(str(data), 0, ignore=11, arch=arch)
     cfg = RunConfig("mobilenetv2_100", str(data), TASK.default_freeze(), tc, task="segmentation")
     run_dir = runs.create_run(cfg, manifest, Path(tempfile.mkdtemp(prefix="segbench-")))
     rows: list[dict] = []
@@ -63,7 +67,7 @@ def run_app(data: Path, epochs: int | None, out: Path, budget_min: float | None)
     from core.tasks.segmentation.evaluate import evaluate_run
 
     ev = evaluate_run(run_dir)
-    return _summary("app", rows, out, {"state": res.state, "final_eval_miou": ev["miou"],
+    return _summary(tag, rows, out, {"state": res.state, "train_config": tc.to_dict(), "final_eval_miou": ev["miou"],
                                        "inference_ips": ev["images_per_second"], "run_dir": str(run_dir)})
 
 
@@ -161,13 +165,18 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--budget-min", type=float, default=None, help="stop training after this many minutes")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--set", action="append", default=[], help="app: TrainConfig override KEY=VALUE")
+    ap.add_argument("--arch", default=None, help="app: unet (default) | fpn | deeplabv3plus")
+    ap.add_argument("--tag", default="app", help="app: name of the CSV (segmentation_TAG.csv)")
     a = ap.parse_args()
     from core.device import configure_threads
 
     configure_threads()
     for which in a.which.split(","):
-        fn = {"app": run_app, "plain": run_plain}[which.strip()]
-        fn(Path(a.data), a.epochs, Path(a.out), a.budget_min)
+        if which.strip() == "app":
+            run_app(Path(a.data), a.epochs, Path(a.out), a.budget_min, parse_sets(a.set), a.arch, a.tag)
+        else:
+            run_plain(Path(a.data), a.epochs, Path(a.out), a.budget_min)
     return 0
 
 

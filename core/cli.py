@@ -142,16 +142,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not args.data or not args.model:
                 print("error: --data and --model are required (or --resume RUN_DIR)", file=sys.stderr)
                 return 2
-            defaults = TrainConfig()
+            from core import zoo
+            from core.tasks.classification import CLASSIFICATION
+
+            spec = zoo.get_spec(args.model)
+            defaults = CLASSIFICATION.default_train()
             augment = () if args.no_augment else defaults.augment
+            train_size = CLASSIFICATION.default_train_size(spec.input_size) if args.train_size is None \
+                else args.train_size
             train = TrainConfig(epochs=args.epochs or defaults.epochs, batch_size=args.batch_size or
                                 defaults.batch_size, lr=args.lr, seed=args.seed,
                                 augment=augment, device=args.device, precision=args.precision,
                                 class_weights=args.class_weights, nproc=args.nproc or 1,
-                                train_size=args.train_size or 0)
-            from core import zoo
-
-            spec = zoo.get_spec(args.model)
+                                train_size=0 if args.quick else train_size)
             if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
                 print(f"error: {zoo.weights_status(spec)}", file=sys.stderr)
                 return 2
@@ -159,7 +162,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not pretrained:
                 print(f"note: {args.model} trains from scratch (random initial weights).", file=sys.stderr)
             data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data  # or an id/sample:
-            config = RunConfig(args.model, data, FreezeConfig(args.freeze or "head"), train,
+            freeze = FreezeConfig(args.freeze) if args.freeze else \
+                FreezeConfig("head") if args.quick else CLASSIFICATION.default_freeze()
+            config = RunConfig(args.model, data, freeze, train,
                                task=args.task, name=args.name or "", quick=args.quick, pretrained=pretrained)
             if args.quick and not pretrained:
                 print("error: the quick model needs pretrained weights.", file=sys.stderr)
@@ -339,14 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-far", type=float, default=None, help="faces: false-accept rate for 'unknown' (0.01)")
     p.add_argument("--gallery", choices=["prototype", "nearest"], default=None, help="faces: gallery (prototype)")
     p.add_argument("--freeze", default=None, help="head | last-N (e.g. last-2) | all | gradual (default: the "
-                   "task's; head for classification)")
-    p.add_argument("--epochs", type=int, default=None, help="default: the task's (8 for classification)")
+                   "task's; gradual for classification)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the task's (5 for classification)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the task's (32 for classification)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: chosen for the freeze preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-size", type=int, default=None, metavar="PX",
-                   help="classification: side of the training crops (e.g. 160: about 2x faster per epoch on a CPU; "
-                   "validation keeps the model's size); default: the model's input size")
+                   help="side of the training crops; validation keeps the full size. Classification: default "
+                   "about 0.72 x the model's input (224 -> 160, about 2x faster per epoch than 224 on a CPU), 0 = "
+                   "the model's input size; segmentation: default the task's, 0 = 352")
     p.add_argument("--val-fraction", type=float, default=0.2, help="used when the data has no val/ folder")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")

@@ -679,7 +679,7 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
     if tc.lr is not None:
         args += ["--lr", repr(tc.lr)]
     args += ["--seed", str(tc.seed)]
-    if tc.train_size:
+    if cfg.task in ("classification", "segmentation") and not cfg.quick:  # always: 0 is not the default
         args += ["--train-size", str(tc.train_size)]
     vf = source.get("val_fraction")
     if source.get("kind") == "folder" and vf is not None and vf != 0.2:

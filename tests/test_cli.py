@@ -90,6 +90,22 @@ def test_train_json_then_resume_to_the_planned_end(tmp_path: Path, capsys) -> No
     assert again["run_dir"] == out["run_dir"] and again["epochs"] == 1
 
 
+def test_train_without_choices_uses_the_classification_defaults(tmp_path: Path, capsys) -> None:
+    """No --freeze / --train-size: the task's measured defaults (gradual, smaller training crops), as on the page."""
+    from core import runs, zoo
+    from core.tasks.classification import CLASSIFICATION
+    from tests.synthetic import make_colour_folders
+
+    data = make_colour_folders(tmp_path / "data")
+    args = ["train", "--data", str(data), "--model", "test_resnet", "--epochs", "1", "--batch-size", "8",
+            "--runs-dir", str(tmp_path / "runs"), "--precision", "fp32", "--quiet", "--json"]
+    assert main(args) == 0
+    config = runs.load_config(Path(_json_out(capsys)["run_dir"]))
+    assert config.freeze == CLASSIFICATION.default_freeze() and config.freeze.preset != "head"
+    full = zoo.get_spec("test_resnet").input_size
+    assert config.train.train_size == CLASSIFICATION.default_train_size(full) < full
+
+
 def test_train_with_bad_input_explains(tmp_path: Path, capsys) -> None:
     assert main(["train", "--data", str(tmp_path / "nothing"), "--model", "test_resnet", "--json"]) == 2
     assert "not a folder" in capsys.readouterr().err

@@ -280,6 +280,15 @@ def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> Non
     assert build_manifest(run_dir)["source"]["run_id"] == run_dir.name
 
 
+def test_reproduce_command_keeps_the_full_size_when_the_default_is_smaller(tmp_path: Path) -> None:
+    """A run trained at the model's size says `--train-size 0`: the command line's default crops are smaller."""
+    from core.cli import build_parser
+
+    run_dir = make_run(tmp_path, epochs=1, train_size=0)
+    args = build_parser().parse_args(shlex.split(reproduce_command(run_dir))[1:])
+    assert args.train_size == 0
+
+
 def test_reproduce_command_asks_for_scratch_when_weights_exist(home: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

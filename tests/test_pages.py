@@ -48,6 +48,12 @@ def test_model_choice_carries_to_the_layers_page() -> None:
     at.switch_page("views/layers.py").run()
     _ok(at)
     assert any("tf_efficientnet_lite0" in md.value for md in at.markdown)
+    from core.tasks.classification import CLASSIFICATION
+
+    radio = at.radio(key="freeze_preset")
+    assert radio.value == CLASSIFICATION.default_freeze().preset  # nothing chosen yet: the task's default
+    assert radio.format_func(radio.value).endswith("recommended")
+    at.radio(key="freeze_preset").set_value("head").run()
     frozen = next(m for m in at.metric if m.label == "Frozen parameters")
     assert frozen.value != "0"
     at.radio(key="freeze_preset").set_value("all").run()

@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import runs
 from core.settings import runs_root
+from core.tasks.classification import CLASSIFICATION
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,12 +73,28 @@ def test_faster_epochs_option_trains_on_smaller_crops(home: Path, sample_texture
     at = _with_sample()
     box = at.checkbox(key="train_small_crops")
     assert box.label.endswith("160×160 crops") and reduced_train_size(224) == 160
-    box.check().run()
+    assert box.value, "the faster 160² crops are the default for classification (issue 9's measured winner)"
+    assert at.number_input(key="train_epochs").value == CLASSIFICATION.default_train().epochs
     at.number_input(key="train_epochs").set_value(1).run()
     at.button(key="train_start").click().run()
     assert not at.exception
     run_dir = runs_root() / at.session_state["draft_run_id"]
-    assert runs.load_config(run_dir).train.train_size == 160
+    config = runs.load_config(run_dir)
+    assert config.train.train_size == 160
+    assert config.freeze == CLASSIFICATION.default_freeze()  # no Layers visit: the task's default preset
+    from core import jobs
+
+    jobs.cancel(run_dir)
+
+
+def test_unticking_faster_epochs_trains_at_the_models_size(home: Path, sample_textures) -> None:
+    at = _with_sample()
+    at.checkbox(key="train_small_crops").uncheck().run()
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    run_dir = runs_root() / at.session_state["draft_run_id"]
+    assert runs.load_config(run_dir).train.train_size == 0
     from core import jobs
 
     jobs.cancel(run_dir)

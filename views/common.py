@@ -83,8 +83,14 @@ def choose_task(key: str) -> str:
 
 
 def draft_freeze() -> FreezeConfig:
+    """The freeze choice of this session's draft, else the current task's default."""
     raw = draft("freeze")
-    return FreezeConfig.from_dict(json.loads(raw)) if raw else FreezeConfig()
+    if raw:
+        return FreezeConfig.from_dict(json.loads(raw))
+    from core.tasks import get_task
+
+    task = get_task(current_task())
+    return task.default_freeze() if hasattr(task, "default_freeze") else FreezeConfig()
 
 
 @st.cache_resource(show_spinner=False)

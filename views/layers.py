@@ -8,6 +8,7 @@ import streamlit as st
 from core.config import PRESET_HELP, FreezeConfig
 from core.measure import estimate_training_isolated
 from core.plots import layer_groups_figure
+from core.tasks import get_task
 from views.common import (
     cached_group_rows,
     current_task,
@@ -28,8 +29,6 @@ st.write(f"Model: **{backbone}**. A pretrained model is a stack of layer groups:
          "textures, later ones whole objects. Freezing keeps a group as it was learned on ImageNet.")
 _task = current_task()
 if _task != "classification":
-    from core.tasks import get_task
-
     _t = get_task(_task)
     st.info(f"{_t.title}: the groups below are the pretrained backbone's; the task's own layers "
             f"({getattr(_t, 'head_label', 'its head')}) always train. \"head\" in the table stands for them.")
@@ -37,10 +36,13 @@ if _task != "classification":
 saved = draft_freeze()
 kinds = ["head", "last-N", "all", "gradual", "custom"]
 saved_kind = "last-N" if saved.last_n is not None else saved.preset
+_labels = {"head": "Head only", "last-N": "Head + last N groups", "all": "Everything",
+           "gradual": "Head first, then everything (lower LR early)", "custom": "Choose per group"}
+_t = get_task(_task)
+_recommended = _t.default_freeze().preset if hasattr(_t, "default_freeze") else "head"
 preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), key="freeze_preset",
-                  format_func=lambda k: {"head": "Head only", "last-N": "Head + last N groups", "all": "Everything",
-                                         "gradual": "Head first, then everything (lower LR early)",
-                                         "custom": "Choose per group"}[k], horizontal=True)
+                  format_func=lambda k: _labels[k] + (" · recommended" if k == _recommended else ""),
+                  horizontal=True)
 st.caption(PRESET_HELP[preset])
 
 all_rows = cached_group_rows(backbone, json.dumps(FreezeConfig("all").to_dict()), 2)

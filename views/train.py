@@ -97,9 +97,17 @@ def _settings() -> TrainConfig:
             full = zoo.get_spec(backbone).input_size
             small = reduced_train_size(full)
             if st.checkbox(f"Faster epochs: train on {small}×{small} crops", key="train_small_crops",
+                           value=TASK.default_train_size(full) == small,
                            help=f"About half the time per epoch. Validation and predictions keep {full}×{full}; "
                                 "models trained on smaller crops usually do as well at the full size."):
                 train_size = small
+        if "crop_size" in options:
+            full = getattr(TASK, "full_crop", 352)
+            sizes = sorted({192, 224, 256, 288, 320, 352, 384, 448, 512, defaults.train_size or full})
+            train_size = int(st.select_slider(
+                "Training crop (pixels)", sizes, value=defaults.train_size or full, key="train_crop",
+                help=f"Side of the random crops the model trains on; validation and predictions use whole images. "
+                     f"Smaller crops make each epoch faster; {defaults.train_size or full} is the measured default."))
         weights = False
         if "class_weights" in options:
             weights = st.checkbox("Balance classes (weight the loss)", value=bool(draft("class_weights", False)),

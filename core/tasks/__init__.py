@@ -11,7 +11,8 @@ A task lives in `core/tasks/<name>.py` or `core/tasks/<name>/__init__.py` and ex
   dataset id, a folder path or "sample:NAME"); raises `core.trainset.DatasetProblem` with a message for people;
 - `fit(run_dir, subscribers, should_stop) -> FitResult`: train the run folder (called by the worker and the CLI);
 - `has_quick`: whether the Train page offers the quick (cached-embedding) model;
-- optional `train_options`: which Train page extras apply ("lr_finder", "class_weights"; default both);
+- optional `train_options`: which Train page extras apply ("lr_finder", "class_weights", "crop_size" with
+  `full_crop`, the side train_size = 0 means; default the first two);
 - optional `default_train() -> TrainConfig`: the task's winning defaults for the Train page (else TrainConfig());
 - optional `model_note` (shown on the Model page, e.g. what is and is not pretrained) and `head_label` (the
   task's own layers that always train, named on the Layers page);
