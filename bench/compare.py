@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plans = [Plan("hymenoptera", SHARED / "hymenoptera", (60, 120, 240), ("quick", "defaults", "gradual:4",
                                                                            "all:4"), 3),
-                 Plan("clothing10", SHARED / "clothing10", (300, 600), ("quick", "defaults", "all:budget"), 2)]
+                 Plan("clothing10", SHARED / "clothing10", (300, 600), ("quick", "defaults"), 2)]
         wanted = {w for w in args.only.split(",") if w}
         plans = [p for p in plans if (not wanted or p.name in wanted)]
         for p in [p for p in plans if not p.data.is_dir()]:

@@ -128,6 +128,27 @@ def test_train_page_shows_the_detection_run(trained: Path) -> None:
     assert any("mAP@0.5" in m.label for m in at.metric)
 
 
+def test_train_page_starts_a_run_with_the_tasks_learning_rate(home: Path, rects: Path) -> None:
+    """The detection defaults' SGD 0.01 reaches a run started from the page (it used to fall back to the generic
+    SGD default, 0.01 × batch / 32), and the terminal's train config agrees."""
+    import argparse
+
+    from core import jobs
+    from core.tasks.detection import DETECTION
+    from core.tasks.detection.cli import train_config
+
+    at = _app("views/train.py", backbone="test_efficientnet", dataset_id=str(rects)).run()
+    _ok(at)
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_start").click().run()
+    _ok(at)
+    run_dir = runs_root() / at.session_state["draft_run_id"]
+    jobs.cancel(run_dir)
+    expected = DETECTION.default_train().lr
+    assert expected is not None and runs.load_config(run_dir).train.lr == expected
+    assert train_config(argparse.Namespace(epochs=None, seed=0)).lr == expected
+
+
 def test_layers_page_shows_the_detector_groups(home: Path) -> None:
     at = _app("views/detection_layers.py", backbone="test_efficientnet").run()
     _ok(at)

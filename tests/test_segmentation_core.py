@@ -36,13 +36,13 @@ def _shapes(rng: np.random.Generator, size: int = 64) -> tuple[Image.Image, np.n
 
 
 def make_set(root: Path, n_train: int = 12, n_val: int = 4, colour: bool = False, seed: int = 0,
-             void: bool = False) -> Path:
+             void: bool = False, size: int = 64) -> Path:
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         (root / split / "masks").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            img, mask = _shapes(rng)
+            img, mask = _shapes(rng, size)
             if void:
                 mask = mask.copy()
                 mask[:2, :] = 9
@@ -229,10 +229,9 @@ def _train(tmp_path: Path, root: Path, epochs: int, subscribers=(), **train_kw):
     from core.config import FreezeConfig, RunConfig
     from core.tasks.segmentation import TASK
 
-    tc = replace(TASK.default_train(), epochs=epochs, batch_size=4, lr=3e-3, **train_kw)
+    tc = replace(TASK.default_train(), epochs=epochs, batch_size=4, lr=3e-3, **{"train_size": 64, **train_kw})
     cfg = RunConfig("test_efficientnet", str(root), FreezeConfig("all"), tc, task="segmentation", pretrained=False)
     manifest = TASK.resolve_data(str(root), 0, arch="fpn")
-    manifest["model"]["crop"] = 64
     run_dir = runs.create_run(cfg, manifest, tmp_path / "runs")
     return run_dir, TASK.fit(run_dir, subscribers)
 
@@ -252,6 +251,18 @@ def test_a_tiny_model_learns_synthetic_shapes(tmp_path: Path) -> None:
     assert "val_pixel_accuracy" in next(e for e in events if e["type"] == "epoch_ended")["metrics"]
 
 
+def test_training_crops_follow_train_size_within_the_image(tmp_path: Path) -> None:
+    """train_size picks the crop side (the CLI's --train-size, the Train page's slider); never above the images."""
+    from core.events import FitStarted
+
+    root = make_set(tmp_path / "ds", n_train=4, n_val=2, size=128)
+    for size, expected in ((64, 64), (1024, 128)):  # the images are 128 px: a larger wish is cut to them
+        seen: list = []
+        _train(tmp_path / str(size), root, epochs=1, subscribers=[seen.append], train_size=size)
+        note = next(e for e in seen if isinstance(e, FitStarted)).device_note
+        assert f"{expected}² crops" in note, note
+
+
 def test_resume_after_a_stop_gives_the_same_weights(tmp_path: Path) -> None:
     from core import runs
     from core.tasks.segmentation import TASK
@@ -262,10 +273,9 @@ def test_resume_after_a_stop_gives_the_same_weights(tmp_path: Path) -> None:
 
     from core.config import FreezeConfig, RunConfig
 
-    tc = replace(TASK.default_train(), epochs=2, batch_size=4, lr=3e-3)
+    tc = replace(TASK.default_train(), epochs=2, batch_size=4, lr=3e-3, train_size=64)
     cfg = RunConfig("test_efficientnet", str(root), FreezeConfig("all"), tc, task="segmentation", pretrained=False)
     manifest = TASK.resolve_data(str(root), 0, arch="fpn")
-    manifest["model"]["crop"] = 64
     part_dir = runs.create_run(cfg, manifest, tmp_path / "runs2")
     calls = {"n": 0}
 

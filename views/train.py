@@ -115,7 +115,7 @@ def _settings() -> TrainConfig:
         nproc = _gpus(defaults, int(batch), lr)
     from dataclasses import replace
 
-    return replace(defaults, epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed),
+    return replace(defaults, epochs=int(epochs), batch_size=int(batch), lr=defaults.lr if lr is None else lr, seed=int(seed),
                    augment=tuple(augment), class_weights=weights, nproc=nproc, train_size=train_size)
 
 

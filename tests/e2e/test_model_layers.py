@@ -18,6 +18,9 @@ def _count(text: str) -> int:
     return int(text.strip().replace(",", ""))
 
 
+RECOMMENDED = "Head first, then everything (lower LR early) · recommended"  # classification's default preset
+
+
 def test_choose_model_then_layers(page, app_url, st_helpers):
     from playwright.sync_api import expect
 
@@ -57,6 +60,11 @@ def test_choose_model_then_layers(page, app_url, st_helpers):
     for group in LITE0_GROUPS:
         expect(cells.get_by_text(group, exact=True)).to_have_count(1)
     expect(st.metric_value(page, "Layer groups")).to_have_text("9")
+    # Nothing chosen yet: the recommended preset (head first, then everything); then head only.
+    expect(page.get_by_role("radio", name=RECOMMENDED, exact=True)).to_be_checked()
+    page.get_by_test_id("stRadio").get_by_text("Head only", exact=True).click()
+    expect(page.get_by_role("radio", name="Head only", exact=True)).to_be_checked()
+    st.wait_idle(page)
     expect(st.metric_value(page, "Trainable parameters")).to_have_text("2,562")  # head only: 1280 x 2 + 2
     frozen = _count(st.metric_value(page, "Frozen parameters").inner_text())
     assert frozen > 1_000_000
@@ -79,7 +87,7 @@ def test_try_sample_data_lands_on_layers(page, app_url, st_helpers):
     expect(page).to_have_url(f"{app_url}/layers", timeout=st.SLOW_MS)
     expect(st.main(page).get_by_text("Model: mobilenetv2_100")).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
-    expect(page.get_by_role("radio", name="Head only", exact=True)).to_be_checked()
+    expect(page.get_by_role("radio", name=RECOMMENDED, exact=True)).to_be_checked()
     expect(st.chart_y_labels(page).filter(has_text=re.compile(r"^head$"))).to_have_count(1)
     expect(page.get_by_test_id("stSidebar").get_by_text("Model: mobilenetv2_100")).to_be_visible()
 
@@ -95,4 +103,4 @@ def test_sidebar_follows_the_current_choice(page, app_url, st_helpers):
     page.get_by_test_id("stRadio").get_by_text("Everything", exact=True).click()
     expect(st.metric_value(page, "Frozen parameters")).to_have_text("0")
     st.wait_idle(page)
-    expect(page.get_by_test_id("stSidebar").get_by_text("Freeze: all")).to_be_visible(timeout=2_000)
+    expect(page.get_by_test_id("stSidebar").get_by_text("Freeze: all")).to_be_visible(timeout=10_000)

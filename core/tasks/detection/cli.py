@@ -41,7 +41,7 @@ def train_config(args: argparse.Namespace):
 
     d = DETECTION.default_train()
     return replace(d, epochs=args.epochs or d.epochs, batch_size=getattr(args, "batch_size", None) or d.batch_size,
-                   lr=getattr(args, "lr", None), seed=args.seed,
+                   lr=d.lr if getattr(args, "lr", None) is None else args.lr, seed=args.seed,
                    augment=() if getattr(args, "no_augment", False) else d.augment,
                    device=getattr(args, "device", "auto"), precision=getattr(args, "precision", "auto"))
 

@@ -56,7 +56,7 @@ def new_run(data: str, model: str, args: argparse.Namespace) -> Path:
         pretrained = zoo.has_weights(spec) and not args.from_scratch
     d = default_train()
     augment = () if args.no_augment else d.augment
-    train = replace(d, epochs=args.epochs or d.epochs, batch_size=args.batch_size or d.batch_size, lr=args.lr,
+    train = replace(d, epochs=args.epochs or d.epochs, batch_size=args.batch_size or d.batch_size, lr=d.lr if args.lr is None else args.lr,
                     seed=args.seed, augment=augment, device=args.device, precision=args.precision)
     gallery_kind = getattr(args, "gallery", None) or "prototype"
     if gallery_kind not in KINDS:

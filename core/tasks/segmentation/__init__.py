@@ -94,9 +94,11 @@ class SegmentationTask:
         return fit(run_dir, subscribers, should_stop)
 
     def default_train(self) -> TrainConfig:
-        """24 epochs of batch 8 (352² crops with scale jitter), AdamW + cosine, no label smoothing: about 20 minutes
-        on CamVid with 2 CPU cores (see BENCHMARKS.md)."""
-        return TrainConfig(epochs=24, batch_size=8, label_smoothing=0.0, augment=("crop", "flip", "color"))
+        """18 epochs of batch 8 on 256² crops with scale jitter, AdamW + warm-up + cosine, no label smoothing: 18
+        minutes on CamVid with 2 CPU cores, val mIoU 0.63 (BENCHMARKS.md). 256² runs 2.3× the images/s of 352²
+        here, so the whole cosine schedule fits the time budget; validation uses whole images."""
+        return TrainConfig(epochs=18, batch_size=8, label_smoothing=0.0, augment=("crop", "flip", "color"),
+                           train_size=256)
 
     def default_freeze(self) -> FreezeConfig:
         """Everything trains: the decoder is new, and the encoder adapts to the new scale of the task."""

@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         train = replace(defaults, epochs=args.epochs or defaults.epochs,
-                        batch_size=args.batch_size or defaults.batch_size, lr=args.lr, seed=args.seed,
+                        batch_size=args.batch_size or defaults.batch_size, lr=defaults.lr if args.lr is None else args.lr, seed=args.seed,
                         augment=() if args.no_augment else defaults.augment, device=args.device,
                         precision=args.precision, class_weights=args.class_weights,
                         train_size=defaults.train_size if args.train_size is None else args.train_size)

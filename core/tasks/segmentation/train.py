@@ -241,7 +241,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
     val_idx = [i for i, it in enumerate(items) if it["split"] == "val" and i not in data.failed]
     if not train_idx or not val_idx:
         return _fail(emit, t0, plan, "No readable training or validation image + mask pairs are left.", 0)
-    crop = crop_size(data, train_idx, tc.train_size or int((manifest.get("model") or {}).get("crop", DEFAULT_CROP)))
+    crop = crop_size(data, train_idx, tc.train_size or DEFAULT_CROP)
     aug = SegAugment.from_names(tc.augment, crop)
     weights = pixel_weights(data, train_idx, k).to(dev) if tc.class_weights else None
     loss_fn = DiceCE(class_weights=weights)
