@@ -159,9 +159,7 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
             fresh: bool = True) -> Row:
     """The app's engine with the classification defaults (`freeze`/`epochs` None = the defaults' own; the training
     crop size is always the default's)."""
-    from dataclasses import replace
-
-    from core import runs, trainset, zoo
+    from core import runs, trainset
     from core.config import FreezeConfig, RunConfig
     from core.engine import fit
     from core.quick import train_quick
@@ -170,8 +168,7 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
 
     if fresh:
         _fresh_home()
-    train = replace(CLASSIFICATION.default_train(), epochs=epochs or CLASSIFICATION.default_train().epochs,
-                    train_size=0 if quick else CLASSIFICATION.default_train_size(zoo.get_spec(plan.model).input_size))
+    train = CLASSIFICATION.default_train().with_choices(epochs=epochs, train_size=0 if quick else _default_crop(plan))
     chosen = FreezeConfig(freeze) if freeze else CLASSIFICATION.default_freeze()
     cfg = RunConfig(plan.model, str(plan.data), chosen, train, quick=quick, pretrained=plan.pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(plan.data)), Path(tempfile.mkdtemp(prefix="bench-runs-")))
@@ -189,6 +186,14 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
     return Row(label, curve, ips)
 
 
+def _default_crop(plan: Plan) -> int:
+    """The classification defaults' training crop for the plan's model."""
+    from core import zoo
+    from core.tasks.classification import CLASSIFICATION
+
+    return CLASSIFICATION.default_train_size(zoo.get_spec(plan.model).input_size)
+
+
 def epochs_for(plan: Plan, freeze: str, budget: int, probe: Row | None) -> int:
     """Epochs that fit in `budget` seconds, from a probe run's measured seconds per epoch."""
     if probe is None or len(probe.curve) < 2:
@@ -204,11 +209,10 @@ def ours(plan: Plan, item: str) -> list[Row]:
         again = _engine(plan, "head", None, "ours: quick model again (cached embeddings)", quick=True, fresh=False)
         return [first, again]
     if item == "defaults":
-        from core import zoo
         from core.tasks.classification import CLASSIFICATION
 
-        d, crop = CLASSIFICATION.default_train(), CLASSIFICATION.default_train_size(zoo.get_spec(plan.model).input_size)
-        what = f"{CLASSIFICATION.default_freeze().preset}, {d.epochs} epochs, {crop}² crops"
+        epochs = CLASSIFICATION.default_train().epochs
+        what = f"{CLASSIFICATION.default_freeze().preset}, {epochs} epochs, {_default_crop(plan)}² crops"
         return [_engine(plan, None, None, f"ours: defaults ({what})")]
     preset, epochs = item.split(":")
     if epochs != "budget":

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from recipe_probe import parse_sets  # bench/ is on sys.path when run as a script
 
 TARGET = 0.65

@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import signal
 
     from core import runs, trainset
-    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from core.config import FreezeConfig, RunConfig
     from core.recorder import RunRecorder, TextProgress
     from core.tasks import get_task, task_of
 
@@ -146,15 +146,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             from core.tasks.classification import CLASSIFICATION
 
             spec = zoo.get_spec(args.model)
-            defaults = CLASSIFICATION.default_train()
-            augment = () if args.no_augment else defaults.augment
             train_size = CLASSIFICATION.default_train_size(spec.input_size) if args.train_size is None \
                 else args.train_size
-            train = TrainConfig(epochs=args.epochs or defaults.epochs, batch_size=args.batch_size or
-                                defaults.batch_size, lr=args.lr, seed=args.seed,
-                                augment=augment, device=args.device, precision=args.precision,
-                                class_weights=args.class_weights, nproc=args.nproc or 1,
-                                train_size=0 if args.quick else train_size)
+            train = CLASSIFICATION.default_train().with_choices(
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                augment=() if args.no_augment else None, device=args.device, precision=args.precision,
+                class_weights=args.class_weights, nproc=args.nproc, train_size=0 if args.quick else train_size)
             if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
                 print(f"error: {zoo.weights_status(spec)}", file=sys.stderr)
                 return 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 PRESETS = ("head", "last-N", "all", "gradual", "custom")
 PRESET_HELP = {
@@ -102,6 +102,10 @@ class TrainConfig:
         if self.optimizer == "adamw":
             return 2e-3 if freeze.preset == "head" else 5e-4
         return 0.01 * self.batch_size / 32
+
+    def with_choices(self, **choices) -> TrainConfig:
+        """These settings (a task's defaults) with what the user chose; None = not chosen, the default stays."""
+        return replace(self, **{k: v for k, v in choices.items() if v is not None})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -118,3 +118,14 @@ def test_optimizer_groups_hold_each_parameter_once_with_phase_rates() -> None:
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(stem, opt.param_groups[0]["params"], strict=True))
+
+
+def test_user_choices_replace_task_defaults_and_none_keeps_them() -> None:
+    """None means "not chosen" (a task's default lr survives); 0, False and () are real choices."""
+    from core.config import TrainConfig
+
+    defaults = TrainConfig(epochs=18, lr=0.01, train_size=256, class_weights=True)
+    kept = defaults.with_choices(epochs=None, lr=None, train_size=None)
+    assert (kept.epochs, kept.lr, kept.train_size) == (18, 0.01, 256)
+    chosen = defaults.with_choices(epochs=2, lr=0.1, train_size=0, class_weights=False, augment=())
+    assert (chosen.epochs, chosen.lr, chosen.train_size, chosen.class_weights, chosen.augment) == (2, 0.1, 0, False, ())

@@ -28,8 +28,8 @@ if backbone is None:
 st.write(f"Model: **{backbone}**. A pretrained model is a stack of layer groups: early groups see edges and "
          "textures, later ones whole objects. Freezing keeps a group as it was learned on ImageNet.")
 _task = current_task()
+_t = get_task(_task)
 if _task != "classification":
-    _t = get_task(_task)
     st.info(f"{_t.title}: the groups below are the pretrained backbone's; the task's own layers "
             f"({getattr(_t, 'head_label', 'its head')}) always train. \"head\" in the table stands for them.")
 
@@ -38,7 +38,6 @@ kinds = ["head", "last-N", "all", "gradual", "custom"]
 saved_kind = "last-N" if saved.last_n is not None else saved.preset
 _labels = {"head": "Head only", "last-N": "Head + last N groups", "all": "Everything",
            "gradual": "Head first, then everything (lower LR early)", "custom": "Choose per group"}
-_t = get_task(_task)
 _recommended = _t.default_freeze().preset if hasattr(_t, "default_freeze") else "head"
 preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), key="freeze_preset",
                   format_func=lambda k: _labels[k] + (" · recommended" if k == _recommended else ""),

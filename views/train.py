@@ -11,7 +11,6 @@ from core import jobs, runs, trainset, zoo
 from core.config import AUGMENTATIONS, RunConfig, TrainConfig
 from core.distributed import gpu_rows, lr_scale, multi_gpu_note, scaling_note
 from core.lrfind import find_lr_isolated
-from core.pipeline import reduced_train_size
 from core.plots import batch_loss_figure, epoch_curves, extra_metrics_figure, lr_find_figure
 from core.progress import read_run
 from core.settings import runs_root
@@ -95,9 +94,8 @@ def _settings() -> TrainConfig:
         train_size = 0
         if TASK.name == "classification":
             full = zoo.get_spec(backbone).input_size
-            small = reduced_train_size(full)
-            if st.checkbox(f"Faster epochs: train on {small}×{small} crops", key="train_small_crops",
-                           value=TASK.default_train_size(full) == small,
+            small = TASK.default_train_size(full)
+            if st.checkbox(f"Faster epochs: train on {small}×{small} crops", key="train_small_crops", value=True,
                            help=f"About half the time per epoch. Validation and predictions keep {full}×{full}; "
                                 "models trained on smaller crops usually do as well at the full size."):
                 train_size = small
@@ -113,10 +111,8 @@ def _settings() -> TrainConfig:
             weights = st.checkbox("Balance classes (weight the loss)", value=bool(draft("class_weights", False)),
                                   key="train_class_weights", help="Helps when some classes have far fewer photos.")
         nproc = _gpus(defaults, int(batch), lr)
-    from dataclasses import replace
-
-    return replace(defaults, epochs=int(epochs), batch_size=int(batch), lr=defaults.lr if lr is None else lr, seed=int(seed),
-                   augment=tuple(augment), class_weights=weights, nproc=nproc, train_size=train_size)
+    return defaults.with_choices(epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed),
+                                 augment=tuple(augment), class_weights=weights, nproc=nproc, train_size=train_size)
 
 
 def _gpus(defaults: TrainConfig, batch: int, lr: float | None) -> int:

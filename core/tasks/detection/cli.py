@@ -9,7 +9,6 @@ import argparse
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from core.cli_common import error_text, run_command
@@ -40,10 +39,10 @@ def train_config(args: argparse.Namespace):
     from core.tasks.detection import DETECTION
 
     d = DETECTION.default_train()
-    return replace(d, epochs=args.epochs or d.epochs, batch_size=getattr(args, "batch_size", None) or d.batch_size,
-                   lr=d.lr if getattr(args, "lr", None) is None else args.lr, seed=args.seed,
-                   augment=() if getattr(args, "no_augment", False) else d.augment,
-                   device=getattr(args, "device", "auto"), precision=getattr(args, "precision", "auto"))
+    return d.with_choices(epochs=args.epochs, batch_size=getattr(args, "batch_size", None),
+                          lr=getattr(args, "lr", None), seed=args.seed,
+                          augment=() if getattr(args, "no_augment", False) else None,
+                          device=getattr(args, "device", "auto"), precision=getattr(args, "precision", "auto"))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -39,7 +39,6 @@ def _progress(quiet: bool):
 
 def new_run(data: str, model: str, args: argparse.Namespace) -> Path:
     """Create a faces run folder from the train command's options."""
-    from dataclasses import replace
 
     from core import runs, zoo
     from core.config import FreezeConfig, RunConfig
@@ -55,9 +54,8 @@ def new_run(data: str, model: str, args: argparse.Namespace) -> Path:
             raise ValueError(zoo.weights_status(spec))
         pretrained = zoo.has_weights(spec) and not args.from_scratch
     d = default_train()
-    augment = () if args.no_augment else d.augment
-    train = replace(d, epochs=args.epochs or d.epochs, batch_size=args.batch_size or d.batch_size, lr=d.lr if args.lr is None else args.lr,
-                    seed=args.seed, augment=augment, device=args.device, precision=args.precision)
+    train = d.with_choices(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           augment=() if args.no_augment else None, device=args.device, precision=args.precision)
     gallery_kind = getattr(args, "gallery", None) or "prototype"
     if gallery_kind not in KINDS:
         raise ValueError(f"Unknown gallery '{gallery_kind}'; use {', '.join(KINDS)}.")

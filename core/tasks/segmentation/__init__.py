@@ -29,7 +29,7 @@ class SegmentationTask:
     metric_label: str = "mIoU"
     has_quick: bool = False
     train_options: tuple[str, ...] = ("class_weights", "crop_size")  # pixel weights, crop side (no LR finder)
-    full_crop: int = 352  # the crop side that train_size = 0 means (core.tasks.segmentation.train.DEFAULT_CROP)
+    full_crop: int = 352  # the training crop side that train_size = 0 means
     model_note: str = ("For segmentation the backbone becomes the encoder of a U-Net (default), FPN or DeepLabV3+ "
                        "from segmentation-models-pytorch; its ImageNet weights load into the encoder and the decoder "
                        "is new and always trains. MobileNetV2 is the fastest on a CPU; EfficientNet-Lite0 is a bit "

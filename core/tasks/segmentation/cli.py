@@ -47,13 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not pretrained:
             print(f"note: {model} trains from scratch (random initial weights).", file=sys.stderr)
         defaults = TASK.default_train()
-        from dataclasses import replace
-
-        train = replace(defaults, epochs=args.epochs or defaults.epochs,
-                        batch_size=args.batch_size or defaults.batch_size, lr=defaults.lr if args.lr is None else args.lr, seed=args.seed,
-                        augment=() if args.no_augment else defaults.augment, device=args.device,
-                        precision=args.precision, class_weights=args.class_weights,
-                        train_size=defaults.train_size if args.train_size is None else args.train_size)
+        train = defaults.with_choices(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                      augment=() if args.no_augment else None, device=args.device,
+                                      precision=args.precision, class_weights=args.class_weights,
+                                      train_size=args.train_size)
         data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
         freeze = FreezeConfig(args.freeze) if args.freeze else TASK.default_freeze()
         arch = getattr(args, "arch", None)

@@ -39,7 +39,7 @@ from core.events import (
 )
 from core.freeze import apply_phase, optimizer_groups, phase_at, plan_phases, set_train_mode, trainable_counts
 from core.pipeline import batch_generator, epoch_order, normalise
-from core.tasks.segmentation import metrics
+from core.tasks.segmentation import SegmentationTask, metrics
 from core.tasks.segmentation.augment import SegAugment, augment_batch, pad_to
 from core.tasks.segmentation.data import IGNORE, ClassTable, SegDataError, load_mask, resize_nearest
 from core.tasks.segmentation.losses import DiceCE
@@ -48,7 +48,7 @@ from core.tasks.segmentation.model import DEFAULT_ARCH, DIVISOR, build, seg_laye
 Subscriber = Callable[[Event], None]
 MAX_SIDE = 640  # longer side of cached training images (larger ones are downscaled, masks nearest-neighbour)
 MEMORY_BUDGET = 2.5 * 2**30  # bytes of decoded images + masks held in memory
-DEFAULT_CROP = 352
+DEFAULT_CROP = SegmentationTask.full_crop  # the crop side when the run does not choose one
 
 
 @dataclass
