@@ -39,13 +39,16 @@ preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), ke
 st.caption(PRESET_HELP[preset])
 all_rows = _rows(backbone, json.dumps(FreezeConfig("all").to_dict()))
 body = [r["group"] for r in all_rows if r["group"] != "head"]
+# The preset's own options sit in one container that is always there, so switching presets does not
+# shift the elements below (a shifted page briefly shows the old and the new metrics together).
+options = st.container()
 if preset == "last-N":
-    n = st.slider("N (groups before the head)", 1, len(body), value=min(saved.last_n or 4, len(body)),
-                  key="det_freeze_last_n")
+    n = options.slider("N (groups before the head)", 1, len(body), value=min(saved.last_n or 4, len(body)),
+                       key="det_freeze_last_n")
     freeze = FreezeConfig(f"last-{n}")
 elif preset == "custom":
-    chosen = st.multiselect("Groups to train (the head always trains)", body,
-                            default=[g for g in saved.groups if g in body], key="det_freeze_groups")
+    chosen = options.multiselect("Groups to train (the head always trains)", body,
+                                 default=[g for g in saved.groups if g in body], key="det_freeze_groups")
     freeze = FreezeConfig("custom", groups=tuple(chosen))
 else:
     freeze = FreezeConfig(preset)

@@ -49,22 +49,25 @@ group_names = [r["group"] for r in all_rows]
 body_names = [n for n in group_names if n != "head"]
 
 kwargs: dict = {"train_bn": False}
+# One container for the preset's own options, always present: switching presets must not shift the
+# elements below (a shifted page briefly shows the old and the new metrics together while it reruns).
+options = st.container()
 if preset == "last-N":
-    n = st.slider("N (groups before the head)", 1, max(1, len(body_names)), value=saved.last_n or 2,
-                  key="freeze_last_n")
+    n = options.slider("N (groups before the head)", 1, max(1, len(body_names)), value=saved.last_n or 2,
+                      key="freeze_last_n")
     kwargs["preset"] = f"last-{n}"
 elif preset == "custom":
-    chosen = st.multiselect("Groups to train (the head always trains)", body_names,
-                            default=[g for g in saved.groups if g in body_names], key="freeze_groups")
+    chosen = options.multiselect("Groups to train (the head always trains)", body_names,
+                                 default=[g for g in saved.groups if g in body_names], key="freeze_groups")
     kwargs.update(preset="custom", groups=tuple(chosen))
 else:
     kwargs["preset"] = preset
 if preset == "gradual":
-    kwargs["head_epochs"] = st.number_input("Epochs with the head only", 1, 20, value=saved.head_epochs,
-                                            key="freeze_head_epochs")
-    kwargs["lr_floor"] = st.select_slider("Learning rate of the first group, relative to the head",
-                                          [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0], value=saved.lr_floor,
-                                          key="freeze_lr_floor")
+    kwargs["head_epochs"] = options.number_input("Epochs with the head only", 1, 20, value=saved.head_epochs,
+                                                 key="freeze_head_epochs")
+    kwargs["lr_floor"] = options.select_slider("Learning rate of the first group, relative to the head",
+                                               [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0], value=saved.lr_floor,
+                                               key="freeze_lr_floor")
 kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen groups", value=saved.train_bn,
                                  key="freeze_train_bn",
                                  help="Off (recommended): frozen groups keep their ImageNet statistics.")

@@ -55,16 +55,20 @@ preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), fo
 st.caption(PRESET_HELP[preset].replace("head", "decoder").replace("Head", "Decoder"))
 body = [g["group"] for g in groups if g["group"] != "decoder"]
 kwargs: dict = {"preset": preset}
+# The preset's own options sit in one container that is always there, so switching presets does not
+# shift the elements below (a shifted page briefly shows the old and the new metrics together).
+options = st.container()
 if preset == "last-N":
-    n = st.slider("N (encoder stages before the decoder)", 1, len(body), value=saved.last_n or 2,
-                  key="seg_freeze_last_n")
+    n = options.slider("N (encoder stages before the decoder)", 1, len(body), value=saved.last_n or 2,
+                       key="seg_freeze_last_n")
     kwargs["preset"] = f"last-{n}"
 elif preset == "custom":
-    kwargs["groups"] = tuple(st.multiselect("Encoder stages to train (the decoder always trains)", body,
-                                            default=[g for g in saved.groups if g in body], key="seg_freeze_groups"))
+    kwargs["groups"] = tuple(options.multiselect(
+        "Encoder stages to train (the decoder always trains)", body,
+        default=[g for g in saved.groups if g in body], key="seg_freeze_groups"))
 elif preset == "gradual":
-    kwargs["head_epochs"] = st.number_input("Epochs with the decoder only", 1, 20, value=saved.head_epochs,
-                                            key="seg_freeze_head_epochs")
+    kwargs["head_epochs"] = options.number_input("Epochs with the decoder only", 1, 20, value=saved.head_epochs,
+                                                 key="seg_freeze_head_epochs")
 kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen stages", value=saved.train_bn,
                                  key="seg_freeze_train_bn")
 freeze = FreezeConfig(**kwargs)
