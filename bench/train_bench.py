@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from compare import model_only  # bench/ is on sys.path when run as a script
 
 from core import runs, trainset
 from core.config import FreezeConfig, RunConfig, TrainConfig
@@ -22,31 +22,8 @@ from core.device import plan_device
 from core.engine import fit
 from core.quick import train_quick
 from core.recorder import RunRecorder
-from core.zoo import create_model
 
 TARGETS = (0.90, 0.93, 0.95)
-
-
-def model_only(name: str, batch: int, precision: str, steps: int = 6) -> float:
-    """Images/s of forward+backward+SGD on random tensors (no data loading at all)."""
-    plan = plan_device("auto", precision)
-    model = create_model(name, num_classes=2, pretrained=False).train()
-    x = torch.randn(batch, 3, 224, 224)
-    if plan.channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        with plan.autocast():
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return batch / (sum(times) / len(times))
 
 
 def engine_run(data: str, name: str, freeze: str, epochs: int, quick: bool, runs_dir: Path, out: Path) -> dict:
@@ -88,7 +65,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for precision in ("fp32", "auto"):
-        ips = model_only(args.model, 32, precision)
+        ips = model_only(args.model, 32, 224, plan_device("auto", precision))
         print(json.dumps({"run": f"model-only fwd+bwd batch 32 ({plan_device('auto', precision).precision})",
                           "images_per_second": round(ips, 1)}), flush=True)
     runs_dir = Path(tempfile.mkdtemp(prefix="bench-runs-"))

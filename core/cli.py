@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the model's input size; segmentation: default the task's, 0 = 352")
     p.add_argument("--val-fraction", type=float, default=0.2, help="used when the data has no val/ folder")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
+    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight the loss against class imbalance (default: the task's; on for segmentation)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--quick", action="store_true", help="a linear head on cached embeddings, in seconds")

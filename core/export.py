@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from core import runs
+from core.config import FreezeConfig, TrainConfig
 from core.pipeline import _INTERP, Prep, eval_batch, load_square, prep_for
 from core.storage import read_json, write_bytes_atomic, write_json_atomic
 
@@ -660,11 +661,17 @@ def load_export(path: str | os.PathLike) -> LoadedExport:
 
 # --- "copy as command" -------------------------------------------------------------------------------------------
 
+def _task_defaults(task: str) -> TrainConfig:
+    """The training defaults the command line starts from for `task` (what a flag left out means)."""
+    from core.tasks import get_task
+
+    found = get_task(task)
+    return found.default_train() if hasattr(found, "default_train") else TrainConfig()
+
+
 def reproduce_command(run_dir: str | os.PathLike) -> str:
     """The `transfer-studio train …` command that trains this run again. Settings the command line cannot express
     (if any differ from their defaults) are named in a trailing shell comment."""
-    from core.config import FreezeConfig, TrainConfig
-
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     source = (runs.load_dataset(run_dir).get("source") or {})
@@ -684,23 +691,23 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
     vf = source.get("val_fraction")
     if source.get("kind") == "folder" and vf is not None and vf != 0.2:
         args += ["--val-fraction", repr(vf)]
-    default_aug = TrainConfig().augment
+    defaults = _task_defaults(cfg.task)
     notes = []
     if not tc.augment:
         args.append("--no-augment")
-    elif tuple(tc.augment) != tuple(default_aug):
+    elif tuple(tc.augment) != tuple(defaults.augment):
         notes.append(f"augment={','.join(tc.augment)}")
-    if tc.class_weights:
-        args.append("--class-weights")
+    if tc.class_weights != defaults.class_weights:
+        args.append("--class-weights" if tc.class_weights else "--no-class-weights")
     if tc.device != "auto":
         args += ["--device", tc.device]
     if tc.precision != "auto":
         args += ["--precision", tc.precision]
     if cfg.name:
         args += ["--name", cfg.name]
-    defaults_t, defaults_f = TrainConfig(), FreezeConfig()
+    defaults_f = FreezeConfig()
     for key in ("weight_decay", "momentum", "warmup_fraction", "label_smoothing", "max_bad_steps"):
-        if getattr(tc, key) != getattr(defaults_t, key):
+        if getattr(tc, key) != getattr(defaults, key):
             notes.append(f"{key}={getattr(tc, key)}")
     if fz.preset == "custom":
         notes.append(f"freeze=custom groups {','.join(fz.groups)}")

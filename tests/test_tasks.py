@@ -70,6 +70,33 @@ def test_reproduce_command_carries_the_tasks_own_options(tmp_path, home):
     assert "--task segmentation" in command and "--arch fpn" in command and "--ignore-index 11" in command
 
 
+def test_reproduce_command_reads_flags_left_out_as_the_tasks_defaults(tmp_path, home):
+    """Segmentation weighs classes by default: a default run needs no flag and no note, a run without weights
+    says --no-class-weights, and both parse back to what the run used."""
+    import shlex
+    from dataclasses import replace
+
+    from core import runs
+    from core.cli import build_parser
+    from core.config import RunConfig
+    from core.export import reproduce_command
+
+    seg = get_task("segmentation")
+    assert seg.default_train().class_weights  # the measured default (BENCHMARKS.md, CamVid)
+    manifest = {"task": "segmentation", "classes": ["a", "b"], "items": [], "model": {"arch": "unet"},
+                "ignore_value": 11, "source": {}}
+    for weights in (True, False):
+        train = replace(seg.default_train(), class_weights=weights)
+        run_dir = runs.create_run(RunConfig("mobilenetv2_100", "/data/camvid", seg.default_freeze(), train,
+                                            task="segmentation"), manifest, tmp_path / f"runs{weights}")
+        command = reproduce_command(run_dir)
+        assert "#" not in command  # nothing differs from the task's defaults that the flags cannot say
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert seg.default_train().with_choices(class_weights=args.class_weights).class_weights is weights
+        assert ("--no-class-weights" in command) is (not weights)
+    assert build_parser().parse_args(["train", "--data", "d"]).class_weights is None  # left out: the task's
+
+
 def test_home_offers_a_sample_only_where_the_task_has_one(home):
     from pathlib import Path
 

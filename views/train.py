@@ -106,10 +106,15 @@ def _settings() -> TrainConfig:
                 "Training crop (pixels)", sizes, value=defaults.train_size or full, key="train_crop",
                 help=f"Side of the random crops the model trains on; validation and predictions use whole images. "
                      f"Smaller crops make each epoch faster; {defaults.train_size or full} is the measured default."))
-        weights = False
+        weights = None  # the task's default
         if "class_weights" in options:
-            weights = st.checkbox("Balance classes (weight the loss)", value=bool(draft("class_weights", False)),
-                                  key="train_class_weights", help="Helps when some classes have far fewer photos.")
+            weights = st.checkbox("Balance classes (weight the loss)",
+                                  value=bool(draft("class_weights", defaults.class_weights)),
+                                  key="train_class_weights",
+                                  help="Rare classes count as much as common ones in the loss. Helps when some "
+                                       "classes have far fewer photos (or pixels)." +
+                                       (" On by default: it is what the measured default recipe uses."
+                                        if defaults.class_weights else ""))
         nproc = _gpus(defaults, int(batch), lr)
     return defaults.with_choices(epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed),
                                  augment=tuple(augment), class_weights=weights, nproc=nproc, train_size=train_size)

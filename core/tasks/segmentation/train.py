@@ -339,6 +339,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
             shown = float(loss.detach()) if finite else float("nan")
             emit(BatchEnded(epoch, st.pos, st.step, total_steps, shown, lr_now, round(rate, 2),
                             round(left / max(rate, 1e-6), 1)))
+        train_seconds = time.time() - epoch_t0  # images/s counts training, not the validation that follows
         val_loss, cm = evaluate_data(model, data, val_idx, k, mean, std, plan, loss_fn)
         miou, pixacc = metrics.mean_iou(cm), metrics.pixel_accuracy(cm)
         miou = 0.0 if math.isnan(miou) else miou
@@ -358,7 +359,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         st.epoch, st.pos, st.loss_sum, st.seen, st.correct_px, st.total_px = epoch + 1, 0, 0.0, 0, 0, 0
         checkpoint()
         emit(EpochEnded(epoch + 1, row["train_loss"], math.nan, val_loss, miou, lr_now, round(row["seconds"], 2),
-                        round(len(train_idx) / max(1e-6, row["seconds"]), 2), st.best, is_best, extras))
+                        round(len(train_idx) / max(1e-6, train_seconds), 2), st.best, is_best, extras))
     msg = f"Finished {tc.epochs} epochs; best validation mIoU {st.best:.3f}."
     emit(FitEnded("completed", tc.epochs, st.best, time.time() - t0, msg))
     return FitResult("completed", st.best, tc.epochs, time.time() - t0, plan.device, st.history, msg)
