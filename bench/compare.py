@@ -1,7 +1,7 @@
 """One invocation, side by side on the same machine and weights: the hardware ceiling, the reference recipes (PyTorch
 tutorial fine-tune and fixed-feature, fastai fine_tune when its environment exists) and the app's engine (defaults,
 best preset, quick model) on ../shared/datasets (sets that are absent are skipped). Results: bench/results/*.csv
-and a markdown summary (bench/results/compare.md) for BENCHMARKS.md.
+and a markdown summary (bench/results/compare_<datasets>.md) for BENCHMARKS.md.
 
 Run (alone on the machine — other processes make every number worse):
     .venv/bin/python bench/compare.py                       # hymenoptera + clothing10, ~1.5 h
@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries = run_plan(plan, out, not args.no_references, log)
         report.append(markdown(plan.name, summaries, ceil))
     text = "\n".join(report)
-    (out / ("compare_smoke.md" if args.smoke else "compare.md")).write_text(text)
+    name = "smoke" if args.smoke else "_".join(p.name for p in plans)  # one report per set of datasets run
+    (out / f"compare_{name}.md").write_text(text)
     print(text)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

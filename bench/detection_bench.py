@@ -37,6 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recipe_probe import parse_sets  # noqa: E402 - bench/ is on sys.path when run as a script
+
 from core import runs  # noqa: E402
 from core.config import FreezeConfig, RunConfig  # noqa: E402
 from core.device import plan_device  # noqa: E402
@@ -60,12 +62,11 @@ def _first(rows: list[dict], key: str, target: float, clock: str = "seconds") ->
     return None if hit is None or clock not in hit else round(hit[clock], 1)
 
 
-def run_app(manifest: dict, data: str, minutes: float, epochs: int | None, seed: int) -> list[dict]:
-    """The app's own fit with its defaults; stops after `minutes` of training (a stop request between batches)."""
-    from dataclasses import replace
-
-    tc = DETECTION.default_train()
-    tc = replace(tc, seed=seed, epochs=epochs or tc.epochs)
+def run_app(manifest: dict, data: str, minutes: float, epochs: int | None, seed: int, sets: dict | None = None
+            ) -> list[dict]:
+    """The app's own fit with its defaults (`sets` overriding TrainConfig fields); stops after `minutes` of
+    training (a stop request between batches)."""
+    tc = DETECTION.default_train().with_choices(seed=seed, epochs=epochs, **(sets or {}))
     cfg = RunConfig(BACKBONE, data, DETECTION.default_freeze(), tc, task="detection", name="bench app")
     run_dir = runs.create_run(cfg, manifest, Path(tempfile.mkdtemp(prefix="det-bench-")))
     rows: list[dict] = []
@@ -168,15 +169,17 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], help="app: TrainConfig override KEY=VALUE")
+    parser.add_argument("--tag", default="", help="suffix of the CSV name (detection_<recipe><tag>.csv)")
     args = parser.parse_args()
     data = str(Path(args.data).resolve())
     manifest = resolve(data, args.seed, annotations=args.annotations)
     load = os.getloadavg()
     if args.recipe == "app":
-        rows = run_app(manifest, data, args.minutes, args.epochs, args.seed)
+        rows = run_app(manifest, data, args.minutes, args.epochs, args.seed, parse_sets(args.set))
     else:
         rows = run_reference(manifest, args.minutes, args.epochs or 26, args.seed)
-    out = ROOT / "bench" / "results" / f"detection_{args.recipe}.csv"
+    out = ROOT / "bench" / "results" / f"detection_{args.recipe}{args.tag}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, ["epoch", "seconds", "train_seconds", "map50", "map", "train_images_per_second"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,29 @@ class RunView:
     @property
     def active(self) -> bool:
         return self.state in runs.ACTIVE_STATES
+
+    def progress_line(self, now: float | None = None) -> str:
+        """The live progress text: the run's message, its speed and the time left. The time left counts down
+        from the last status write, so the line moves every second even when a batch takes longer."""
+        status = self.status
+        parts = [status.get("message") or ""]
+        if status.get("images_per_second"):
+            parts.append(f"{status['images_per_second']:.0f} images/s")
+        eta = status.get("eta_seconds")
+        if eta is not None:
+            since = max(0.0, (time.time() if now is None else now) - float(status.get("updated") or 0.0))
+            parts.append(f"about {_duration(max(0.0, float(eta) - since))} left")
+        return " · ".join(p for p in parts if p)
+
+
+def _duration(seconds: float) -> str:
+    """42 s · 3 min 05 s · 1 h 02 min."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def read_run(run_dir: Path) -> RunView:

@@ -50,9 +50,20 @@ def _on_sigterm(run_dir: Path):
     return handler
 
 
+def lower_priority(niceness: int | None = None) -> int:
+    """Give the app's own process the CPU first: training yields for the moments the UI needs a core (a page
+    switch, a widget) and loses almost nothing while the UI is idle. TRANSFER_STUDIO_WORKER_NICE overrides the 5."""
+    wanted = niceness if niceness is not None else int(os.environ.get("TRANSFER_STUDIO_WORKER_NICE", "5"))
+    try:
+        return os.nice(max(0, wanted))
+    except OSError:  # not allowed here: run at normal priority
+        return os.nice(0)
+
+
 def main(argv: list[str]) -> int:
     run_dir = Path(argv[0]).resolve()
     signal.signal(signal.SIGTERM, _on_sigterm(run_dir))
+    lower_priority()
     configure_threads()
     config = runs.load_config(run_dir)
     device = "cuda" if config.train.device in ("auto", "cuda") and _cuda() else "cpu"

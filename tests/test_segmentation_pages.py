@@ -108,11 +108,13 @@ def test_sample_layers_train_results_and_test(home: Path) -> None:
     crop = at.select_slider(key="train_crop")
     assert TASK.full_crop == DEFAULT_CROP and crop.value == (TASK.default_train().train_size or DEFAULT_CROP)
     crop.set_value(192).run()
+    assert at.checkbox(key="train_class_weights").value is TASK.default_train().class_weights is True
     at.button(key="train_start").click().run()
     assert not at.exception
     run_dir = runs_root() / at.session_state["draft_run_id"]
     assert runs.load_dataset(run_dir)["model"]["arch"] == "fpn"
     assert runs.load_config(run_dir).train.train_size == 192  # the crop chosen on the page reaches the run
+    assert runs.load_config(run_dir).train.class_weights  # the measured default, ticked on the page
     end = time.time() + 400
     while time.time() < end and runs.read_status(run_dir).get("state") not in ("completed", "failed", "crashed"):
         time.sleep(1)

@@ -194,14 +194,7 @@ def live() -> None:
                 else status.get("message") or "Starting…")
     elif state in ("running", "stopping"):
         progress = float(status.get("progress") or 0.0)
-        eta = status.get("eta_seconds")
-        speed = status.get("images_per_second")
-        text = status.get("message", "")
-        if speed:
-            text += f" · {speed:.0f} images/s"
-        if eta is not None:
-            text += f" · about {eta:.0f} s left"
-        st.progress(min(1.0, progress), text=text)
+        st.progress(min(1.0, progress), text=view.progress_line())
     elif state == "completed":
         st.success(status.get("message", "Finished."))
     elif state == "stopped":
