@@ -53,7 +53,10 @@ def _on_sigterm(run_dir: Path):
 def lower_priority(niceness: int | None = None) -> int:
     """Give the app's own process the CPU first: training yields for the moments the UI needs a core (a page
     switch, a widget) and loses almost nothing while the UI is idle. TRANSFER_STUDIO_WORKER_NICE overrides the 5."""
-    wanted = niceness if niceness is not None else int(os.environ.get("TRANSFER_STUDIO_WORKER_NICE", "5"))
+    if niceness is None:
+        raw = os.environ.get("TRANSFER_STUDIO_WORKER_NICE", "5")
+        niceness = int(raw) if raw.strip().lstrip("-").isdigit() else 5  # a typo never stops a run
+    wanted = niceness
     try:
         return os.nice(max(0, wanted))
     except OSError:  # not allowed here: run at normal priority

@@ -102,3 +102,19 @@ def test_quick_model_runs_as_a_job(colours: Path, tmp_path: Path, home: Path) ->
     jobs.start(run_dir)
     status = _wait(run_dir, lambda s: s.get("state") in ("completed", "failed"), 120)
     assert status["state"] == "failed" and "no local pretrained" in status["message"]
+
+
+def test_worker_priority_setting_is_read_safely() -> None:
+    """TRANSFER_STUDIO_WORKER_NICE sets how far the worker steps back; 0 turns it off and a typo keeps the 5."""
+    import subprocess
+    import sys
+
+    def niceness(value: str) -> int:
+        out = subprocess.run([sys.executable, "-c", "import os; from core.worker import lower_priority; "
+                              "lower_priority(); print(os.nice(0))"], capture_output=True, text=True, check=True,
+                             env=dict(os.environ, TRANSFER_STUDIO_WORKER_NICE=value))
+        return int(out.stdout.strip())
+
+    base = os.nice(0)
+    assert niceness("0") == base
+    assert niceness("abc") == niceness("5") == min(19, base + 5)
