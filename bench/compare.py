@@ -117,8 +117,9 @@ def ceiling(model: str, batch: int, size: int, data: Path | None, n_decode: int 
     for precision in ("fp32", "auto"):
         plan = plan_device("auto", precision)
         out[f"model_only_{plan.precision}"] = model_only(model, batch, size, plan)
+    app = plan_device("auto", "auto")  # the precision the app trains in
     if crop and crop != size:
-        out[f"model_only_{plan.precision}_at_{crop}"] = model_only(model, batch, crop, plan)
+        out[f"model_only_{app.precision}_at_{crop}"] = model_only(model, batch, crop, app)
     if data is not None:
         files = sorted(p for p in (data / "train").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         files = files[:n_decode]

@@ -39,16 +39,12 @@ def run_app(data: Path, epochs: int | None, out: Path, budget_min: float | None,
             arch: str | None = None, tag: str = "app", freeze: dict | None = None) -> dict:
     """The app's task on `data` with its defaults, `sets` overriding TrainConfig fields (e.g. train_size) and
     `freeze` FreezeConfig fields."""
-    from dataclasses import replace
-
     from core import runs
     from core.config import FreezeConfig, RunConfig
     from core.events import BatchEnded, EpochEnded, FitStarted
     from core.tasks.segmentation import TASK
 
-    tc = replace(TASK.default_train(), **(sets or {}))
-    if epochs:
-        tc = replace(tc, epochs=epochs)
+    tc = TASK.default_train().with_choices(epochs=epochs, **(sets or {}))
     manifest = TASK.resolve_data(str(data), 0, ignore=11, arch=arch)
     fz = FreezeConfig.from_dict({**TASK.default_freeze().to_dict(), **(freeze or {})})
     cfg = RunConfig("mobilenetv2_100", str(data), fz, tc, task="segmentation")

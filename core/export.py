@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from core import runs
-from core.config import FreezeConfig, TrainConfig
+from core.config import FreezeConfig
 from core.pipeline import _INTERP, Prep, eval_batch, load_square, prep_for
 from core.storage import read_json, write_bytes_atomic, write_json_atomic
 
@@ -661,14 +661,6 @@ def load_export(path: str | os.PathLike) -> LoadedExport:
 
 # --- "copy as command" -------------------------------------------------------------------------------------------
 
-def _task_defaults(task: str) -> TrainConfig:
-    """The training defaults the command line starts from for `task` (what a flag left out means)."""
-    from core.tasks import get_task
-
-    found = get_task(task)
-    return found.default_train() if hasattr(found, "default_train") else TrainConfig()
-
-
 def reproduce_command(run_dir: str | os.PathLike) -> str:
     """The `transfer-studio train …` command that trains this run again. Settings the command line cannot express
     (if any differ from their defaults) are named in a trailing shell comment."""
@@ -691,7 +683,9 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
     vf = source.get("val_fraction")
     if source.get("kind") == "folder" and vf is not None and vf != 0.2:
         args += ["--val-fraction", repr(vf)]
-    defaults = _task_defaults(cfg.task)
+    from core.tasks import get_task, train_defaults
+
+    defaults = train_defaults(get_task(cfg.task))  # what a flag left out means on the command line
     notes = []
     if not tc.augment:
         args.append("--no-augment")

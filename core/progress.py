@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import jobs, runs
+from core.report import format_duration
 
 
 @dataclass
@@ -40,18 +41,8 @@ class RunView:
         eta = status.get("eta_seconds")
         if eta is not None:
             since = max(0.0, (time.time() if now is None else now) - float(status.get("updated") or 0.0))
-            parts.append(f"about {_duration(max(0.0, float(eta) - since))} left")
+            parts.append(f"about {format_duration(max(0.0, float(eta) - since))} left")
         return " · ".join(p for p in parts if p)
-
-
-def _duration(seconds: float) -> str:
-    """42 s · 3 min 05 s · 1 h 02 min."""
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def read_run(run_dir: Path) -> RunView:

@@ -107,10 +107,12 @@ def _int(x: object) -> str:
     return "–" if v is None else f"{int(v):,}"
 
 
-def _duration(seconds: object) -> str:
+def format_duration(seconds: object) -> str:
+    """42 s · 3 min 5 s · 1 h 2 min ('–' when not a number)."""
     s = _num(seconds)
     if s is None:
         return "–"
+    s = round(s)  # 119.6 s is "2 min 0 s", not "1 min 60 s"
     if s < 60:
         return f"{s:.0f} s"
     if s < 3600:
@@ -421,7 +423,7 @@ def _summary(r: _Run) -> str:
         ("balanced accuracy", _pct(block.get("balanced_accuracy")) if block else "–"),
         ("macro F1", _f(block.get("macro_f1")) if block else "–"),
         ("backbone", _e(r.config.get("backbone", "?"))),
-        ("training time", _duration(s.get("seconds") or (r.ended or {}).get("seconds"))
+        ("training time", format_duration(s.get("seconds") or (r.ended or {}).get("seconds"))
          + f" on {_e(started.get('device') or s.get('device') or '?')}"),
     ]))
     message = s.get("message")
@@ -593,7 +595,7 @@ def _training(r: _Run) -> str:
         ("class weights", "yes" if tc.get("class_weights") else "no"),
         ("seed", _e(tc.get("seed", "–"))),
         ("device", _e(f"{started.get('device', '–')} ({started.get('precision', '–')})")),
-        ("time", _duration(r.status.get("seconds") or (r.ended or {}).get("seconds"))),
+        ("time", format_duration(r.status.get("seconds") or (r.ended or {}).get("seconds"))),
     ]
     if started.get("n_train") is not None:
         settings.insert(0, ("photos", f"{_int(started.get('n_train'))} training, {_int(started.get('n_val'))} "
@@ -627,7 +629,7 @@ def _training(r: _Run) -> str:
     best_epoch = r.best.get("epoch")
     rows = [[str(h["epoch"]) + (" ★" if h["epoch"] == best_epoch else ""), _f(h.get("train_loss")),
              _pct(h.get("train_accuracy")), _f(h.get("val_loss")), _pct(h.get("val_accuracy")),
-             _e(f"{h['lr']:.3g}" if _num(h.get("lr")) is not None else "–"), _duration(h.get("seconds"))]
+             _e(f"{h['lr']:.3g}" if _num(h.get("lr")) is not None else "–"), format_duration(h.get("seconds"))]
             for h in hist]
     out.append(_table(["epoch", "training loss", "training accuracy", "validation loss", "validation accuracy",
                        "learning rate", "time"], rows, numeric=range(1, 7)))

@@ -56,9 +56,8 @@ def lower_priority(niceness: int | None = None) -> int:
     if niceness is None:
         raw = os.environ.get("TRANSFER_STUDIO_WORKER_NICE", "5")
         niceness = int(raw) if raw.strip().lstrip("-").isdigit() else 5  # a typo never stops a run
-    wanted = niceness
     try:
-        return os.nice(max(0, wanted))
+        return os.nice(max(0, niceness))
     except OSError:  # not allowed here: run at normal priority
         return os.nice(0)
 

@@ -146,3 +146,17 @@ def test_detection_reproduce_names_the_annotation_file(tmp_path):
     assert task.reproduce_args({"source": {"kind": "folder", "annotations": str(ann)}}) == ["--annotations",
                                                                                            str(ann)]
     assert task.reproduce_args({"source": {"kind": "stored", "annotations": "x"}}) == []
+
+
+def test_changing_the_task_forgets_the_old_tasks_data_choices(home):
+    """The class-weights choice belongs to the old task's data: the new task starts from its own defaults."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120).run()
+    at.session_state["draft_class_weights"] = False  # e.g. turned off on the classification Data page
+    at.segmented_control(key="home_task").set_value("segmentation").run()
+    assert not at.exception
+    assert "draft_class_weights" not in at.session_state
+    assert at.session_state["draft_freeze"] == json.dumps(get_task("segmentation").default_freeze().to_dict())

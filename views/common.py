@@ -60,14 +60,14 @@ def choose_task(key: str) -> str:
     def changed() -> None:
         new = st.session_state[key]
         if new and new != current_task():
-            from core.tasks import get_task
+            from core.tasks import freeze_defaults, get_task
 
             set_draft("task", new)
             set_draft("dataset_id", None)
             set_draft("run_id", None)
-            task = get_task(new)  # the task's own default of what trains (e.g. segmentation: everything)
-            default = task.default_freeze() if hasattr(task, "default_freeze") else FreezeConfig()
-            set_draft("freeze", json.dumps(default.to_dict()))
+            st.session_state.pop("draft_class_weights", None)  # chosen for the old task's data: the new one's default
+            # the task's own default of what trains (e.g. segmentation: everything)
+            set_draft("freeze", json.dumps(freeze_defaults(get_task(new)).to_dict()))
 
     if st.session_state.get(key) not in (None, current):  # chosen elsewhere meanwhile (the other page's picker)
         st.session_state[key] = current
@@ -87,10 +87,9 @@ def draft_freeze() -> FreezeConfig:
     raw = draft("freeze")
     if raw:
         return FreezeConfig.from_dict(json.loads(raw))
-    from core.tasks import get_task
+    from core.tasks import freeze_defaults, get_task
 
-    task = get_task(current_task())
-    return task.default_freeze() if hasattr(task, "default_freeze") else FreezeConfig()
+    return freeze_defaults(get_task(current_task()))
 
 
 @st.cache_resource(show_spinner=False)

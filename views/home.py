@@ -5,7 +5,7 @@ import json
 import streamlit as st
 
 from core.settings import sample_data_root
-from core.tasks import get_task
+from core.tasks import freeze_defaults, get_task
 from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft, step_page
 
 st.title("Transfer Studio")
@@ -29,8 +29,7 @@ if st.button("Try it with sample data", key="home_try_sample", type="primary", i
     set_draft("task", task_name)
     set_draft("backbone", DEFAULT_BACKBONE)
     set_draft("dataset_id", sample_id)
-    freeze = task.default_freeze().to_dict() if hasattr(task, "default_freeze") else {"preset": "head"}
-    set_draft("freeze", json.dumps(freeze))
+    set_draft("freeze", json.dumps(freeze_defaults(task).to_dict()))
     st.switch_page(step_page("layers"))
 if not has_sample:
     st.caption(f"There is no built-in sample for {task.title}: photos of people need their consent, and no "

@@ -8,7 +8,7 @@ import streamlit as st
 from core.config import PRESET_HELP, FreezeConfig
 from core.measure import estimate_training_isolated
 from core.plots import layer_groups_figure
-from core.tasks import get_task
+from core.tasks import freeze_defaults, get_task
 from views.common import (
     cached_group_rows,
     current_task,
@@ -38,7 +38,7 @@ kinds = ["head", "last-N", "all", "gradual", "custom"]
 saved_kind = "last-N" if saved.last_n is not None else saved.preset
 _labels = {"head": "Head only", "last-N": "Head + last N groups", "all": "Everything",
            "gradual": "Head first, then everything (lower LR early)", "custom": "Choose per group"}
-_recommended = _t.default_freeze().preset if hasattr(_t, "default_freeze") else "head"
+_recommended = freeze_defaults(_t).preset
 preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), key="freeze_preset",
                   format_func=lambda k: _labels[k] + (" · recommended" if k == _recommended else ""),
                   horizontal=True)

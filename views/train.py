@@ -14,7 +14,7 @@ from core.lrfind import find_lr_isolated
 from core.plots import batch_loss_figure, epoch_curves, extra_metrics_figure, lr_find_figure
 from core.progress import read_run
 from core.settings import runs_root
-from core.tasks import get_task
+from core.tasks import get_task, train_defaults
 from views.common import (
     current_task,
     dataset_label,
@@ -68,7 +68,7 @@ def _lr_finder(freeze, batch: int, seed: int) -> None:
 
 
 def _settings() -> TrainConfig:
-    defaults = TASK.default_train() if hasattr(TASK, "default_train") else TrainConfig()
+    defaults = train_defaults(TASK)
     with st.expander("Settings (the defaults work well)", expanded=False):
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Epochs", 1, 500, value=defaults.epochs, key="train_epochs",
@@ -108,8 +108,9 @@ def _settings() -> TrainConfig:
                      f"Smaller crops make each epoch faster; {defaults.train_size or full} is the measured default."))
         weights = None  # the task's default
         if "class_weights" in options:
+            chosen = draft("class_weights")  # set on the Data page (classification), else the task's default
             weights = st.checkbox("Balance classes (weight the loss)",
-                                  value=bool(draft("class_weights", defaults.class_weights)),
+                                  value=defaults.class_weights if chosen is None else bool(chosen),
                                   key="train_class_weights",
                                   help="Rare classes count as much as common ones in the loss. Helps when some "
                                        "classes have far fewer photos (or pixels)." +

@@ -33,6 +33,8 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from core.config import FreezeConfig, TrainConfig
+
 ORDER = ("classification", "detection", "segmentation", "faces")
 
 
@@ -100,6 +102,16 @@ def get_task(name: str) -> Task:
         available = ", ".join(_registry())
         raise KeyError(f"Unknown or not yet available task '{name}'. Available: {available}.")
     return task
+
+
+def train_defaults(task: Task) -> TrainConfig:
+    """The task's measured training defaults (`default_train()`), else the generic TrainConfig()."""
+    return task.default_train() if hasattr(task, "default_train") else TrainConfig()
+
+
+def freeze_defaults(task: Task) -> FreezeConfig:
+    """The task's default of what trains (`default_freeze()`), else the generic FreezeConfig() (head only)."""
+    return task.default_freeze() if hasattr(task, "default_freeze") else FreezeConfig()
 
 
 def list_tasks() -> list[TaskInfo]:
