@@ -7,6 +7,7 @@ Run (alone on the machine — other processes make every number worse):
     .venv/bin/python bench/compare.py                       # hymenoptera + clothing10, ~1.5 h
     .venv/bin/python bench/compare.py --only hymenoptera    # ~20 min
     .venv/bin/python bench/compare.py --smoke               # seconds, tiny synthetic set (used by the tests)
+    .venv/bin/python bench/compare.py --no-references --ours quick --out bench/results/quick   # quick model, ~2 min
 fastai: FASTAI_PYTHON=/path/to/venv/bin/python (a separate environment: fastai pins its own dependencies).
 """
 
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -305,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated datasets: hymenoptera,clothing10")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-references", action="store_true")
+    ap.add_argument("--ours", default="", help="comma-separated engine items to run instead of each plan's own "
+                                               "(quick, defaults, PRESET:EPOCHS); use with --out elsewhere")
     ap.add_argument("--smoke", action="store_true", help="a tiny synthetic run in seconds (checks the pipeline)")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -327,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in [p for p in plans if not p.data.is_dir()]:
             print(f"skipped {p.name}: {p.data} is absent", file=sys.stderr)
         plans = [p for p in plans if p.data.is_dir()]
+        if args.ours:
+            plans = [replace(p, ours=tuple(args.ours.split(","))) for p in plans]
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

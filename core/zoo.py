@@ -20,6 +20,7 @@ from pathlib import Path
 import timm
 import torch
 from safetensors import safe_open
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from core.settings import weights_root
 
@@ -268,6 +269,22 @@ def create_model(name: str, num_classes: int = 1000, pretrained: bool = True, **
     if pretrained:
         load_pretrained(spec, model, keep_classifier=(num_classes == 1000 and spec.weights.kind == "package"))
     return model
+
+
+def fold_batchnorm(module: torch.nn.Module) -> None:
+    """Fold every Conv2d → BatchNorm pair (in registration order) into one biased conv, in float32 and in place; the
+    BatchNorm's activation (timm's BatchNormAct2d) is kept in its place. For models that no longer train their
+    BatchNorm: fewer passes over memory, and under bf16 autocast closer to the float32 answer (no BatchNorm in bf16)."""
+    children = list(module.named_children())
+    for (name, child), (next_name, nxt) in zip(children, children[1:], strict=False):
+        if isinstance(child, torch.nn.Conv2d) and isinstance(nxt, torch.nn.BatchNorm2d):
+            nxt.eval()
+            setattr(module, name, fuse_conv_bn_eval(child.eval(), nxt))
+            keep = [getattr(nxt, part, torch.nn.Identity()) for part in ("drop", "act")]
+            tail = torch.nn.Sequential(*keep)
+            setattr(module, next_name, tail)
+    for _, child in module.named_children():
+        fold_batchnorm(child)
 
 
 def create_torchvision_mobilenet_v2(num_classes: int = 1000) -> torch.nn.Module:

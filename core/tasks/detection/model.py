@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -47,20 +46,6 @@ class DetectorConfig:
     score_thresh: float = 0.01
     detections_per_img: int = 100
     box_batch_per_image: int = 64  # sampled proposals per image for the box head (its RoIAlign dominates a step)
-
-
-def _fold_bn(module: nn.Module) -> None:
-    """Fold every Conv2d → BatchNorm pair (in registration order) into one biased conv; the BatchNorm's activation
-    (timm's BatchNormAct2d) is kept in its place."""
-    children = list(module.named_children())
-    for (name, child), (next_name, nxt) in zip(children, children[1:], strict=False):
-        if isinstance(child, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
-            nxt.eval()
-            setattr(module, name, fuse_conv_bn_eval(child.eval(), nxt))
-            tail = nn.Sequential(getattr(nxt, "drop", nn.Identity()), getattr(nxt, "act", nn.Identity()))
-            setattr(module, next_name, tail)
-    for _, child in module.named_children():
-        _fold_bn(child)
 
 
 class TimmBody(nn.Module):
@@ -113,7 +98,7 @@ def _body(backbone: str, pretrained: bool) -> TimmBody:
         raise zoo.ZooError(f"{backbone}: detection works with the MobileNet / EfficientNet family of backbones "
                            "(e.g. mobilenetv2_100, tf_efficientnet_lite0); choose one of those.")
     body = TimmBody(timm_model)
-    _fold_bn(body)
+    zoo.fold_batchnorm(body)
     return body
 
 

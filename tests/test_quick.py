@@ -1,0 +1,98 @@
+"""The quick model's parts: embeddings through ONNX Runtime, BatchNorm folding, the L2 choice and its memo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from core import quick, zoo
+from core.pipeline import Prep, centre_u8, eval_batch
+from core.settings import cache_root
+
+PREP = Prep(32, 40, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _tiny(seed: int = 0) -> torch.nn.Module:
+    """timm's test EfficientNet with non-trivial BatchNorm statistics (fresh ones fold to almost nothing)."""
+    torch.manual_seed(seed)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=0).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def _squares(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, PREP.scale_size, PREP.scale_size, 3), dtype=np.uint8)
+
+
+@torch.inference_mode()
+def test_folding_batchnorm_keeps_the_answers_and_removes_every_batchnorm() -> None:
+    model, x = _tiny(), eval_batch(_squares(3), PREP, channels_last=False)
+    before = model(x)
+    zoo.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_onnx_embeddings_take_uint8_crops_and_match_torch_in_float32() -> None:
+    model = _tiny()
+    zoo.fold_batchnorm(model)
+    squares = _squares(5)  # more than one fixed-size batch of 4: the last one is padded and cut back
+    forward = quick._onnx_forward(model, PREP, batch_size=4, threads=1)
+    assert forward is not None
+    got = torch.cat([forward(centre_u8(squares[:4], PREP.size)), forward(centre_u8(squares[4:], PREP.size))])
+    torch.testing.assert_close(got, model(eval_batch(squares, PREP, channels_last=False)), atol=1e-4, rtol=1e-4)
+
+
+def test_l2_differences_within_noise_go_to_the_stronger_regularisation() -> None:
+    grid = (1.0, 0.1)
+    strong = torch.ones(200, dtype=torch.bool)
+    strong[:10] = False  # 190 right
+    weak = strong.clone()
+    weak[:3] = True
+    weak[10:12] = False  # 191 right: one more, disagreeing on 5 images (noise ~2.2)
+    assert quick._within_noise({1.0: strong, 0.1: weak}, grid) == 1.0
+    weak[:10] = True  # 198 right: eight more, disagreeing on 12 images (noise ~3.5)
+    assert int(weak.sum()) - int(strong.sum()) == 8
+    assert quick._within_noise({1.0: strong, 0.1: weak}, grid) == 0.1
+
+
+def _separable(n: int = 120, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, d, generator=gen) + 4.0 * torch.nn.functional.one_hot(y, d).float()
+    return x, y
+
+
+def test_cross_validation_is_remembered_and_any_label_change_searches_again(home: Path) -> None:
+    x, y = _separable()
+    first = quick.cached_cross_validate(x, y, 3, "key")
+    memos = sorted((cache_root() / "embeddings").glob("cv-*.safetensors"))
+    assert len(memos) == 1
+    again = quick.cached_cross_validate(x, y, 3, "key")
+    assert again[0] == first[0] and torch.equal(again[1][0], first[1][0])
+    y2 = y.clone()
+    y2[0] = (y2[0] + 1) % 3
+    quick.cached_cross_validate(x, y2, 3, "key")
+    assert len(list((cache_root() / "embeddings").glob("cv-*.safetensors"))) == 2
+    memos[0].write_bytes(b"damaged")  # a broken memo is searched again and rewritten, not an error
+    repaired = quick.cached_cross_validate(x, y, 3, "key")
+    assert repaired[0] == first[0] and torch.allclose(repaired[1][0], first[1][0])
+    assert memos[0].stat().st_size > len(b"damaged")
+
+
+def test_the_warm_started_final_fit_separates_the_classes() -> None:
+    x, y = _separable()
+    l2, init = quick.cross_validate(x, y, 3)
+    w, b = quick.fit_linear(x, y, 3, l2=l2, iters=quick.FINAL_ITERS, init=init)
+    assert float(((x @ w.T + b).argmax(1) == y).float().mean()) > 0.95
+    cold = quick.fit_linear(x, y, 3, l2=l2, iters=200)
+    assert float((w - cold[0]).abs().max()) < 0.05 * float(cold[0].abs().max())  # the same optimum
