@@ -168,3 +168,33 @@ def test_cli_train_evaluate_predict_export(tmp_path: Path, capsys: pytest.Captur
     assert main(["train", "--task", "detection", "--data", str(tmp_path / "nowhere"), "--model",
                  "test_efficientnet", "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_batches_hold_one_orientation_and_the_epoch_keeps_every_photo() -> None:
+    from core.tasks.detection.train import grouped_by_orientation
+
+    wide = [True, False, True, True, False, True, False, True, True, False, True]
+    order = [10, 3, 7, 1, 0, 9, 4, 2, 8, 6, 5]
+    out = grouped_by_orientation(order, wide, 3)
+    assert sorted(out) == sorted(order)
+    full = len(out) - sum(n % 3 for n in (wide.count(True), wide.count(False)))
+    for start in range(0, full, 3):
+        assert len({wide[j] for j in out[start:start + 3]}) == 1, out
+    assert out[:6] == [10, 3, 7, 1, 9, 4]  # the shuffle's own order within a group: still random across epochs
+
+
+def test_one_training_size_per_batch_and_the_largest_for_prediction() -> None:
+    from core.tasks.detection.model import BatchScaleTransform
+
+    t = BatchScaleTransform((32, 48, 64, 80), 200, [0.5] * 3, [0.5] * 3)
+    images = [torch.rand(3, 40, 60), torch.rand(3, 40, 60), torch.rand(3, 40, 60)]
+    seen = set()
+    t.train()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        batch, _ = t(images)
+        assert len(set(batch.image_sizes)) == 1, batch.image_sizes  # every image of the batch at one size
+        seen.add(batch.image_sizes[0])
+    assert len(seen) > 1  # but the size still varies from batch to batch
+    t.eval()
+    assert t(images)[0].image_sizes[0] == (80, 120)

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
@@ -102,6 +103,22 @@ def _body(backbone: str, pretrained: bool) -> TimmBody:
     return body
 
 
+class BatchScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform with one random training size per batch instead of one per image: the
+    batch is padded to its largest image, so mixed sizes (320–480 px) waste ~20 % of every step on padding."""
+
+    _batch_size: int | None = None
+
+    def forward(self, images, targets=None):  # noqa: ANN001, ANN201 - torchvision's signature
+        self._batch_size = None
+        return super().forward(images, targets)
+
+    def torch_choice(self, k: list[int]) -> int:
+        if self._batch_size is None:
+            self._batch_size = super().torch_choice(k)
+        return self._batch_size
+
+
 def build_detector(backbone: str, num_classes: int, pretrained: bool = True,
                    config: DetectorConfig | None = None) -> nn.Module:
     """A torchvision detector (`config.kind`) on the zoo backbone `backbone` for `num_classes` object classes
@@ -133,7 +150,7 @@ def build_detector(backbone: str, num_classes: int, pretrained: bool = True,
             anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 4)
             model = RetinaNet(neck, num_classes + 1, anchor_generator=anchors, score_thresh=cfg.score_thresh,
                               **common)
-    model.transform.fixed_size = None
+    model.transform = BatchScaleTransform(cfg.train_sizes, cfg.max_size, list(spec.mean), list(spec.std))
     model.detector_config = cfg
     return model
 

@@ -177,6 +177,21 @@ def build_for_run(run_dir: Path, pretrained: bool | None = None) -> tuple[torch.
     return model, manifest, classes
 
 
+def grouped_by_orientation(order: list[int], wide: Sequence[bool], batch: int) -> list[int]:
+    """The epoch's shuffled order rearranged so that each run of `batch` positions holds photos of one orientation
+    (the idea of torchvision's GroupedBatchSampler): a batch is padded to its widest and tallest photo, so one
+    portrait among landscapes nearly doubles the step's pixels. The leftovers of each orientation end the epoch."""
+    out: list[int] = []
+    pending: dict[bool, list[int]] = {True: [], False: []}
+    for j in order:
+        group = pending[bool(wide[j])]
+        group.append(j)
+        if len(group) == batch:
+            out += group
+            group.clear()
+    return out + pending[True] + pending[False]
+
+
 def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Callable[[], bool] = lambda: False
         ) -> FitResult:
     """Train (or resume) the detection run in `run_dir` to its planned end, a stop request, or a clear failure."""
@@ -209,6 +224,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
     if not any(len(samples[i].boxes) for i in train_idx):
         return _fail(emit, t0, plan, "No training image has a box: draw or import boxes first.", 0)
     val_samples = [samples[i] for i in val_idx]
+    wide = [samples[i].image.shape[-1] >= samples[i].image.shape[-2] for i in train_idx]
 
     st = _State(batch_size=tc.batch_size)
     ckpt, skipped = runs.load_checkpoint(run_dir)
@@ -238,7 +254,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
             emit(PhaseChanged(epoch, phase.label, trainable, frozen))
             current = phase
         model.train()
-        order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
+        order = grouped_by_orientation(epoch_order(len(train_idx), tc.seed, epoch).tolist(), wide, tc.batch_size)
         epoch_t0 = time.time()
         while st.pos < len(train_idx):
             if should_stop():
