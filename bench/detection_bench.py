@@ -170,10 +170,15 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="app: TrainConfig override KEY=VALUE")
+    parser.add_argument("--detector", action="append", default=[],
+                        help="app: DetectorConfig override KEY=VALUE (JSON value), e.g. box_batch_per_image=32")
     parser.add_argument("--tag", default="", help="suffix of the CSV name (detection_<recipe><tag>.csv)")
     args = parser.parse_args()
     data = str(Path(args.data).resolve())
     manifest = resolve(data, args.seed, annotations=args.annotations)
+    for item in args.detector:
+        key, _, raw = item.partition("=")
+        manifest.setdefault("detector", {})[key] = json.loads(raw)
     load = os.getloadavg()
     if args.recipe == "app":
         rows = run_app(manifest, data, args.minutes, args.epochs, args.seed, parse_sets(args.set))

@@ -47,6 +47,7 @@ class DetectorConfig:
     score_thresh: float = 0.01
     detections_per_img: int = 100
     box_batch_per_image: int = 64  # sampled proposals per image for the box head (its RoIAlign dominates a step)
+    roi_sampling: int = 2  # RoIAlign sampling points per bin side
 
 
 class TimmBody(nn.Module):
@@ -133,7 +134,7 @@ def build_detector(backbone: str, num_classes: int, pretrained: bool = True,
                   image_std=list(spec.std), detections_per_img=cfg.detections_per_img)
     if cfg.kind == "fasterrcnn":
         anchors = AnchorGenerator(((32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 4)
-        roi = MultiScaleRoIAlign(["0", "1", "2"], 7, 2)
+        roi = MultiScaleRoIAlign(["0", "1", "2"], 7, cfg.roi_sampling)
         box_head = TwoMLPHead(cfg.fpn_channels * 49, cfg.representation)
         predictor = FastRCNNPredictor(cfg.representation, num_classes + 1)
         model = FasterRCNN(neck, rpn_anchor_generator=anchors, box_roi_pool=roi, box_head=box_head,
