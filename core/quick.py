@@ -87,15 +87,15 @@ def _onnx_forward(model: torch.nn.Module, prep: Prep, batch_size: int, threads: 
 def embed(backbone: str, cache: ImageCache, idx: Sequence[int], plan: DevicePlan, key: str,
           on_progress: Callable[[int, int], None] | None = None, batch_size: int = EMBED_BATCH) -> torch.Tensor:
     """Pooled backbone features for cached images (N, D), read from / written to the embeddings cache.
-    BatchNorm is folded into the convolutions first (in float32). Many images on the CPU run in ONNX Runtime;
-    otherwise (a GPU, a small set, a model the exporter cannot take) torch runs them with the plan's autocast."""
+    BatchNorm is folded into the convolutions first (in float32, when that keeps the answers). Many images on the
+    CPU run in ONNX Runtime; otherwise (a GPU, a small set, a model the exporter cannot take) torch runs them with
+    the plan's autocast."""
     folder = cache_root() / "embeddings"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{backbone}-{key}.safetensors"
     if path.exists():
         return load_file(str(path))["features"][list(idx)]
-    model = zoo.create_model(backbone, num_classes=0, pretrained=True).eval()
-    zoo.fold_batchnorm(model)
+    model = zoo.folded_if_same(zoo.create_model(backbone, num_classes=0, pretrained=True), cache.prep.size)
     n = len(cache)
     onnx = (_onnx_forward(model, cache.prep, batch_size, plan.threads)
             if plan.device == "cpu" and n >= ONNX_MIN_IMAGES else None)

@@ -41,6 +41,28 @@ def test_folding_batchnorm_keeps_the_answers_and_removes_every_batchnorm() -> No
     torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
 
 
+class _SideOutput(torch.nn.Module):
+    """A convolution whose output feeds its BatchNorm and, besides, the result: folding by registration order
+    would change the second use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.bn.running_mean.uniform_(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return (self.bn(y) + y).mean((2, 3))
+
+
+def test_batchnorm_is_folded_only_where_the_answers_stay_the_same() -> None:
+    folded = zoo.folded_if_same(_tiny(), 32)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    odd = _SideOutput()
+    assert zoo.folded_if_same(odd, 32) is odd  # kept as it is, BatchNorm and all
+
+
 @torch.inference_mode()
 def test_onnx_embeddings_take_uint8_crops_and_match_torch_in_float32() -> None:
     model = _tiny()
