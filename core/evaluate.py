@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -511,7 +512,7 @@ def learning_curve(run_dir: str | os.PathLike, fractions: Sequence[float] = LEAR
     from core import zoo
     from core.device import plan_device
     from core.pipeline import _cache_key, prep_for
-    from core.quick import choose_l2, embed, fit_linear
+    from core.quick import FINAL_ITERS, cross_validate, embed, fit_linear
 
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
@@ -537,7 +538,8 @@ def learning_curve(run_dir: str | os.PathLike, fractions: Sequence[float] = LEAR
     xt, yt = feats[train_idx], y[train_idx]
     xv, yv = feats[val_idx], y[val_idx]
     torch.manual_seed(seed)
-    l2 = choose_l2(xt, yt, c, seed=seed)
+    l2, init = cross_validate(xt, yt, c, seed=seed)  # the subset fits start from its average solution
+    fit = partial(fit_linear, init=init)
     by_class = {k: [p for p in range(len(train_idx)) if int(yt[p]) == k] for k in range(c)}
     points = []
     steps = sum(1 if f >= 1 else repeats for f in fractions)
@@ -553,7 +555,7 @@ def learning_curve(run_dir: str | os.PathLike, fractions: Sequence[float] = LEAR
                 take = max(1, math.ceil(f * len(members)))
                 perm = torch.randperm(len(members), generator=gen)[:take].tolist()
                 chosen += [members[p] for p in perm]
-            w, b = fit_linear(xt[chosen], yt[chosen], c, l2=l2)
+            w, b = fit(xt[chosen], yt[chosen], c, l2=l2, iters=2 * FINAL_ITERS)
             pred = (xv @ w.T + b).argmax(1)
             accs.append(float((pred == yv).float().mean()))
             recalls.append(multiclass_recall(pred, yv, num_classes=c, average=None))
@@ -569,7 +571,7 @@ def learning_curve(run_dir: str | os.PathLike, fractions: Sequence[float] = LEAR
                        "val_accuracy": _r(sum(accs) / len(accs)), "val_accuracy_min": _r(min(accs)),
                        "val_accuracy_max": _r(max(accs)),
                        "per_class_recall": {classes[k]: _r(rec[k]) if support[k] > 0 else None for k in range(c)}})
-    oof = _cross_val_probs(xt, yt, c, l2, fit_linear, seed=seed)
+    oof = _cross_val_probs(xt, yt, c, l2, fit_linear, seed=seed)  # cold: `init` has seen every training image
     train_names = [items[i].get("name") or Path(items[i]["path"]).name for i in train_idx]
     issues = label_issues(oof, yt, classes, train_names, [items[i]["path"] for i in train_idx], limit=50)
     reading, weakest = read_learning_curve(points, len(val_idx))
