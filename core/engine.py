@@ -69,7 +69,10 @@ class FitResult:
 
 
 @dataclass
-class _State:
+class LoopState:
+    """Where a training loop stands; saved in every checkpoint (`to_dict`) and rebuilt from it (`cls(**saved)`),
+    so a resumed run carries on from the same image. Each task's loop adds its own running sums."""
+
     epoch: int = 0
     pos: int = 0
     step: int = 0
@@ -77,12 +80,16 @@ class _State:
     history: list = field(default_factory=list)
     best: float | None = None
     loss_sum: float = 0.0
-    correct: int = 0
     seen: int = 0
-    world_size: int = 1
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass
+class _State(LoopState):
+    correct: int = 0
+    world_size: int = 1
 
 
 def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:

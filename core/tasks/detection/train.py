@@ -23,7 +23,7 @@ from core import runs
 from core.config import FreezeConfig, TrainConfig
 from core.data.images import ImageError, load_rgb
 from core.device import DevicePlan, plan_device
-from core.engine import FitResult, _is_oom, lr_at, make_optimizer
+from core.engine import FitResult, LoopState, _is_oom, lr_at, make_optimizer
 from core.events import (
     BatchEnded,
     EpochEnded,
@@ -136,20 +136,9 @@ def evaluate_samples(model: torch.nn.Module, samples: Sequence[Sample], classes:
 # --- fit -------------------------------------------------------------------------------------------------------------
 
 @dataclass
-class _State:
-    epoch: int = 0
-    pos: int = 0
-    step: int = 0
-    batch_size: int = 4
-    history: list = field(default_factory=list)
-    best: float | None = None
+class _State(LoopState):
     best_map: float | None = None
-    loss_sum: float = 0.0
-    terms: dict = field(default_factory=dict)
-    seen: int = 0
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+    terms: dict = field(default_factory=dict)  # running sum of each loss term
 
 
 def usable_freeze(freeze: FreezeConfig, group_names: Sequence[str]) -> FreezeConfig:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from core import runs
 from core.config import TrainConfig
 from core.device import plan_device
-from core.engine import FitResult, lr_at, make_optimizer
+from core.engine import FitResult, LoopState, lr_at, make_optimizer
 from core.events import (
     BatchEnded,
     EpochEnded,
@@ -182,21 +181,6 @@ def _row(epoch: int, loss: float, cal: thr.Calibration, seconds: float, n: int) 
 
 # --- fine-tuning a zoo backbone ----------------------------------------------------------------------------------
 
-@dataclass
-class _State:
-    epoch: int = 0
-    pos: int = 0
-    step: int = 0
-    batch_size: int = 32
-    history: list = field(default_factory=list)
-    best: float | None = None
-    loss_sum: float = 0.0
-    seen: int = 0
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
 def augment_batch(crops: np.ndarray, augment: Sequence[str], gen: torch.Generator) -> torch.Tensor:
     """Aligned crops (N,S,S,3 uint8) → augmented uint8 NCHW: small shifts/zooms, mirror, light colour changes;
     every draw from `gen` (so a resumed run sees the same batches)."""
@@ -274,14 +258,14 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
     opt = make_optimizer(param_groups, tc, base_lr)
     mean, std, size = spec.mean, spec.std, CROP_SIZE
 
-    st = _State(batch_size=tc.batch_size)
+    st = LoopState(batch_size=tc.batch_size)
     ckpt, skipped = runs.load_checkpoint(run_dir)
     resumed = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         loss_fn.load_state_dict(ckpt["loss"])
         opt.load_state_dict(ckpt["optimizer"])
-        st = _State(**ckpt["state"])
+        st = LoopState(**ckpt["state"])
         resumed = {"epoch": st.epoch, "pos": st.pos, "step": st.step}
     steps_per_epoch = math.ceil(len(train_idx) / st.batch_size)
     total_steps = max(st.step + 1, tc.epochs * steps_per_epoch)

@@ -24,7 +24,7 @@ from PIL import Image
 from core import runs, zoo
 from core.data.images import ImageError, load_rgb
 from core.device import DevicePlan, plan_device
-from core.engine import FitResult, _is_oom, lr_at, make_optimizer
+from core.engine import FitResult, LoopState, _is_oom, lr_at, make_optimizer
 from core.events import (
     BatchEnded,
     EpochEnded,
@@ -183,20 +183,9 @@ def evaluate_data(model: torch.nn.Module, data: SegData, idx: Sequence[int], k: 
 
 
 @dataclass
-class _State:
-    epoch: int = 0
-    pos: int = 0
-    step: int = 0
-    batch_size: int = 8
-    history: list = field(default_factory=list)
-    best: float | None = None
-    loss_sum: float = 0.0
-    seen: int = 0
+class _State(LoopState):
     correct_px: int = 0
     total_px: int = 0
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Callable[[], bool] = lambda: False
