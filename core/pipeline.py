@@ -166,8 +166,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 # --- the decoded-image cache ----------------------------------------------------------------------------------
 
-def _decode_one(args: tuple[str, Prep]) -> tuple[np.ndarray | None, str]:
-    path, prep = args
+def _decode_one(path: str, prep: Prep) -> tuple[np.ndarray | None, str]:
     try:
         return load_square(path, prep), ""
     except ImageError as err:
@@ -261,7 +260,7 @@ def _decode_rows(out: np.ndarray, paths: Sequence[str], prep: Prep, rows: range)
     """Decode `rows` of `paths` straight into `out` (no hand-over to the main thread); their failures."""
     bad = {}
     for i in rows:
-        img, reason = _decode_one((str(paths[i]), prep))
+        img, reason = _decode_one(str(paths[i]), prep)
         if img is None:
             bad[i] = reason
         else:

@@ -203,12 +203,6 @@ def _within_noise(right: dict[float, torch.Tensor], grid: Sequence[float]) -> fl
     return best
 
 
-def choose_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, folds: int = 3, seed: int = 0,
-              grid: Sequence[float] = L2_GRID) -> float:
-    """The L2 strength `cross_validate` chooses."""
-    return cross_validate(x, y, num_classes, folds, seed, grid)[0]
-
-
 def cached_cross_validate(x: torch.Tensor, y: torch.Tensor, num_classes: int, key: str, seed: int = 0
                           ) -> tuple[float, tuple[torch.Tensor, torch.Tensor]]:
     """`cross_validate`, remembered beside the embeddings it ran on: a second quick model on the same training

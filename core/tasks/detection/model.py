@@ -108,16 +108,16 @@ class BatchScaleTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform with one random training size per batch instead of one per image: the
     batch is padded to its largest image, so mixed sizes (320–480 px) waste ~20 % of every step on padding."""
 
-    _batch_size: int | None = None
+    _side: int | None = None  # the short side drawn for the current batch
 
     def forward(self, images, targets=None):  # noqa: ANN001, ANN201 - torchvision's signature
-        self._batch_size = None
+        self._side = None
         return super().forward(images, targets)
 
     def torch_choice(self, k: list[int]) -> int:
-        if self._batch_size is None:
-            self._batch_size = super().torch_choice(k)
-        return self._batch_size
+        if self._side is None:
+            self._side = super().torch_choice(k)
+        return self._side
 
 
 def build_detector(backbone: str, num_classes: int, pretrained: bool = True,
