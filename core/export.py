@@ -769,9 +769,10 @@ def preprocess(path):
     w, h = im.size
     scale = s / min(w, h)
     nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-    im = im.resize((nw, nh), RESAMPLE[PREP["interpolation"]])
     left, top, off = (nw - s) // 2, (nh - s) // 2, (s - size) // 2
-    im = im.crop((left + off, top + off, left + off + size, top + off + size))
+    fx, fy = w / nw, h / nh  # resample only the centre square (exactly as the app does), then crop
+    im = im.resize((s, s), RESAMPLE[PREP["interpolation"]], box=(left * fx, top * fy, (left + s) * fx, (top + s) * fy))
+    im = im.crop((off, off, off + size, off + size))
     x = np.asarray(im, dtype=np.float32)
     mean = np.asarray(PREP["mean"], dtype=np.float32) * 255
     std = np.asarray(PREP["std"], dtype=np.float32) * 255

@@ -51,15 +51,23 @@ def prep_for(spec: BackboneSpec) -> Prep:
     return Prep(spec.input_size, math.floor(spec.input_size / spec.crop_pct), spec.interpolation, spec.mean, spec.std)
 
 
+# The way `square` computes its pixels; part of every cache key, so caches made another way are rebuilt.
+SQUARE_VERSION = 2  # 2: resample only the centre square's source box (1: resize the whole photo, then crop)
+
+
 def square(img: Image.Image, prep: Prep) -> np.ndarray:
-    """Resize the short side to prep.scale_size and centre-crop a square: uint8 HxWx3."""
+    """Resize the short side to prep.scale_size and centre-crop a square: uint8 HxWx3. Only the square's source
+    box is resampled (Pillow's `box`; the filter still reads the pixels just outside it), which is the same picture
+    as resizing the whole photo and cropping (within one level of rounding) for 25–45 % less work."""
     s = prep.scale_size
     w, h = img.size
     scale = s / min(w, h)
     nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-    img = img.resize((nw, nh), _INTERP.get(prep.interpolation, Image.Resampling.BILINEAR))
     left, top = (nw - s) // 2, (nh - s) // 2
-    return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
+    fx, fy = w / nw, h / nh
+    box = (left * fx, top * fy, (left + s) * fx, (top + s) * fy)
+    img = img.resize((s, s), _INTERP.get(prep.interpolation, Image.Resampling.BILINEAR), box=box)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def reduced_train_size(input_size: int) -> int:
@@ -176,7 +184,7 @@ def _decode_one(path: str, prep: Prep) -> tuple[np.ndarray | None, str]:
 
 
 def _cache_key(paths: Sequence[str], prep: Prep) -> str:
-    h = hashlib.sha256(prep.key().encode())
+    h = hashlib.sha256(f"square v{SQUARE_VERSION}|{prep.key()}".encode())
     for p in paths:
         try:
             st = os.stat(p)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core import runs, trainset
 from core.config import FreezeConfig, RunConfig, TrainConfig
@@ -119,6 +120,10 @@ def test_onnx_has_a_dynamic_batch_and_the_example_script_classifies(exported) ->
     assert example.FORMATS == ["safetensors", "onnx", "torchscript"]
     for p in images:
         assert np.array_equal(example.preprocess(p), predict_input(str(p), prep).numpy())
+    for i, (w, h) in enumerate([(97, 61), (45, 130)]):  # landscape and portrait photos: the centre box is resampled
+        odd = run_dir.parent / f"odd{i}.jpg"
+        Image.open(images[0]).convert("RGB").resize((w, h)).save(odd)
+        assert np.array_equal(example.preprocess(odd), predict_input(str(odd), prep).numpy())
     expected = load_predictor(run_dir).predict([str(p) for p in images], top_k=3)
     for fmt in example.FORMATS:
         run = example.LOADERS[fmt]()

@@ -143,3 +143,43 @@ def test_stored_threshold_applies_only_to_the_weights_it_was_chosen_for(tmp_path
     runs.save_weights(run_dir, net.state_dict(), {"epoch": 2})  # trained further: the evaluation is out of date
     assert load_evaluation(run_dir)["stale"] is True
     assert Predictor.from_run(run_dir).threshold is None
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_square_resamples_only_the_centre_box_and_matches_resize_then_crop(interpolation: str) -> None:
+    """`square` resamples just the centre square's source box: the same picture as resizing the whole photo and
+    cropping, within rounding, for landscape and portrait photos."""
+    from PIL import Image
+
+    from core.pipeline import Prep, square
+
+    prep = Prep(56, 64, interpolation, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:211]
+    smooth = np.stack([xx * 255 // 211, yy * 255 // 150, (xx + yy) * 255 // 361], -1)
+    photo = np.clip(smooth + rng.integers(-20, 20, smooth.shape), 0, 255).astype(np.uint8)
+    for img in (Image.fromarray(photo), Image.fromarray(photo).transpose(Image.Transpose.ROTATE_90)):
+        w, h = img.size
+        scale = 64 / min(w, h)
+        nw, nh = max(64, round(w * scale)), max(64, round(h * scale))
+        resample = Image.Resampling.BILINEAR if interpolation == "bilinear" else Image.Resampling.BICUBIC
+        left, top = (nw - 64) // 2, (nh - 64) // 2
+        whole = np.asarray(img.resize((nw, nh), resample).crop((left, top, left + 64, top + 64)), dtype=int)
+        got = square(img, prep)
+        assert got.shape == (64, 64, 3) and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - whole)
+        assert diff.mean() < 0.05 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+def test_cache_key_follows_how_squares_are_made() -> None:
+    """Caches made by an older way of squaring photos are not reused (they differ by a level here and there): the
+    key hashes the squaring version with the preprocessing and the files."""
+    import hashlib
+
+    from core import pipeline
+
+    prep = pipeline.Prep(56, 64, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    h = hashlib.sha256(f"square v{pipeline.SQUARE_VERSION}|{prep.key()}".encode())
+    h.update(b"/nonexistent/a.jpg|missing\n")
+    assert pipeline._cache_key(["/nonexistent/a.jpg"], prep) == h.hexdigest()[:24]
+    assert pipeline.SQUARE_VERSION >= 2
