@@ -87,6 +87,65 @@ class LoopState:
 
 
 @dataclass
+class StepGuard:
+    """What every training loop does around its optimizer steps: honour a stop request, recover from running out
+    of memory, skip non-finite losses (giving up after `max_bad_steps` in a row), and report each batch
+    (images/s and the time left)."""
+
+    emit: Subscriber
+    plan: DevicePlan
+    epochs: int
+    n_train: int
+    total_steps: int
+    max_bad_steps: int
+    t0: float  # when the fit started (its seconds count from here)
+    unit: str = "image"
+    bad: int = 0
+    images: int = 0
+    started: float = field(default_factory=time.time)
+
+    def stopped(self, st: LoopState, epoch: int) -> FitResult:
+        """The stop request honoured (the caller has saved its checkpoint)."""
+        msg = f"Stopped at epoch {epoch + 1}, {self.unit} {st.pos} of {self.n_train}; resume to continue."
+        self.emit(FitEnded("stopped", epoch, st.best, time.time() - self.t0, msg))
+        return FitResult("stopped", st.best, epoch, time.time() - self.t0, self.plan.device, st.history, msg)
+
+    def out_of_memory(self, st: LoopState, advice: str) -> str | None:
+        """After a step that ran out of memory: halve the batch and say so; or, at one image already, the reason
+        to give up."""
+        if self.plan.device == "cuda":
+            torch.cuda.empty_cache()
+        if st.batch_size == 1:
+            return f"Out of memory even with a batch of 1 image: {advice}."
+        st.batch_size = max(1, st.batch_size // 2)
+        self.emit(Notice("warning", f"Out of memory: the batch size is now {st.batch_size}."))
+        return None
+
+    def loss_was(self, finite: bool) -> str | None:
+        """Count a step's loss: a non-finite one was skipped (a warning), and after `max_bad_steps` in a row the
+        reason to give up."""
+        if finite:
+            self.bad = 0
+            return None
+        self.bad += 1
+        if self.bad >= self.max_bad_steps:
+            return (f"The loss became NaN or infinite {self.bad} times in a row: lower the learning rate. The last "
+                    "good weights were kept.")
+        self.emit(Notice("warning", "A step gave a non-finite loss and was skipped."))
+        return None
+
+    def advance(self, st: LoopState, epoch: int, n: int, loss: float, lr: float) -> None:
+        """Move past a batch of `n` images and report it."""
+        st.pos += n
+        st.step += 1
+        self.images += n
+        rate = self.images / max(1e-6, time.time() - self.started)
+        left = (self.epochs - epoch) * self.n_train - st.pos
+        self.emit(BatchEnded(epoch, st.pos, st.step, self.total_steps, loss, lr, round(rate, 2),
+                             round(left / max(rate, 1e-6), 1)))
+
+
+@dataclass
 class _State(LoopState):
     correct: int = 0
     world_size: int = 1
@@ -233,7 +292,7 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
                                            "state": st.to_dict(), "epoch": st.epoch, "pos": st.pos,
                                            "step": st.step})
 
-    session_images, session_t0, bad_steps = 0, time.time(), 0
+    guard = StepGuard(emit, plan, tc.epochs, len(train_idx), total_steps, tc.max_bad_steps, t0)
     current = None
     net = model
     lr_now = base_lr
@@ -251,9 +310,7 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
         while st.pos < len(train_idx):
             if dist.any(dist.is_main and should_stop()):
                 checkpoint()
-                msg = f"Stopped at epoch {epoch + 1}, image {st.pos} of {len(train_idx)}; resume to continue."
-                emit(FitEnded("stopped", epoch, st.best, time.time() - t0, msg))
-                return FitResult("stopped", st.best, epoch, time.time() - t0, plan.device, st.history, msg)
+                return guard.stopped(st, epoch)
             positions = order[st.pos:st.pos + st.batch_size * dist.world_size]
             lo, hi = dist.slice(len(positions))
             idx = [train_idx[j] for j in positions[lo:hi]]
@@ -296,34 +353,18 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
                 oom = True
             if oom:  # recover outside the except block, so the failed step's tensors are freed
                 logits = loss = x = None
-                if plan.device == "cuda":
-                    torch.cuda.empty_cache()
-                if st.batch_size == 1:
-                    return _fail(emit, run_dir, t0, plan, "Out of memory even with a batch of 1 image: choose a "
-                                 "smaller model or freeze more layers.", epoch, checkpoint, st.best)
-                st.batch_size = max(1, st.batch_size // 2)
-                emit(Notice("warning", f"Out of memory: the batch size is now {st.batch_size}."))
-                continue
-            if not finite:
-                bad_steps += 1
-                if bad_steps >= tc.max_bad_steps:
-                    reason = (f"The loss became NaN or infinite {bad_steps} times in a row: lower the learning "
-                              "rate. The last good weights were kept.")
+                reason = guard.out_of_memory(st, "choose a smaller model or freeze more layers")
+                if reason:
                     return _fail(emit, run_dir, t0, plan, reason, epoch, checkpoint, st.best)
-                emit(Notice("warning", "A step gave a non-finite loss and was skipped."))
-            else:
-                bad_steps = 0
+                continue
+            reason = guard.loss_was(finite)
+            if reason:
+                return _fail(emit, run_dir, t0, plan, reason, epoch, checkpoint, st.best)
+            if finite:
                 st.loss_sum += loss_total
                 st.correct += int(round(correct_total))
                 st.seen += int(round(n_total))
-            st.pos += len(positions)
-            st.step += 1
-            session_images += len(positions)
-            rate = session_images / max(1e-6, time.time() - session_t0)
-            left = (tc.epochs - epoch) * len(train_idx) - st.pos
-            shown = loss_total / denom if finite else float("nan")
-            emit(BatchEnded(epoch, st.pos, st.step, total_steps, shown, lr_now, round(rate, 2),
-                            round(left / max(rate, 1e-6), 1)))
+            guard.advance(st, epoch, len(positions), loss_total / denom if finite else float("nan"), lr_now)
         val_loss, val_acc = validate(model, cache, val_idx, labels, plan, dist)
         is_best = st.best is None or val_acc > st.best
         if is_best:

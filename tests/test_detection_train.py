@@ -198,3 +198,17 @@ def test_one_training_size_per_batch_and_the_largest_for_prediction() -> None:
     assert len(seen) > 1  # but the size still varies from batch to batch
     t.eval()
     assert t(images)[0].image_sizes[0] == (80, 120)
+
+
+def test_out_of_memory_halves_the_detection_batch_and_finishes(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detection loop shares the engine's recovery: a batch that runs out of memory is halved and retried."""
+    monkeypatch.setenv("TRANSFER_STUDIO_TEST_OOM_ABOVE", "2")  # batches above 2 images fail like an OOM
+    small = make_rectangles(tmp_path / "small", n=10, size=64, seed=2)
+    run_dir = _run(tmp_path, small, epochs=1)
+    events: list = []
+    result = fit(run_dir, [events.append])
+    assert result.state == "completed"
+    assert [e.message for e in events if e.type == "notice"] == ["Out of memory: the batch size is now 2."]
+    ckpt, _ = runs.load_checkpoint(run_dir)
+    assert ckpt["state"]["batch_size"] == 2 and ckpt["state"]["epoch"] == 1

@@ -198,6 +198,18 @@ def test_fine_tune_path_trains_stops_and_resumes_to_a_gallery(tmp_path: Path) ->
     assert (run_dir / "checkpoints" / "best.safetensors").is_file()
 
 
+def test_fine_tune_out_of_memory_halves_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The face fine-tune shares the other loops' recovery: a batch that runs out of memory is halved, not fatal."""
+    monkeypatch.setenv("TRANSFER_STUDIO_TEST_OOM_ABOVE", "2")  # batches above 2 photos fail like an OOM
+    data = make_people(tmp_path / "people", n=4, people={"ada": PEOPLE["ada"], "bob": PEOPLE["bob"]})
+    run_dir = _faces_run(str(data), tmp_path, model="test_resnet", epochs=1)
+    events: list = []
+    done = fit_finetune(run_dir, [events.append], detector=WholeImageDetector())
+    assert done.state == "completed"
+    notices = [e.message for e in events if e.type == "notice" and "Out of memory" in e.message]
+    assert notices and notices[-1] == "Out of memory: the batch size is now 2."
+
+
 # --- privacy ------------------------------------------------------------------------------------------------------
 
 def _text_files(root: Path) -> list[Path]:

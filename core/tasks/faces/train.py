@@ -21,7 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from core import runs
 from core.config import TrainConfig
 from core.device import plan_device
-from core.engine import FitResult, LoopState, lr_at, make_optimizer
+from core.engine import FitResult, LoopState, StepGuard, _injected_oom, _is_oom, lr_at, make_optimizer
 from core.events import (
     BatchEnded,
     EpochEnded,
@@ -280,7 +280,7 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
     embedder = NetEmbedder(model, cfg.backbone, size, mean, std)
     current = None
     lr_now = base_lr
-    session_images, session_t0 = 0, time.time()
+    guard = StepGuard(emit, plan, tc.epochs, len(train_idx), total_steps, tc.max_bad_steps, t0, unit="photo")
     for epoch in range(st.epoch, tc.epochs):
         phase = phase_at(phases, epoch)
         if phase is not current:
@@ -293,9 +293,7 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
         while st.pos < len(train_idx):
             if should_stop():
                 checkpoint()
-                msg = f"Stopped at epoch {epoch + 1}, photo {st.pos} of {len(train_idx)}; resume to continue."
-                emit(FitEnded("stopped", epoch, st.best, time.time() - t0, msg))
-                return FitResult("stopped", st.best, epoch, time.time() - t0, plan.device, st.history, msg)
+                return guard.stopped(st, epoch)
             set_train_mode(model, groups, phase, cfg.freeze.train_bn)
             idx = [train_idx[j] for j in order[st.pos:st.pos + st.batch_size]]
             gen = batch_generator(tc.seed, epoch, st.pos)
@@ -309,25 +307,36 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
             for group, mult in zip(opt.param_groups[:-1], phase.lr_mult, strict=True):
                 group["lr"] = lr_now * mult
             opt.param_groups[-1]["lr"] = lr_now * LOSS_LR_MULT
-            with plan.autocast():
-                emb = model(x)
-            loss = loss_fn(emb.float(), y)
-            if not torch.isfinite(loss):
+            oom = False
+            try:
+                _injected_oom(len(idx))
+                with plan.autocast():
+                    emb = model(x)
+                loss = loss_fn(emb.float(), y)
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            except RuntimeError as err:
+                if not _is_oom(err):
+                    raise
+                oom = True
+            if oom:  # recover outside the except block, so the failed step's tensors are freed
+                emb = loss = x = None
+                reason = guard.out_of_memory(st, "choose a smaller model or freeze more layers")
+                if reason:
+                    checkpoint()
+                    return _fail(emit, t0, plan.device, reason, epoch, st.best)
+                continue
+            reason = guard.loss_was(finite)
+            if reason:
                 checkpoint()
-                return _fail(emit, t0, plan.device, "The loss became NaN or infinite: lower the learning rate. "
-                             "The last good weights were kept.", epoch, st.best)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            st.loss_sum += float(loss.detach()) * len(idx)
-            st.seen += len(idx)
-            st.pos += len(idx)
-            st.step += 1
-            session_images += len(idx)
-            rate = session_images / max(1e-6, time.time() - session_t0)
-            left = (tc.epochs - epoch) * len(train_idx) - st.pos
-            emit(BatchEnded(epoch, st.pos, st.step, total_steps, float(loss.detach()), lr_now, round(rate, 2),
-                            round(left / max(rate, 1e-6), 1)))
+                return _fail(emit, t0, plan.device, reason, epoch, st.best)
+            if finite:
+                st.loss_sum += float(loss.detach()) * len(idx)
+                st.seen += len(idx)
+            guard.advance(st, epoch, len(idx), float(loss.detach()) if finite else float("nan"), lr_now)
         emb_all = embedder.embed_crops(crops)
         g_train = gal.build(people, emb_all[train_idx], [ok[i].label for i in train_idx], opts["gallery"],
                             model=cfg.backbone)

@@ -24,9 +24,8 @@ from PIL import Image
 from core import runs, zoo
 from core.data.images import ImageError, load_rgb
 from core.device import DevicePlan, plan_device
-from core.engine import FitResult, LoopState, _is_oom, lr_at, make_optimizer
+from core.engine import FitResult, LoopState, StepGuard, _injected_oom, _is_oom, lr_at, make_optimizer
 from core.events import (
-    BatchEnded,
     EpochEnded,
     Event,
     FitEnded,
@@ -253,7 +252,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         runs.save_checkpoint(run_dir, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                        "state": st.to_dict(), "epoch": st.epoch, "pos": st.pos, "step": st.step})
 
-    session_images, session_t0, bad_steps = 0, time.time(), 0
+    guard = StepGuard(emit, plan, tc.epochs, len(train_idx), total_steps, tc.max_bad_steps, t0)
     current = None
     lr_now = base_lr
     for epoch in range(st.epoch, tc.epochs):
@@ -269,9 +268,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         while st.pos < len(train_idx):
             if should_stop():
                 checkpoint()
-                msg = f"Stopped at epoch {epoch + 1}, image {st.pos} of {len(train_idx)}; resume to continue."
-                emit(FitEnded("stopped", epoch, st.best, time.time() - t0, msg))
-                return FitResult("stopped", st.best, epoch, time.time() - t0, plan.device, st.history, msg)
+                return guard.stopped(st, epoch)
             idx = [train_idx[j] for j in order[st.pos:st.pos + st.batch_size]]
             gen = batch_generator(tc.seed, epoch, st.pos)
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
@@ -283,6 +280,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
                 group["lr"] = lr_now * mult
             oom = False
             try:
+                _injected_oom(len(idx))
                 with plan.autocast():
                     logits = model(x)
                 loss = loss_fn(logits, y)
@@ -297,37 +295,21 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
                 oom = True
             if oom:  # recover outside the except block, so the failed step's tensors are freed
                 logits = loss = x = None
-                if plan.device == "cuda":
-                    torch.cuda.empty_cache()
-                if st.batch_size == 1:
-                    return _fail(emit, t0, plan, "Out of memory even with a batch of 1 image: choose a smaller "
-                                 "model, freeze more layers or use smaller images.", epoch, checkpoint, st.best)
-                st.batch_size = max(1, st.batch_size // 2)
-                emit(Notice("warning", f"Out of memory: the batch size is now {st.batch_size}."))
-                continue
-            if not finite:
-                bad_steps += 1
-                if bad_steps >= tc.max_bad_steps:
-                    reason = (f"The loss became NaN or infinite {bad_steps} times in a row: lower the learning "
-                              "rate. The last good weights were kept.")
+                reason = guard.out_of_memory(st, "choose a smaller model, freeze more layers or use smaller images")
+                if reason:
                     return _fail(emit, t0, plan, reason, epoch, checkpoint, st.best)
-                emit(Notice("warning", "A step gave a non-finite loss and was skipped."))
-            else:
-                bad_steps = 0
+                continue
+            reason = guard.loss_was(finite)
+            if reason:
+                return _fail(emit, t0, plan, reason, epoch, checkpoint, st.best)
+            if finite:
                 st.loss_sum += float(loss.detach()) * len(idx)
                 st.seen += len(idx)
                 with torch.no_grad():
                     valid = y != IGNORE
                     st.correct_px += int(((logits.argmax(1) == y) & valid).sum())
                     st.total_px += int(valid.sum())
-            st.pos += len(idx)
-            st.step += 1
-            session_images += len(idx)
-            rate = session_images / max(1e-6, time.time() - session_t0)
-            left = (tc.epochs - epoch) * len(train_idx) - st.pos
-            shown = float(loss.detach()) if finite else float("nan")
-            emit(BatchEnded(epoch, st.pos, st.step, total_steps, shown, lr_now, round(rate, 2),
-                            round(left / max(rate, 1e-6), 1)))
+            guard.advance(st, epoch, len(idx), float(loss.detach()) if finite else float("nan"), lr_now)
         train_seconds = time.time() - epoch_t0  # images/s counts training, not the validation that follows
         val_loss, cm = evaluate_data(model, data, val_idx, k, mean, std, plan, loss_fn)
         miou, pixacc = metrics.mean_iou(cm), metrics.pixel_accuracy(cm)
