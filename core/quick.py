@@ -95,8 +95,10 @@ def embed(backbone: str, cache: ImageCache, idx: Sequence[int], plan: DevicePlan
     path = folder / f"{backbone}-{key}.safetensors"
     if path.exists():
         return load_file(str(path))["features"][list(idx)]
-    model = zoo.folded_if_same(zoo.create_model(backbone, num_classes=0, pretrained=True), cache.prep.size)
     n = len(cache)
+    if on_progress:  # the bar moves on to embedding now, not after the model is folded and exported (~1.5 s)
+        on_progress(0, n)
+    model = zoo.folded_if_same(zoo.create_model(backbone, num_classes=0, pretrained=True), cache.prep.size)
     onnx = (_onnx_forward(model, cache.prep, batch_size, plan.threads)
             if plan.device == "cpu" and n >= ONNX_MIN_IMAGES else None)
     if onnx is None:

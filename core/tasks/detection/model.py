@@ -48,6 +48,7 @@ class DetectorConfig:
     detections_per_img: int = 100
     box_batch_per_image: int = 64  # sampled proposals per image for the box head (its RoIAlign dominates a step)
     roi_sampling: int = 2  # RoIAlign sampling points per bin side
+    test_proposals: int = 150  # region proposals kept per image when predicting (300 scored the same, ~20 % slower)
 
 
 class TimmBody(nn.Module):
@@ -140,7 +141,8 @@ def build_detector(backbone: str, num_classes: int, pretrained: bool = True,
         model = FasterRCNN(neck, rpn_anchor_generator=anchors, box_roi_pool=roi, box_head=box_head,
                            box_predictor=predictor, box_score_thresh=cfg.score_thresh,
                            rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
-                           rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=300,
+                           rpn_pre_nms_top_n_test=2 * cfg.test_proposals,
+                           rpn_post_nms_top_n_test=cfg.test_proposals,
                            box_batch_size_per_image=cfg.box_batch_per_image, **common)
     else:
         sizes = tuple((s, int(s * 1.26), int(s * 1.59)) for s in (32, 64, 128, 256))
