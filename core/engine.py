@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +110,28 @@ class StepGuard:
         msg = f"Stopped at epoch {epoch + 1}, {self.unit} {st.pos} of {self.n_train}; resume to continue."
         self.emit(FitEnded("stopped", epoch, st.best, time.time() - self.t0, msg))
         return FitResult("stopped", st.best, epoch, time.time() - self.t0, self.plan.device, st.history, msg)
+
+    def step(self, opt: torch.optim.Optimizer, n: int, forward: Callable[..., tuple[torch.Tensor, Any]],
+             *inputs: Any, clip: float | None = None) -> tuple[torch.Tensor, Any, bool] | None:
+        """One training step on `n` images: `forward(*inputs)` gives (loss, whatever the loop keeps); the
+        gradients are computed (clipped to norm `clip`) and applied only when the loss is finite. Returns (loss,
+        kept, finite), or None when the step ran out of memory (then call `out_of_memory`)."""
+        oom = False
+        try:
+            _injected_oom(n)
+            loss, kept = forward(*inputs)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+                opt.step()
+        except RuntimeError as err:
+            if not _is_oom(err):
+                raise
+            oom = True
+        return None if oom else (loss, kept, finite)  # returned outside the except: the failed step is freed
 
     def out_of_memory(self, st: LoopState, advice: str) -> str | None:
         """After a step that ran out of memory: halve the batch and say so; or, at one image already, the reason

@@ -23,7 +23,7 @@ from core import runs
 from core.config import FreezeConfig, TrainConfig
 from core.data.images import ImageError, load_rgb
 from core.device import DevicePlan, plan_device
-from core.engine import FitResult, LoopState, StepGuard, _injected_oom, _is_oom, lr_at, make_optimizer
+from core.engine import FitResult, LoopState, StepGuard, lr_at, make_optimizer
 from core.events import (
     EpochEnded,
     Event,
@@ -234,6 +234,12 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
     guard = StepGuard(emit, plan, tc.epochs, len(train_idx), total_steps, tc.max_bad_steps, t0)
     current = None
     lr_now = base_lr
+
+    def forward(images: list, targets: list) -> tuple[torch.Tensor, dict]:
+        with plan.autocast():
+            terms = {k: v.float() for k, v in model(images, targets).items()}
+        return sum(terms.values()), terms
+
     for epoch in range(st.epoch, tc.epochs):
         phase = phase_at(phases, epoch)
         if phase is not current:
@@ -260,29 +266,14 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
             lr_now = lr_at(st.step, total_steps, base_lr, tc.warmup_fraction)
             for group, mult in zip(opt.param_groups, phase.lr_mult, strict=True):
                 group["lr"] = lr_now * mult
-            oom = False
-            try:
-                _injected_oom(len(idx))
-                with plan.autocast():
-                    losses = model(images, targets)
-                losses = {k: v.float() for k, v in losses.items()}
-                loss = sum(losses.values())
-                finite = bool(torch.isfinite(loss))
-                if finite:
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], GRAD_CLIP)
-                    opt.step()
-            except RuntimeError as err:
-                if not _is_oom(err):
-                    raise
-                oom = True
-            if oom:  # recover outside the except block, so the failed step's tensors are freed
-                losses = loss = images = targets = None
+            done = guard.step(opt, len(idx), forward, images, targets, clip=GRAD_CLIP)
+            if done is None:
+                images = targets = None
                 reason = guard.out_of_memory(st, "choose a smaller model or freeze more layers")
                 if reason:
                     return _fail(emit, t0, plan, reason, epoch, checkpoint, st.best)
                 continue
+            loss, losses, finite = done
             reason = guard.loss_was(finite)
             if reason:
                 return _fail(emit, t0, plan, reason, epoch, checkpoint, st.best)

@@ -21,7 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from core import runs
 from core.config import TrainConfig
 from core.device import plan_device
-from core.engine import FitResult, LoopState, StepGuard, _injected_oom, _is_oom, lr_at, make_optimizer
+from core.engine import FitResult, LoopState, StepGuard, lr_at, make_optimizer
 from core.events import (
     BatchEnded,
     EpochEnded,
@@ -281,6 +281,12 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
     current = None
     lr_now = base_lr
     guard = StepGuard(emit, plan, tc.epochs, len(train_idx), total_steps, tc.max_bad_steps, t0, unit="photo")
+
+    def forward(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+        with plan.autocast():
+            emb = model(x)
+        return loss_fn(emb.float(), y), None
+
     for epoch in range(st.epoch, tc.epochs):
         phase = phase_at(phases, epoch)
         if phase is not current:
@@ -307,28 +313,15 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
             for group, mult in zip(opt.param_groups[:-1], phase.lr_mult, strict=True):
                 group["lr"] = lr_now * mult
             opt.param_groups[-1]["lr"] = lr_now * LOSS_LR_MULT
-            oom = False
-            try:
-                _injected_oom(len(idx))
-                with plan.autocast():
-                    emb = model(x)
-                loss = loss_fn(emb.float(), y)
-                finite = bool(torch.isfinite(loss))
-                if finite:
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            except RuntimeError as err:
-                if not _is_oom(err):
-                    raise
-                oom = True
-            if oom:  # recover outside the except block, so the failed step's tensors are freed
-                emb = loss = x = None
+            done = guard.step(opt, len(idx), forward, x, y)
+            if done is None:
+                x = None
                 reason = guard.out_of_memory(st, "choose a smaller model or freeze more layers")
                 if reason:
                     checkpoint()
                     return _fail(emit, t0, plan.device, reason, epoch, st.best)
                 continue
+            loss, _, finite = done
             reason = guard.loss_was(finite)
             if reason:
                 checkpoint()

@@ -24,7 +24,7 @@ from PIL import Image
 from core import runs, zoo
 from core.data.images import ImageError, load_rgb
 from core.device import DevicePlan, plan_device
-from core.engine import FitResult, LoopState, StepGuard, _injected_oom, _is_oom, lr_at, make_optimizer
+from core.engine import FitResult, LoopState, StepGuard, lr_at, make_optimizer
 from core.events import (
     EpochEnded,
     Event,
@@ -255,6 +255,12 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
     guard = StepGuard(emit, plan, tc.epochs, len(train_idx), total_steps, tc.max_bad_steps, t0)
     current = None
     lr_now = base_lr
+
+    def forward(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with plan.autocast():
+            out = model(x)
+        return loss_fn(out, y), out
+
     for epoch in range(st.epoch, tc.epochs):
         phase = phase_at(phases, epoch)
         if phase is not current:
@@ -278,27 +284,14 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
             lr_now = lr_at(st.step, total_steps, base_lr, tc.warmup_fraction)
             for group, mult in zip(opt.param_groups, phase.lr_mult, strict=True):
                 group["lr"] = lr_now * mult
-            oom = False
-            try:
-                _injected_oom(len(idx))
-                with plan.autocast():
-                    logits = model(x)
-                loss = loss_fn(logits, y)
-                finite = bool(torch.isfinite(loss))
-                if finite:
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            except RuntimeError as err:
-                if not _is_oom(err):
-                    raise
-                oom = True
-            if oom:  # recover outside the except block, so the failed step's tensors are freed
-                logits = loss = x = None
+            done = guard.step(opt, len(idx), forward, x, y)
+            if done is None:
+                x = None
                 reason = guard.out_of_memory(st, "choose a smaller model, freeze more layers or use smaller images")
                 if reason:
                     return _fail(emit, t0, plan, reason, epoch, checkpoint, st.best)
                 continue
+            loss, logits, finite = done
             reason = guard.loss_was(finite)
             if reason:
                 return _fail(emit, t0, plan, reason, epoch, checkpoint, st.best)
