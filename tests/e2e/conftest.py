@@ -229,6 +229,28 @@ class StreamlitHelpers:
         StreamlitHelpers.wait_idle(page, timeout)
 
     @staticmethod
+    def click_until(page, button, result, timeout: int = SLOW_MS, tries: int = 3) -> None:
+        """Click `button` once the app is idle and wait for `result`; click again if the app went idle without it.
+
+        A click that lands while a rerun is in flight (e.g. the one a file upload starts) can be dropped by the
+        frontend; the app then sits idle with the button still there. A dropped click is retried, a slow one is not:
+        we only click again when the script is not running and `result` has not appeared.
+        """
+        from playwright.sync_api import expect
+
+        for attempt in range(tries):
+            StreamlitHelpers.wait_idle(page, timeout)
+            if result.count() > 0:
+                return
+            button.click()
+            try:
+                expect(result.first).to_be_visible(timeout=timeout // tries)
+                return
+            except AssertionError:
+                if attempt == tries - 1:
+                    raise
+
+    @staticmethod
     def main(page):
         """The main area (the sidebar repeats some texts, e.g. "Model: ...")."""
         return page.get_by_test_id("stMain")

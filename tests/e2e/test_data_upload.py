@@ -56,9 +56,8 @@ def test_upload_a_folder_shows_the_report(page, app_url, st_helpers, tmp_path: P
     main = st.main(page)
     page.locator(".st-key-data_upload_folder input[type=file]").set_input_files(root)
     expect(main.get_by_text("9 files", exact=False)).to_be_visible()
-    main.get_by_role("button", name="Import these photos").click()
-
-    expect(main.get_by_role("heading", name="critters")).to_be_visible(timeout=st.SLOW_MS)
+    st.click_until(page, main.get_by_role("button", name="Import these photos"),
+                   main.get_by_role("heading", name="critters"))
     st.wait_idle(page)
     expect(main.get_by_text("7 images in 2 classes", exact=False)).to_be_visible()
     expect(st.metric_value(page, "Images")).to_have_text("7")
@@ -95,8 +94,8 @@ def test_upload_a_zip_with_hostile_names(page, app_url, st_helpers, tmp_path: Pa
     main = st.main(page)
     main.get_by_role("tab", name="Upload a zip").click()
     page.locator(".st-key-data_upload_zip input[type=file]").set_input_files(zpath)
-    main.get_by_role("button", name="Import this zip").click()
-    expect(main.get_by_role("heading", name="pets")).to_be_visible(timeout=st.SLOW_MS)
+    expect(page.get_by_test_id("stFileChip").filter(has_text="pets.zip")).to_be_visible()
+    st.click_until(page, main.get_by_role("button", name="Import this zip"), main.get_by_role("heading", name="pets"))
     st.wait_idle(page)
     expect(st.metric_value(page, "Images")).to_have_text("7")
     x_labels = page.locator('[data-testid="stPlotlyChart"] g.xtick text')

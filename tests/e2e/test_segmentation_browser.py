@@ -41,8 +41,8 @@ def test_upload_images_and_masks_and_see_the_report(page, app_url, st_helpers, t
     main = st.main(page)
     expect(main.get_by_role("heading", name="2 · Images and masks")).to_be_visible(timeout=st.SLOW_MS)
     page.locator(".st-key-seg_data_upload input[type=file]").set_input_files(root)
-    main.get_by_role("button", name="Import these images and masks").click()
-    expect(main.get_by_text("Imported 5 image + mask pairs", exact=False)).to_be_visible(timeout=st.SLOW_MS)
+    st.click_until(page, main.get_by_role("button", name="Import these images and masks"),
+                   main.get_by_text("Imported 5 image + mask pairs", exact=False))
     st.wait_idle(page)
     expect(st.metric_value(page, "Usable pairs")).to_have_text("5")
     expect(st.metric_value(page, "Problems")).to_have_text("1")
