@@ -315,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     _fresh_home()
     from core.catalog import system_info
-    from core.device import configure_threads
+    from core.device import configure_threads, keep_freed_memory
 
     configure_threads()
+    keep_freed_memory()  # as the app's training worker does
     info = system_info()
     if args.smoke:
         plans = smoke_plans(tmp)

@@ -46,6 +46,7 @@ from core.freeze import apply_phase, plan_phases  # noqa: E402
 from core.tasks.detection import DETECTION  # noqa: E402
 from core.tasks.detection.augment import hflip  # noqa: E402
 from core.tasks.detection.dataset import resolve  # noqa: E402
+from core.device import keep_freed_memory  # noqa: E402
 from core.tasks.detection.model import DetectorConfig, build_detector, detector_groups  # noqa: E402
 from core.tasks.detection.train import evaluate_samples, fit, load_samples, to_input  # noqa: E402
 
@@ -174,6 +175,7 @@ def main() -> int:
                         help="app: DetectorConfig override KEY=VALUE (JSON value), e.g. box_batch_per_image=32")
     parser.add_argument("--tag", default="", help="suffix of the CSV name (detection_<recipe><tag>.csv)")
     args = parser.parse_args()
+    keep_freed_memory()  # as the app's training worker does (both recipes: the same process)
     data = str(Path(args.data).resolve())
     manifest = resolve(data, args.seed, annotations=args.annotations)
     for item in args.detector:

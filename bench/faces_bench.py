@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core import runs
 from core.config import FreezeConfig, RunConfig, TrainConfig
-from core.device import configure_threads
+from core.device import configure_threads, keep_freed_memory
 from core.recorder import RunRecorder
 from core.tasks.faces import gallery as gal
 from core.tasks.faces import threshold as thr
@@ -107,6 +107,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     configure_threads()
+    keep_freed_memory()  # as the app's training worker does
     work = Path(tempfile.mkdtemp(prefix="faces-bench-"))
     try:
         enrol, probe, enrolled, strangers = split(Path(args.data), work / "data")

@@ -58,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from core import runs, trainset
     from core.config import FreezeConfig, RunConfig, TrainConfig
-    from core.device import configure_threads
+    from core.device import configure_threads, keep_freed_memory
     from core.engine import fit
     from core.events import EpochEnded
 
     configure_threads()
+    keep_freed_memory()  # as the app's training worker does
     overrides = parse_sets(args.set)
     if args.epochs:
         overrides["epochs"] = args.epochs

@@ -184,9 +184,10 @@ def main() -> int:
     ap.add_argument("--freeze", default="{}", help='app: FreezeConfig overrides as JSON, e.g. {"preset": "gradual"}')
     ap.add_argument("--tag", default="app", help="app: name of the CSV (segmentation_TAG.csv)")
     a = ap.parse_args()
-    from core.device import configure_threads
+    from core.device import configure_threads, keep_freed_memory
 
     configure_threads()
+    keep_freed_memory()  # as the app's training worker does
     for which in a.which.split(","):
         if which.strip() == "app":
             run_app(Path(a.data), a.epochs, Path(a.out), a.budget_min, parse_sets(a.set), a.arch, a.tag,

@@ -398,9 +398,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(argv)
         return cmd_app(argparse.Namespace(), argv[1:])
     args = parser.parse_args(argv)
-    from core.device import configure_threads
+    from core.device import configure_threads, keep_freed_memory
 
     configure_threads()
+    keep_freed_memory()  # a CLI process trains or predicts, then ends
     return int(args.func(args) or 0)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from core import runs
-from core.device import configure_threads
+from core.device import configure_threads, keep_freed_memory
 from core.distributed import die_with_parent, init_from_env, shutdown
 
 
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
     """Train this rank's share of the run; exit code 0 when it completed or stopped."""
     die_with_parent()
     configure_threads()
+    keep_freed_memory()
     ctx = init_from_env()
     run_dir = Path(argv[0]).resolve() if argv and argv[0] != "-" else Path("-")
     subscribers = []

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from core import runs
-from core.device import configure_threads
+from core.device import configure_threads, keep_freed_memory
 from core.settings import subdir
 
 
@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm(run_dir))
     lower_priority()
     configure_threads()
+    keep_freed_memory()
     config = runs.load_config(run_dir)
     device = "cuda" if config.train.device in ("auto", "cuda") and _cuda() else "cpu"
     lock = _wait_for_device(run_dir, device)

@@ -131,6 +131,12 @@ def test_evaluate_export_and_predict(trained, tmp_path: Path, rects: Path) -> No
     (bad / "manifest.json").write_text(json.dumps(changed))
     with pytest.raises(ExportError, match="num_classes"):
         load_export(bad)
+    changed = json.loads((out / "manifest.json").read_text())
+    assert changed["detector"]["levels"] == [8, 16, 32]
+    changed["detector"]["levels"] = [4, 8]
+    (bad / "manifest.json").write_text(json.dumps(changed))
+    with pytest.raises(ExportError, match="levels"):
+        load_export(bad)
 
 
 def test_report_is_self_contained(trained) -> None:
@@ -198,6 +204,27 @@ def test_one_training_size_per_batch_and_the_largest_for_prediction() -> None:
     assert len(seen) > 1  # but the size still varies from batch to batch
     t.eval()
     assert t(images)[0].image_sizes[0] == (80, 120)
+
+
+def test_a_detector_record_without_levels_rebuilds_the_pyramid_it_was_trained_with() -> None:
+    from dataclasses import asdict
+
+    from core.tasks.detection.model import DetectorConfig, build_detector
+
+    old = DetectorConfig.from_dict({"kind": "fasterrcnn", "train_sizes": [64, 96], "eval_size": 96})
+    assert old.levels == (8, 16, 32) and old.train_sizes == (64, 96)  # JSON lists back to tuples
+    coarse = DetectorConfig(levels=(16, 32), train_sizes=(64,), eval_size=64, max_size=128)
+    assert DetectorConfig.from_dict(asdict(coarse) | {"levels": [16, 32]}) == coarse
+    assert coarse.anchor_sizes() == ((32, 64), (64, 128), (128, 256))  # 32 px objects keep an anchor
+    torch.manual_seed(0)
+    model = build_detector("test_efficientnet", 2, False, coarse)
+    assert model.backbone.body.channels == [48, 64]
+    model.train()
+    losses = model([torch.rand(3, 64, 96)], [{"boxes": torch.tensor([[8.0, 8.0, 50.0, 40.0]]),
+                                              "labels": torch.tensor([1])}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="stride"):
+        build_detector("test_efficientnet", 2, False, DetectorConfig(levels=(8, 64)))
 
 
 def test_out_of_memory_halves_the_detection_batch_and_finishes(tmp_path: Path,

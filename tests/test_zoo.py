@@ -111,3 +111,65 @@ def test_a_pickle_renamed_safetensors_is_refused_and_never_runs(home: Path, tmp_
     with pytest.raises(zoo.ZooError, match="not a (valid )?safetensors"):
         zoo.register_user_weights(path, "test_resnet", "evil")
     assert not sentinel.exists()
+
+
+def _folded_mobilenet(seed: int = 0) -> torch.nn.Module:
+    """A small ReLU6 MobileNetV2 (random weights, BatchNorm statistics that matter), BatchNorm folded."""
+    torch.manual_seed(seed)
+    model = timm.create_model("mobilenetv2_050", pretrained=False, num_classes=0).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    zoo.fold_batchnorm(model)
+    return model
+
+
+def _ran_fused(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The model's output and how many fused oneDNN convolutions ran for it."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y = model(x)
+    return y, sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_convolution_pointwise")
+
+
+def test_fused_convolution_activation_gives_the_same_answers_and_the_same_state_dict() -> None:
+    plain = _folded_mobilenet()
+    fused = _folded_mobilenet()
+    zoo.fuse_conv_act(fused)
+    assert sum(isinstance(m, zoo.Conv2dAct) for m in fused.modules()) >= 30  # two per inverted residual + stem
+    assert not any(isinstance(m, torch.nn.ReLU6) for m in fused.modules())
+    assert fused.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 3, 64, 80)
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    with torch.autocast("cpu", torch.bfloat16):  # the first use may come under autocast (it once disabled fusion)
+        low, n_low = _ran_fused(fused, x)
+        ref_low = plain(x)
+    with torch.no_grad():
+        y, n = _ran_fused(fused, x)
+        torch.testing.assert_close(y, plain(x), atol=1e-4, rtol=1e-4)
+    assert n >= 30 and n_low >= 30, "frozen layers on the CPU must take the fused path"
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref_low.float()).abs().max() < 0.05 * ref_low.float().abs().max()
+
+
+def test_a_convolution_that_trains_takes_the_plain_path_with_the_same_gradients() -> None:
+    plain, fused = _folded_mobilenet(), _folded_mobilenet()
+    zoo.fuse_conv_act(fused)
+    x = torch.randn(2, 3, 64, 64)
+    y, n = _ran_fused(fused, x)
+    assert n == 0
+    y.sum().backward()
+    plain(x).sum().backward()
+    grads = dict(plain.named_parameters())
+    for name, p in fused.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-4, rtol=1e-3)
+
+
+def test_keeping_freed_memory_applies_on_glibc_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.device import keep_freed_memory
+
+    monkeypatch.setenv("TRANSFER_STUDIO_KEEP_MEMORY", "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("TRANSFER_STUDIO_KEEP_MEMORY")
+    assert keep_freed_memory() is True  # Debian's glibc accepts the three settings

@@ -59,13 +59,6 @@ def _version(dist: str) -> str:
         return ""
 
 
-def _detector_config(manifest: dict) -> DetectorConfig:
-    raw = dict(manifest.get("detector") or {})
-    if "train_sizes" in raw:
-        raw["train_sizes"] = tuple(int(v) for v in raw["train_sizes"])
-    return DetectorConfig(**raw)
-
-
 def build_manifest(run_dir: Path) -> dict:
     """The export manifest of a detection run (without `files`)."""
     from core.tasks.detection.train import detector_config
@@ -252,6 +245,10 @@ def validate_manifest(data: object) -> dict:
     if not (isinstance(sizes, list) and 1 <= len(sizes) <= 32 and all(
             isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 4096 for v in sizes)):
         raise ExportError("manifest.json: detector.train_sizes must be whole numbers from 8 to 4096.")
+    levels = det.get("levels", [8, 16, 32])
+    if not (isinstance(levels, list) and levels and levels == sorted(set(levels)) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v in (8, 16, 32) for v in levels)):
+        raise ExportError("manifest.json: detector.levels must be increasing strides among 8, 16 and 32.")
     score = det.get("score_thresh", 0.01)
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
         raise ExportError("manifest.json: detector.score_thresh must be between 0 and 1.")
@@ -291,7 +288,7 @@ def load_export(path: str | os.PathLike) -> Detector:
         raise ExportError("model.safetensors does not match the sha256 in manifest.json: the file is damaged or was "
                           "changed after the export.")
     model = build_detector(manifest["architecture"], len(manifest["classes"]), pretrained=False,
-                           config=_detector_config(manifest))
+                           config=DetectorConfig.from_dict(manifest.get("detector")))
     expected = {k: (tuple(v.shape), "F32") for k, v in model.state_dict().items()}
     check_against_architecture(header, expected)
     model.load_state_dict(load_bytes(data), strict=True)

@@ -49,23 +49,50 @@ class DetectorConfig:
     box_batch_per_image: int = 64  # sampled proposals per image for the box head (its RoIAlign dominates a step)
     roi_sampling: int = 2  # RoIAlign sampling points per bin side
     test_proposals: int = 150  # region proposals kept per image when predicting (300 scored the same, ~20 % slower)
+    levels: tuple[int, ...] = (8, 16, 32)  # the body's strides the FPN reads (it adds one level at twice the last)
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> DetectorConfig:
+        """The config recorded in a manifest (JSON lists back to tuples). A record from before a field existed
+        gets that field's value of the time, so old runs and exports rebuild the detector they were trained as."""
+        data = {**LEGACY_FIELDS, **dict(raw or {})}
+        for key in ("train_sizes", "levels"):
+            if key in data:
+                data[key] = tuple(int(v) for v in data[key])
+        return cls(**data)
+
+    def anchor_sizes(self) -> tuple[tuple[int, ...], ...]:
+        """Anchor sizes (px) per pyramid level, the same count on every level (one RPN head serves them all).
+        From stride 8: one size of 4 × the stride per level. From a coarser stride: two sizes, 2 and 4 × it, so
+        32 px objects keep an anchor."""
+        strides = [*self.levels, 2 * self.levels[-1]]
+        if self.levels[0] <= 8:
+            return tuple((4 * s,) for s in strides)
+        return tuple((2 * s, 4 * s) for s in strides)
+
+
+LEGACY_FIELDS: dict = {"levels": (8, 16, 32)}  # what a manifest without these fields was trained with
 
 
 class TimmBody(nn.Module):
-    """The stem and blocks of a timm EfficientNet-family model, returning the features at strides 8, 16 and 32."""
+    """The stem and blocks of a timm EfficientNet-family model, returning the features at the given strides
+    (of 8, 16 and 32)."""
 
-    def __init__(self, timm_model: nn.Module) -> None:
+    def __init__(self, timm_model: nn.Module, strides: tuple[int, ...] = (8, 16, 32)) -> None:
         super().__init__()
         self.conv_stem = timm_model.conv_stem
         self.bn1 = timm_model.bn1
         self.blocks = timm_model.blocks
         info = timm_model.feature_info
         picks = {}
-        for row in info:  # the last block at each of the reductions 8, 16, 32
-            if row["reduction"] in (8, 16, 32):
+        for row in info:  # the last block at each reduction
+            if row["reduction"] in strides:
                 picks[row["reduction"]] = row
-        self.taps = [int(picks[r]["module"].split(".")[1]) for r in (8, 16, 32)]
-        self.channels = [int(picks[r]["num_chs"]) for r in (8, 16, 32)]
+        missing = [s for s in strides if s not in picks]
+        if missing:
+            raise ValueError(f"The backbone has no features at stride {missing}; use strides of 8, 16 and 32.")
+        self.taps = [int(picks[r]["module"].split(".")[1]) for r in strides]
+        self.channels = [int(picks[r]["num_chs"]) for r in strides]
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         x = self.bn1(self.conv_stem(x))
@@ -92,7 +119,7 @@ class BodyWithFPN(nn.Module):
         return self.fpn(self.body(x))
 
 
-def _body(backbone: str, pretrained: bool) -> TimmBody:
+def _body(backbone: str, pretrained: bool, strides: tuple[int, ...] = (8, 16, 32)) -> TimmBody:
     spec = zoo.get_spec(backbone)
     if pretrained and not zoo.has_weights(spec):
         raise zoo.ZooError(zoo.weights_status(spec))
@@ -100,8 +127,9 @@ def _body(backbone: str, pretrained: bool) -> TimmBody:
     if not all(hasattr(timm_model, k) for k in ("conv_stem", "bn1", "blocks", "feature_info")):
         raise zoo.ZooError(f"{backbone}: detection works with the MobileNet / EfficientNet family of backbones "
                            "(e.g. mobilenetv2_100, tf_efficientnet_lite0); choose one of those.")
-    body = TimmBody(timm_model)
+    body = TimmBody(timm_model, strides)
     zoo.fold_batchnorm(body)
+    zoo.fuse_conv_act(body)
     return body
 
 
@@ -129,13 +157,14 @@ def build_detector(backbone: str, num_classes: int, pretrained: bool = True,
     if cfg.kind not in DETECTORS:
         raise ValueError(f"Unknown detector '{cfg.kind}'. Use one of: {', '.join(DETECTORS)}.")
     spec = zoo.get_spec(backbone)
-    body = _body(backbone, pretrained)
+    body = _body(backbone, pretrained, cfg.levels)
     neck = BodyWithFPN(body, cfg.fpn_channels)
     common = dict(min_size=cfg.train_sizes, max_size=cfg.max_size, image_mean=list(spec.mean),
                   image_std=list(spec.std), detections_per_img=cfg.detections_per_img)
     if cfg.kind == "fasterrcnn":
-        anchors = AnchorGenerator(((32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 4)
-        roi = MultiScaleRoIAlign(["0", "1", "2"], 7, cfg.roi_sampling)
+        sizes = cfg.anchor_sizes()
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+        roi = MultiScaleRoIAlign([str(k) for k in range(len(cfg.levels))], 7, cfg.roi_sampling)
         box_head = TwoMLPHead(cfg.fpn_channels * 49, cfg.representation)
         predictor = FastRCNNPredictor(cfg.representation, num_classes + 1)
         model = FasterRCNN(neck, rpn_anchor_generator=anchors, box_roi_pool=roi, box_head=box_head,
@@ -145,12 +174,13 @@ def build_detector(backbone: str, num_classes: int, pretrained: bool = True,
                            rpn_post_nms_top_n_test=cfg.test_proposals,
                            box_batch_size_per_image=cfg.box_batch_per_image, **common)
     else:
-        sizes = tuple((s, int(s * 1.26), int(s * 1.59)) for s in (32, 64, 128, 256))
+        base = [4 * s for s in (*cfg.levels, 2 * cfg.levels[-1])]
+        sizes = tuple((s, int(s * 1.26), int(s * 1.59)) for s in base)
         if cfg.kind == "fcos":
-            anchors = AnchorGenerator(tuple((s,) for s in (32, 64, 128, 256)), ((1.0,),) * 4)
+            anchors = AnchorGenerator(tuple((s,) for s in base), ((1.0,),) * len(base))
             model = FCOS(neck, num_classes + 1, anchor_generator=anchors, score_thresh=cfg.score_thresh, **common)
         else:
-            anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 4)
+            anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(base))
             model = RetinaNet(neck, num_classes + 1, anchor_generator=anchors, score_thresh=cfg.score_thresh,
                               **common)
     model.transform = BatchScaleTransform(cfg.train_sizes, cfg.max_size, list(spec.mean), list(spec.std))

@@ -149,10 +149,7 @@ def usable_freeze(freeze: FreezeConfig, group_names: Sequence[str]) -> FreezeCon
 
 def detector_config(manifest: dict) -> DetectorConfig:
     """The detector shape recorded in the run's manifest (defaults otherwise)."""
-    raw = dict(manifest.get("detector") or {})
-    if "train_sizes" in raw:
-        raw["train_sizes"] = tuple(raw["train_sizes"])
-    return DetectorConfig(**raw)
+    return DetectorConfig.from_dict(manifest.get("detector"))
 
 
 def build_for_run(run_dir: Path, pretrained: bool | None = None) -> tuple[torch.nn.Module, dict, list[str]]:
