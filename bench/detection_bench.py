@@ -41,12 +41,11 @@ from recipe_probe import parse_sets  # noqa: E402 - bench/ is on sys.path when r
 
 from core import runs  # noqa: E402
 from core.config import FreezeConfig, RunConfig  # noqa: E402
-from core.device import plan_device  # noqa: E402
+from core.device import keep_freed_memory, plan_device  # noqa: E402
 from core.freeze import apply_phase, plan_phases  # noqa: E402
 from core.tasks.detection import DETECTION  # noqa: E402
 from core.tasks.detection.augment import hflip  # noqa: E402
 from core.tasks.detection.dataset import resolve  # noqa: E402
-from core.device import keep_freed_memory  # noqa: E402
 from core.tasks.detection.model import DetectorConfig, build_detector, detector_groups  # noqa: E402
 from core.tasks.detection.train import evaluate_samples, fit, load_samples, to_input  # noqa: E402
 

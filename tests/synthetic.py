@@ -23,3 +23,20 @@ def make_colour_folders(root: Path, train: int = 8, val: int = 3, size: int = 48
                 img = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(folder / f"{name}_{i}.png")
     return root
+
+
+def model_with_batchnorm_statistics(name: str, seed: int = 0):  # noqa: ANN201 - torch imported lazily
+    """A timm model (random weights, eval mode) whose BatchNorm layers have non-trivial statistics and affine
+    parameters: fresh ones fold to almost nothing, which would hide folding mistakes."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model

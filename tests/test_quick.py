@@ -5,27 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 
 from core import quick, zoo
 from core.pipeline import Prep, centre_u8, eval_batch
 from core.settings import cache_root
+from tests.synthetic import model_with_batchnorm_statistics
 
 PREP = Prep(32, 40, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def _tiny(seed: int = 0) -> torch.nn.Module:
     """timm's test EfficientNet with non-trivial BatchNorm statistics (fresh ones fold to almost nothing)."""
-    torch.manual_seed(seed)
-    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=0).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model
+    return model_with_batchnorm_statistics("test_efficientnet", seed)
 
 
 def _squares(n: int, seed: int = 0) -> np.ndarray:

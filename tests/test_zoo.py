@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from core import zoo
+from tests.synthetic import model_with_batchnorm_statistics
 
 BUILTIN_NAMES = ["mobilenetv2_100", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
 
@@ -115,12 +116,7 @@ def test_a_pickle_renamed_safetensors_is_refused_and_never_runs(home: Path, tmp_
 
 def _folded_mobilenet(seed: int = 0) -> torch.nn.Module:
     """A small ReLU6 MobileNetV2 (random weights, BatchNorm statistics that matter), BatchNorm folded."""
-    torch.manual_seed(seed)
-    model = timm.create_model("mobilenetv2_050", pretrained=False, num_classes=0).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    model = model_with_batchnorm_statistics("mobilenetv2_050", seed)
     zoo.fold_batchnorm(model)
     return model
 
