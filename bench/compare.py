@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from core.device import DevicePlan
 
 TARGETS = (0.90, 0.93, 0.95)
+MAX_BUDGET_EPOCHS = 50
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
@@ -218,8 +219,9 @@ def epochs_for(plan: Plan, freeze: str, budget: int, probe: Row | None) -> int:
     if probe is None or len(probe.curve) < 2:
         return 3
     per_epoch = (probe.curve[-1]["seconds"] - probe.curve[0]["seconds"]) / (len(probe.curve) - 1)
+    per_epoch = max(per_epoch, 0.1)  # the curve's clock has 0.1 s steps: tiny smoke epochs can read as 0 s
     first = probe.curve[0]["seconds"]  # includes decoding the images once
-    return max(1, int((budget - (first - per_epoch)) // per_epoch))
+    return max(1, min(MAX_BUDGET_EPOCHS, int((budget - (first - per_epoch)) // per_epoch)))
 
 
 def ours(plan: Plan, item: str) -> list[Row]:
