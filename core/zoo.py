@@ -288,7 +288,7 @@ def fold_batchnorm(module: torch.nn.Module) -> None:
         fold_batchnorm(child)
 
 
-_FUSED_ACTS = {torch.nn.ReLU6: ("hardtanh", [0.0, 6.0]), torch.nn.ReLU: ("relu", [])}
+_FUSED_ACTS = {torch.nn.ReLU6: ("hardtanh", (0.0, 6.0)), torch.nn.ReLU: ("relu", ())}  # oneDNN's names
 
 
 @lru_cache(maxsize=1)
@@ -340,7 +340,7 @@ def fuse_conv_act(module: torch.nn.Module) -> None:
     the convolution's parameters, so names and state dicts are unchanged) and the activation an Identity."""
     children = list(module.named_children())
     for (name, child), (next_name, nxt) in zip(children, children[1:], strict=False):
-        acts = [m for m in nxt.children()] if isinstance(nxt, torch.nn.Sequential) else [nxt]
+        acts = list(nxt.children()) if isinstance(nxt, torch.nn.Sequential) else [nxt]
         last = acts[-1] if acts else None
         if type(child) is torch.nn.Conv2d and type(last) in _FUSED_ACTS and all(
                 isinstance(m, torch.nn.Identity) for m in acts[:-1]):
@@ -348,7 +348,7 @@ def fuse_conv_act(module: torch.nn.Module) -> None:
                               child.dilation, child.groups, child.bias is not None, child.padding_mode,
                               device="meta")
             fused.weight, fused.bias = child.weight, child.bias
-            fused.act, fused.scalars = _FUSED_ACTS[type(last)][0], tuple(_FUSED_ACTS[type(last)][1])
+            fused.act, fused.scalars = _FUSED_ACTS[type(last)]
             setattr(module, name, fused)
             setattr(module, next_name, torch.nn.Identity())
     for _, child in module.named_children():
