@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="TrainConfig override KEY=VALUE")
     ap.add_argument("--budget-s", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--csv", default="")
+    ap.add_argument("--runs-dir", default="", help="keep the run folder here (default: a temporary folder)")
     args = ap.parse_args(argv)
     os.environ["TRANSFER_STUDIO_HOME"] = tempfile.mkdtemp(prefix="probe-home-")  # pays its own decoding
 
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs:
         overrides["epochs"] = args.epochs
     cfg = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze), TrainConfig(**overrides))
-    run_dir = runs.create_run(cfg, trainset.resolve(cfg.dataset), Path(tempfile.mkdtemp(prefix="probe-runs-")))
+    run_dir = runs.create_run(cfg, trainset.resolve(cfg.dataset), Path(args.runs_dir or tempfile.mkdtemp(prefix="probe-runs-")))
+    print(json.dumps({"run_dir": str(run_dir)}), flush=True)
     rows: list[dict] = []
     t0 = time.time()
 
