@@ -24,16 +24,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def parse_sets(items: list[str]) -> dict:
-    """KEY=VALUE pairs → TrainConfig overrides (JSON values, comma lists for tuple fields)."""
+def parse_sets(items: list[str], cls: type | None = None) -> dict:
+    """KEY=VALUE pairs → overrides of a config dataclass, TrainConfig by default (JSON values, comma lists for
+    tuple fields)."""
     from core.config import TrainConfig
 
-    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    cls = cls or TrainConfig
+    kinds = {f.name: f.type for f in fields(cls)}
     out = {}
     for item in items:
         key, _, raw = item.partition("=")
         if key not in kinds:
-            raise SystemExit(f"unknown TrainConfig field '{key}'")
+            raise SystemExit(f"unknown {cls.__name__} field '{key}'")
         if "tuple" in str(kinds[key]):
             out[key] = tuple(v for v in raw.split(",") if v)
         else:
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freeze", default="all")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], help="TrainConfig override KEY=VALUE")
+    ap.add_argument("--freeze-set", action="append", default=[], help="FreezeConfig override KEY=VALUE")
     ap.add_argument("--budget-s", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--csv", default="")
     ap.add_argument("--runs-dir", default="", help="keep the run folder here (default: a temporary folder)")
@@ -68,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_sets(args.set)
     if args.epochs:
         overrides["epochs"] = args.epochs
-    cfg = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze), TrainConfig(**overrides))
-    run_dir = runs.create_run(cfg, trainset.resolve(cfg.dataset), Path(args.runs_dir or tempfile.mkdtemp(prefix="probe-runs-")))
+    freeze_overrides = parse_sets(args.freeze_set, FreezeConfig)
+    cfg = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze, **freeze_overrides),
+                    TrainConfig(**overrides))
+    runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="probe-runs-"))
+    run_dir = runs.create_run(cfg, trainset.resolve(cfg.dataset), runs_dir)
     print(json.dumps({"run_dir": str(run_dir)}), flush=True)
     rows: list[dict] = []
     t0 = time.time()
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = (lambda: time.time() - t0 > args.budget_s) if args.budget_s else (lambda: False)
     res = fit(run_dir, [on], should_stop=stop)
     best = max((r["val_accuracy"] for r in rows), default=None)
-    summary = {"recipe": {"freeze": args.freeze, **{k: list(v) if isinstance(v, tuple) else v
+    summary = {"recipe": {"freeze": args.freeze, **freeze_overrides, **{k: list(v) if isinstance(v, tuple) else v
                                                      for k, v in overrides.items()}},
                "state": res.state, "best_val_accuracy": best, "seconds": round(time.time() - t0, 1),
                "s_to": {str(t): next((r["seconds"] for r in rows if r["val_accuracy"] >= t), None)

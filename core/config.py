@@ -48,6 +48,8 @@ class FreezeConfig:
         return cls(**data)
 
 
+IMAGE_FITS = ("crop", "squash")  # the keys of core.pipeline.FITS (config stays free of image code)
+
 AUGMENTATIONS = {
     "crop": "Random crop and zoom (the model sees different parts of each photo).",
     "flip": "Mirror left-right (off when left/right matters, e.g. arrows or text).",
@@ -75,6 +77,7 @@ class TrainConfig:
     max_bad_steps: int = 3
     nproc: int = 1  # processes on this machine (one per GPU; DDP). batch_size is per process.
     train_size: int = 0  # side of the training crops in pixels; 0 = the model's input size (validation always is)
+    image_fit: str = "crop"  # how a photo becomes the model's square: core.pipeline.FITS (runs saved before: crop)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -85,6 +88,8 @@ class TrainConfig:
             raise ValueError("the learning rate must be between 0 and 10")
         if self.train_size and not 32 <= self.train_size <= 1024:
             raise ValueError("the training image size must be between 32 and 1024 pixels (0 = the model's own)")
+        if self.image_fit not in IMAGE_FITS:
+            raise ValueError(f"image fit must be one of {', '.join(IMAGE_FITS)}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError("optimizer must be 'adamw' or 'sgd'")
         unknown = set(self.augment) - set(AUGMENTATIONS)

@@ -256,7 +256,7 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
     dev = plan.torch_device()
     classes = list(manifest["classes"])
     spec = zoo.get_spec(cfg.backbone)
-    prep = prep_for(spec)
+    prep = prep_for(spec, tc.image_fit)
 
     torch.manual_seed(tc.seed)
     model = get_task(cfg.task).build_model(cfg.backbone, len(classes), cfg.pretrained).to(dev)

@@ -522,7 +522,7 @@ def learning_curve(run_dir: str | os.PathLike, fractions: Sequence[float] = LEAR
     if not zoo.has_weights(spec):
         return {"available": False, "reason": f"{cfg.backbone} has no pretrained weights on this machine, so "
                 "there are no pretrained embeddings to measure the learning curve with."}
-    prep = prep_for(spec)
+    prep = prep_for(spec, cfg.train.image_fit)
     paths = [it["path"] for it in items]
     cache = build_cache(paths, prep, (lambda d, t: on_progress("reading images", d, t)) if on_progress else None)
     plan = plan_device(cfg.train.device, cfg.train.precision)

@@ -36,7 +36,7 @@ import torch
 
 from core import runs
 from core.config import FreezeConfig
-from core.pipeline import _INTERP, Prep, eval_batch, load_square, prep_for
+from core.pipeline import _INTERP, FITS, Prep, eval_batch, load_square, prep_for
 from core.storage import read_json, write_bytes_atomic, write_json_atomic
 
 EXPORT_FORMAT = "transfer-studio-export"
@@ -131,7 +131,7 @@ def build_manifest(run_dir: str | os.PathLike) -> dict:
     cfg = runs.load_config(run_dir)
     classes = list(runs.load_dataset(run_dir)["classes"])
     spec = zoo.get_spec(cfg.backbone)
-    prep = prep_for(spec)
+    prep = prep_for(spec, cfg.train.image_fit)
     best = read_json(run_dir / "checkpoints" / "best.json", {}) or {}
     metrics = {k: best.get(k) for k in ("val_accuracy", "val_loss", "epoch") if best.get(k) is not None}
     ev = load_evaluation(run_dir)
@@ -144,10 +144,7 @@ def build_manifest(run_dir: str | os.PathLike) -> dict:
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
         "task": cfg.task, "backbone": cfg.backbone, "architecture": spec.arch,
         "num_classes": len(classes), "classes": classes,
-        "preprocessing": {**asdict(prep), "steps": (
-            f"decode, apply EXIF orientation, convert to RGB (alpha on white); resize the shorter side to "
-            f"{prep.scale_size} px ({prep.interpolation}); centre-crop {prep.size}x{prep.size}; x = (pixel - 255*mean)"
-            " / (255*std), channels first (N,3,H,W)")},
+        "preprocessing": {**asdict(prep), "steps": preprocessing_steps(prep)},
         "input": {"name": "input", "shape": ["batch", 3, prep.size, prep.size], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["batch", len(classes)], "meaning": "softmax gives the probabilities"},
         "metrics": metrics,
@@ -160,6 +157,15 @@ def build_manifest(run_dir: str | os.PathLike) -> dict:
                    "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
         "files": {},
     }
+
+
+def preprocessing_steps(prep: Prep) -> str:
+    """The manifest's plain-words description of how an image becomes the model's input."""
+    square = (f"resize the whole image to {prep.scale_size}x{prep.scale_size} px ({prep.interpolation}; its "
+              "proportions change)" if prep.fit == "squash" else
+              f"resize the shorter side to {prep.scale_size} px ({prep.interpolation}) and keep the centre square")
+    return (f"decode, apply EXIF orientation, convert to RGB (alpha on white); {square}; centre-crop "
+            f"{prep.size}x{prep.size}; x = (pixel - 255*mean) / (255*std), channels first (N,3,H,W)")
 
 
 # --- check inputs and comparison ----------------------------------------------------------------------------------
@@ -273,7 +279,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
         raise ExportError(f"{folder} exists and is not a folder; give a folder for the export.")
     folder.mkdir(parents=True, exist_ok=True)
     previous = previous_export(folder, manifest)
-    prep = Prep(**{k: manifest["preprocessing"][k] for k in ("size", "scale_size", "interpolation", "mean", "std")})
+    prep = manifest_prep(manifest["preprocessing"])
     x, note = _check_inputs(run_dir, prep, n_check)
     batches = _batches(x)
     reference = _reference(model, x)
@@ -491,6 +497,8 @@ def validate_manifest(data: object) -> dict:
     scale = int(_number(prep.get("scale_size"), "preprocessing.scale_size", size, 4096))
     if size != prep["size"] or scale != prep["scale_size"]:
         raise ExportError("manifest.json: preprocessing sizes must be whole numbers.")
+    if prep.get("fit", "crop") not in FITS:
+        raise ExportError(f"manifest.json: preprocessing.fit must be one of {', '.join(FITS)}.")
     if prep.get("interpolation") not in _INTERP:
         raise ExportError(f"manifest.json: preprocessing.interpolation must be one of {', '.join(_INTERP)}.")
     for key in ("mean", "std"):
@@ -653,9 +661,7 @@ def load_export(path: str | os.PathLike) -> LoadedExport:
     state = load_bytes(data)
     model = _build(manifest["task"], manifest["architecture"], manifest["num_classes"])
     model.load_state_dict(state, strict=True)
-    prep_d = manifest["preprocessing"]
-    prep = Prep(int(prep_d["size"]), int(prep_d["scale_size"]), prep_d["interpolation"],
-                tuple(float(v) for v in prep_d["mean"]), tuple(float(v) for v in prep_d["std"]))
+    prep = manifest_prep(manifest["preprocessing"])
     return LoadedExport(model.eval(), manifest, prep, str(p), state)
 
 
@@ -680,6 +686,8 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
     args += ["--seed", str(tc.seed)]
     if cfg.task in ("classification", "segmentation") and not cfg.quick:  # always: 0 is not the default
         args += ["--train-size", str(tc.train_size)]
+    if cfg.task == "classification":  # always: the default changed once (crop, then squash)
+        args += ["--image-fit", tc.image_fit]
     vf = source.get("val_fraction")
     if source.get("kind") == "folder" and vf is not None and vf != 0.2:
         args += ["--val-fraction", repr(vf)]
@@ -735,7 +743,7 @@ _EXAMPLE = '''"""Classify images with the model exported here by Transfer Studio
     python predict_example.py IMAGE [IMAGE ...] [--format __FORMAT_CHOICES__] [--top-k 3]
 
 Needs: pip install pillow numpy __NEEDS__
-Preprocessing is the app's own (see manifest.json): RGB, shorter side to __SCALE__ px (__INTERP__), centre crop
+Preprocessing is the app's own (see manifest.json): RGB, __SQUARE__ (__INTERP__), centre crop
 __SIZE__ px, normalise with the manifest's mean and std. 16-bit images: convert them to 8-bit first.
 """
 import argparse
@@ -766,12 +774,17 @@ def preprocess(path):
         else:
             im = im.copy()
     s, size = PREP["scale_size"], PREP["size"]
-    w, h = im.size
-    scale = s / min(w, h)
-    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-    left, top, off = (nw - s) // 2, (nh - s) // 2, (s - size) // 2
-    fx, fy = w / nw, h / nh  # resample only the centre square (exactly as the app does), then crop
-    im = im.resize((s, s), RESAMPLE[PREP["interpolation"]], box=(left * fx, top * fy, (left + s) * fx, (top + s) * fy))
+    off = (s - size) // 2
+    if PREP.get("fit", "crop") == "squash":  # the whole image, stretched to the square
+        im = im.resize((s, s), RESAMPLE[PREP["interpolation"]])
+    else:  # resample only the centre square of the shorter side (exactly as the app does)
+        w, h = im.size
+        scale = s / min(w, h)
+        nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+        left, top = (nw - s) // 2, (nh - s) // 2
+        fx, fy = w / nw, h / nh
+        im = im.resize((s, s), RESAMPLE[PREP["interpolation"]],
+                       box=(left * fx, top * fy, (left + s) * fx, (top + s) * fy))
     im = im.crop((off, off, off + size, off + size))
     x = np.asarray(im, dtype=np.float32)
     mean = np.asarray(PREP["mean"], dtype=np.float32) * 255
@@ -844,6 +857,19 @@ if __name__ == "__main__":
 '''
 
 
+def manifest_prep(prep_d: dict) -> Prep:
+    """The Prep a (validated) manifest's preprocessing describes; exports made before `fit` existed crop."""
+    return Prep(int(prep_d["size"]), int(prep_d["scale_size"]), prep_d["interpolation"],
+                tuple(float(v) for v in prep_d["mean"]), tuple(float(v) for v in prep_d["std"]),
+                prep_d.get("fit", "crop"))
+
+
+def _square_words(prep: dict) -> str:
+    s = prep["scale_size"]
+    return (f"whole image stretched to {s}x{s} px" if prep.get("fit", "crop") == "squash" else
+            f"shorter side to {s} px and its centre square")
+
+
 def example_script(manifest: dict) -> str:
     """predict_example.py for the formats listed in the manifest."""
     formats = [f for f in FORMATS if f in (manifest.get("files") or {})] or ["safetensors"]
@@ -852,5 +878,5 @@ def example_script(manifest: dict) -> str:
     prep = manifest["preprocessing"]
     return (_EXAMPLE.replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))
             .replace("__FORMAT_CHOICES__", "|".join(formats)).replace("__FORMATS__", repr(formats))
-            .replace("__NEEDS__", " ".join(pkgs)).replace("__SCALE__", str(prep["scale_size"]))
+            .replace("__NEEDS__", " ".join(pkgs)).replace("__SQUARE__", _square_words(prep))
             .replace("__INTERP__", str(prep["interpolation"])).replace("__SIZE__", str(prep["size"])))

@@ -119,8 +119,8 @@ class Predictor:
         if threshold == "stored":
             threshold = stored_threshold(run_dir, weights)
         meta = read_json(run_dir / "checkpoints" / f"{weights}.json")
-        return cls(model, classes, prep_for(spec), plan_device(device, precision), _check_threshold(threshold),
-                   cfg.task, cfg.backbone, spec.arch, "run", run_dir, dict(meta or {}))
+        return cls(model, classes, prep_for(spec, cfg.train.image_fit), plan_device(device, precision),
+                   _check_threshold(threshold), cfg.task, cfg.backbone, spec.arch, "run", run_dir, dict(meta or {}))
 
     @classmethod
     def from_export(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",

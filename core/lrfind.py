@@ -57,7 +57,7 @@ def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfi
     manifest = trainset.resolve(dataset)
     classes = manifest["classes"]
     spec = zoo.get_spec(backbone)
-    prep = prep_for(spec)
+    prep = prep_for(spec, train.image_fit)
     data = prepare_run_data(manifest, prep)
     cache, labels, train_idx = data.cache, data.labels, data.train_idx
     torch.manual_seed(train.seed)

@@ -1,7 +1,8 @@
 """Images for training and prediction, prepared the same way for both.
 
-Every photo is decoded once (EXIF orientation, colour modes: `core.data.images.load_rgb`), resized so its short side
-is the backbone's eval resize size and centre-cropped to a square, and cached as uint8 (in memory and on disk, so a
+Every photo is decoded once (EXIF orientation, colour modes: `core.data.images.load_rgb`), made square at the
+backbone's eval resize size (`fit`: the short side resized and the centre square cut, or the whole photo stretched to
+the square) and cached as uint8 (in memory and on disk, so a
 second run starts at once). Validation and prediction take the centre crop of that square (= timm's eval transform);
 training takes random resized crops, flips and colour changes from it, all drawn from a generator seeded by
 (seed, epoch, position), so a resumed run sees exactly the same batches.
@@ -29,26 +30,41 @@ from core.settings import cache_root
 from core.storage import write_json_atomic
 from core.zoo import BackboneSpec
 
+# How a photo becomes the model's square. "crop" is timm's eval transform; "squash" keeps the whole photo (the top
+# and bottom of a portrait garment, a long object), stretched: +1–2 points on clothing10 (BENCHMARKS.md, issue 9).
+FITS = {"crop": "Crop the centre square (the edges of long photos are cut off)",
+        "squash": "Whole photo, stretched to a square (nothing is cut off)"}
+
 _INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
 @dataclass(frozen=True)
 class Prep:
-    """The preprocessing identity of a backbone: crop size, resize size, interpolation, normalisation."""
+    """The preprocessing identity of a run: crop size, resize size, interpolation, normalisation, and how a photo
+    becomes a square (`fit`, one of FITS)."""
 
     size: int
     scale_size: int
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    fit: str = "crop"
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """Identity for caches; "crop" is left out so caches made before `fit` existed stay valid."""
+        d = asdict(self)
+        if d["fit"] == "crop":
+            del d["fit"]
+        return json.dumps(d, sort_keys=True)
 
 
-def prep_for(spec: BackboneSpec) -> Prep:
-    return Prep(spec.input_size, math.floor(spec.input_size / spec.crop_pct), spec.interpolation, spec.mean, spec.std)
+def prep_for(spec: BackboneSpec, fit: str = "crop") -> Prep:
+    """The backbone's eval preprocessing (timm's resize size, crop, interpolation, normalisation) with `fit`."""
+    if fit not in FITS:
+        raise ValueError(f"Unknown image fit '{fit}'; use one of {', '.join(FITS)}")
+    return Prep(spec.input_size, math.floor(spec.input_size / spec.crop_pct), spec.interpolation, spec.mean, spec.std,
+                fit)
 
 
 # The way `square` computes its pixels; part of every cache key, so caches made another way are rebuilt.
@@ -56,11 +72,17 @@ SQUARE_VERSION = 2  # 2: resample only the centre square's source box (1: resize
 
 
 def square(img: Image.Image, prep: Prep) -> np.ndarray:
-    """Resize the short side to prep.scale_size and centre-crop a square: uint8 HxWx3. Only the square's source
-    box is resampled (Pillow's `box`; the filter still reads the pixels just outside it), which is the same picture
-    as resizing the whole photo and cropping (within one level of rounding) for 25–45 % less work."""
+    """The photo as a prep.scale_size square, uint8 HxWx3.
+
+    fit "crop": resize the short side and cut the centre square. Only the square's source box is resampled
+    (Pillow's `box`; the filter still reads the pixels just outside it), which is the same picture as resizing the
+    whole photo and cropping (within one level of rounding) for 25–45 % less work.
+    fit "squash": resize the whole photo to the square (its proportions change; nothing is cut off)."""
     s = prep.scale_size
     w, h = img.size
+    if prep.fit == "squash":
+        return np.asarray(img.resize((s, s), _INTERP.get(prep.interpolation, Image.Resampling.BILINEAR)),
+                          dtype=np.uint8)
     scale = s / min(w, h)
     nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
     left, top = (nw - s) // 2, (nh - s) // 2

@@ -239,7 +239,7 @@ def train_quick(run_dir: Path, subscribers: Sequence[Callable[[Event], None]] = 
     plan = plan_device(cfg.train.device, cfg.train.precision)
     classes, items = list(manifest["classes"]), manifest["items"]
     spec = zoo.get_spec(cfg.backbone)
-    prep = prep_for(spec)
+    prep = prep_for(spec, cfg.train.image_fit)
     paths = [it["path"] for it in items]
     data = prepare_run_data(manifest, prep, lambda d, t: emit(Preparing(d, t)),
                             lambda msg: emit(Notice("warning", msg)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,49 @@ def test_training_crops_can_be_smaller_than_the_model_input(colours: Path, tmp_p
     run_dir = _run(colours, tmp_path, epochs=1, train_size=48)
     assert engine.fit(run_dir, [RunRecorder(run_dir)]).state == "completed"
     assert runs.load_config(run_dir).train.train_size == 48
+
+
+def test_squash_keeps_the_whole_photo_and_crop_cuts_its_ends(tmp_path: Path) -> None:
+    """A portrait photo with coloured top and bottom bands: "crop" keeps only the middle, "squash" keeps the bands
+    (stretched); each fit has its own image cache, and caches made before `fit` existed keep their key."""
+    from PIL import Image
+
+    from core.pipeline import FITS, Prep, _cache_key, square
+
+    assert tuple(FITS) == ("crop", "squash")
+    img = np.zeros((120, 40, 3), np.uint8)
+    img[:20] = (255, 0, 0)   # red top band
+    img[-20:] = (0, 0, 255)  # blue bottom band
+    photo = Image.fromarray(img)
+    crop = square(photo, Prep(32, 40, "bilinear", (0.5,) * 3, (0.5,) * 3))
+    squash = square(photo, Prep(32, 40, "bilinear", (0.5,) * 3, (0.5,) * 3, "squash"))
+    assert crop.shape == squash.shape == (40, 40, 3)
+    assert crop.max() < 30, "the centre square of a 1:3 portrait holds none of its end bands"
+    assert squash[0, 20, 0] > 200 and squash[-1, 20, 2] > 200 and squash[20, 20].max() < 30
+    crop_prep = Prep(32, 40, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    assert "fit" not in crop_prep.key() and '"fit": "squash"' in Prep(32, 40, "bilinear", (0.5,) * 3, (0.5,) * 3,
+                                                                      "squash").key()
+    assert _cache_key(["a.jpg"], crop_prep) != _cache_key(["a.jpg"], Prep(32, 40, "bilinear", (0.5,) * 3,
+                                                                          (0.5,) * 3, "squash"))
+    with pytest.raises(ValueError, match="image fit"):
+        TrainConfig(image_fit="pad")
+    assert TrainConfig.from_dict({"epochs": 2}).image_fit == "crop", "runs saved before the option crop"
+
+
+def test_a_squash_run_trains_and_predicts_with_squashed_photos(colours: Path, tmp_path: Path) -> None:
+    from core.inference import Predictor
+    from core.pipeline import predict_input
+
+    run_dir = _run(colours, tmp_path, epochs=1, image_fit="squash")
+    assert engine.fit(run_dir, [RunRecorder(run_dir)]).state == "completed"
+    predictor = Predictor.from_run(run_dir)
+    assert predictor.prep.fit == "squash"
+    from PIL import Image
+
+    band = np.zeros((90, 30, 3), np.uint8)
+    band[:15] = 255
+    photo = tmp_path / "portrait.png"
+    Image.fromarray(band).save(photo)
+    x = predictor.inputs([str(photo)])
+    assert torch.equal(x, predict_input(str(photo), predictor.prep))
+    assert not torch.equal(x, predict_input(str(photo), replace(predictor.prep, fit="crop")))

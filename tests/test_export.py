@@ -11,6 +11,7 @@ import pickle
 import shlex
 import shutil
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,26 @@ def test_mobilenetv2_with_pretrained_weights_exports_within_tolerance(tmp_path: 
     loaded = load_predictor(tmp_path / "out")
     files = sorted(str(p) for p in (Path(runs.load_config(run_dir).dataset) / "val").rglob("*.png"))
     assert [p.top_k for p in loaded.predict(files)] == [p.top_k for p in load_predictor(run_dir).predict(files)]
+
+
+def test_a_squash_run_exports_its_fit_and_the_example_script_squashes_too(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, model="test_resnet", image_fit="squash")
+    folder = tmp_path / "out"
+    assert export_run(run_dir, "safetensors", folder, n_check=2).ok
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["preprocessing"]["fit"] == "squash" and "whole image" in manifest["preprocessing"]["steps"]
+    assert load_export(folder).prep.fit == "squash"
+    assert "--image-fit squash" in reproduce_command(run_dir)
+    spec = importlib.util.spec_from_file_location("predict_example_squash", folder / "predict_example.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    prep = load_predictor(run_dir).prep
+    source = sorted((Path(runs.load_config(run_dir).dataset) / "val").rglob("*.png"))[0]
+    for i, (w, h) in enumerate([(97, 61), (45, 130)]):
+        odd = tmp_path / f"odd{i}.jpg"
+        Image.open(source).convert("RGB").resize((w, h)).save(odd)
+        assert np.array_equal(example.preprocess(odd), predict_input(str(odd), prep).numpy())
+        assert not np.array_equal(example.preprocess(odd), predict_input(str(odd), replace(prep, fit="crop")).numpy())
+    bad = {**manifest, "preprocessing": {**manifest["preprocessing"], "fit": "pad"}}
+    with pytest.raises(ExportError, match="preprocessing.fit"):
+        validate_manifest(bad)

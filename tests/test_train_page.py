@@ -98,3 +98,20 @@ def test_unticking_faster_epochs_trains_at_the_models_size(home: Path, sample_te
     from core import jobs
 
     jobs.cancel(run_dir)
+
+
+def test_image_fit_choice_reaches_the_run(home: Path, sample_textures) -> None:
+    at = _with_sample()
+    radio = at.radio(key="train_image_fit")
+    assert radio.value == CLASSIFICATION.default_train().image_fit, "the measured default is preselected"
+    assert len(radio.options) == 2 and any("stretched" in o for o in radio.options)
+    other = "crop" if radio.value == "squash" else "squash"
+    radio.set_value(other).run()
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    run_dir = runs_root() / at.session_state["draft_run_id"]
+    assert runs.load_config(run_dir).train.image_fit == other
+    from core import jobs
+
+    jobs.cancel(run_dir)

@@ -11,6 +11,7 @@ from core import jobs, runs, trainset, zoo
 from core.config import AUGMENTATIONS, RunConfig, TrainConfig
 from core.distributed import gpu_rows, lr_scale, multi_gpu_note, scaling_note
 from core.lrfind import find_lr_isolated
+from core.pipeline import FITS
 from core.plots import batch_loss_figure, epoch_curves, extra_metrics_figure, lr_find_figure
 from core.progress import read_run
 from core.settings import runs_root
@@ -91,7 +92,7 @@ def _settings() -> TrainConfig:
                                  key="train_augment", help="Random changes that make the model robust.")
         for name in augment:
             st.caption(f"• {name}: {AUGMENTATIONS[name]}")
-        train_size = 0
+        train_size, image_fit = 0, None
         if TASK.name == "classification":
             full = zoo.get_spec(backbone).input_size
             small = TASK.default_train_size(full)
@@ -99,6 +100,12 @@ def _settings() -> TrainConfig:
                            help=f"About half the time per epoch. Validation and predictions keep {full}×{full}; "
                                 "models trained on smaller crops usually do as well at the full size."):
                 train_size = small
+            fits = list(FITS)
+            image_fit = st.radio("How photos become squares", fits, index=fits.index(defaults.image_fit),
+                                 format_func=FITS.get, key="train_image_fit", horizontal=True,
+                                 help="The model sees square images. Cropping cuts the ends off tall or wide "
+                                      "photos (a dress's hem, a shoe's toe); stretching keeps everything. The "
+                                      "default is the one that measured better; predictions use the same choice.")
         if "crop_size" in options:
             full = getattr(TASK, "full_crop", 352)
             sizes = sorted({192, 224, 256, 288, 320, 352, 384, 448, 512, defaults.train_size or full})
@@ -118,7 +125,8 @@ def _settings() -> TrainConfig:
                                         if defaults.class_weights else ""))
         nproc = _gpus(defaults, int(batch), lr)
     return defaults.with_choices(epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed),
-                                 augment=tuple(augment), class_weights=weights, nproc=nproc, train_size=train_size)
+                                 augment=tuple(augment), class_weights=weights, nproc=nproc, train_size=train_size,
+                                 image_fit=image_fit)
 
 
 def _gpus(defaults: TrainConfig, batch: int, lr: float | None) -> int:
