@@ -351,9 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="side of the training crops; validation keeps the full size. Classification: default "
                    "about 0.72 x the model's input (224 -> 160, about 2x faster per epoch than 224 on a CPU), 0 = "
                    "the model's input size; segmentation: default the task's, 0 = 352")
-    p.add_argument("--image-fit", choices=["crop", "squash"], default=None,
-                   help="classification: how a photo becomes the model's square: crop its centre or squash "
-                   "(stretch) the whole photo (default: the task's)")
+    p.add_argument("--image-fit", choices=["crop", "squash", "pad"], default=None,
+                   help="classification: how a photo becomes the model's square: crop its centre, squash "
+                   "(stretch) the whole photo, or pad it with borders (default: the task's)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="used when the data has no val/ folder")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,

@@ -48,7 +48,7 @@ class FreezeConfig:
         return cls(**data)
 
 
-IMAGE_FITS = ("crop", "squash")  # the keys of core.pipeline.FITS (config stays free of image code)
+IMAGE_FITS = ("crop", "squash", "pad")  # the keys of core.pipeline.FITS (config stays free of image code)
 
 AUGMENTATIONS = {
     "crop": "Random crop and zoom (the model sees different parts of each photo).",

@@ -161,9 +161,11 @@ def build_manifest(run_dir: str | os.PathLike) -> dict:
 
 def preprocessing_steps(prep: Prep) -> str:
     """The manifest's plain-words description of how an image becomes the model's input."""
-    square = (f"resize the whole image to {prep.scale_size}x{prep.scale_size} px ({prep.interpolation}; its "
-              "proportions change)" if prep.fit == "squash" else
-              f"resize the shorter side to {prep.scale_size} px ({prep.interpolation}) and keep the centre square")
+    s = prep.scale_size
+    square = {"squash": f"resize the whole image to {s}x{s} px ({prep.interpolation}; its proportions change)",
+              "pad": f"resize the longer side to {s} px ({prep.interpolation}) and centre the image on a {s}x{s} "
+                     "square of the mean colour (round(255*mean))"}.get(
+        prep.fit, f"resize the shorter side to {s} px ({prep.interpolation}) and keep the centre square")
     return (f"decode, apply EXIF orientation, convert to RGB (alpha on white); {square}; centre-crop "
             f"{prep.size}x{prep.size}; x = (pixel - 255*mean) / (255*std), channels first (N,3,H,W)")
 
@@ -775,8 +777,15 @@ def preprocess(path):
             im = im.copy()
     s, size = PREP["scale_size"], PREP["size"]
     off = (s - size) // 2
-    if PREP.get("fit", "crop") == "squash":  # the whole image, stretched to the square
+    fit = PREP.get("fit", "crop")
+    if fit == "squash":  # the whole image, stretched to the square
         im = im.resize((s, s), RESAMPLE[PREP["interpolation"]])
+    elif fit == "pad":  # the whole image on a square of the mean colour
+        k = s / max(im.size)
+        small = im.resize((max(1, round(im.size[0] * k)), max(1, round(im.size[1] * k))),
+                          RESAMPLE[PREP["interpolation"]])
+        im = Image.new("RGB", (s, s), tuple(round(255 * m) for m in PREP["mean"]))
+        im.paste(small, ((s - small.size[0]) // 2, (s - small.size[1]) // 2))
     else:  # resample only the centre square of the shorter side (exactly as the app does)
         w, h = im.size
         scale = s / min(w, h)
@@ -866,8 +875,9 @@ def manifest_prep(prep_d: dict) -> Prep:
 
 def _square_words(prep: dict) -> str:
     s = prep["scale_size"]
-    return (f"whole image stretched to {s}x{s} px" if prep.get("fit", "crop") == "squash" else
-            f"shorter side to {s} px and its centre square")
+    return {"squash": f"whole image stretched to {s}x{s} px",
+            "pad": f"longer side to {s} px, on a {s}x{s} square of the mean colour"}.get(
+        prep.get("fit", "crop"), f"shorter side to {s} px and its centre square")
 
 
 def example_script(manifest: dict) -> str:

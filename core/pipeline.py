@@ -30,10 +30,12 @@ from core.settings import cache_root
 from core.storage import write_json_atomic
 from core.zoo import BackboneSpec
 
-# How a photo becomes the model's square. "crop" is timm's eval transform; "squash" keeps the whole photo (the top
-# and bottom of a portrait garment, a long object), stretched: +1–2 points on clothing10 (BENCHMARKS.md, issue 9).
+# How a photo becomes the model's square. "crop" (the default) is timm's eval transform; "squash" and "pad" keep the
+# whole photo (the top and bottom of a portrait garment): +2 points fine-tuned on clothing10, -1.5 on hymenoptera
+# and worse for the quick model on both (BENCHMARKS.md, "How photos become squares").
 FITS = {"crop": "Crop the centre square (the edges of long photos are cut off)",
-        "squash": "Whole photo, stretched to a square (nothing is cut off)"}
+        "squash": "Whole photo, stretched to a square (nothing is cut off)",
+        "pad": "Whole photo, with borders to make it square (nothing is cut off or stretched)"}
 
 _INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
@@ -77,19 +79,37 @@ def square(img: Image.Image, prep: Prep) -> np.ndarray:
     fit "crop": resize the short side and cut the centre square. Only the square's source box is resampled
     (Pillow's `box`; the filter still reads the pixels just outside it), which is the same picture as resizing the
     whole photo and cropping (within one level of rounding) for 25–45 % less work.
-    fit "squash": resize the whole photo to the square (its proportions change; nothing is cut off)."""
+    fit "squash": resize the whole photo to the square (its proportions change; nothing is cut off).
+    fit "pad": resize the long side and centre the whole photo on a square of the mean colour (borders)."""
     s = prep.scale_size
     w, h = img.size
+    resample = _INTERP.get(prep.interpolation, Image.Resampling.BILINEAR)
     if prep.fit == "squash":
-        return np.asarray(img.resize((s, s), _INTERP.get(prep.interpolation, Image.Resampling.BILINEAR)),
-                          dtype=np.uint8)
+        return np.asarray(img.resize((s, s), resample), dtype=np.uint8)
+    if prep.fit == "pad":
+        return np.asarray(padded(img, s, resample, pad_colour(prep)), dtype=np.uint8)
     scale = s / min(w, h)
     nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
     left, top = (nw - s) // 2, (nh - s) // 2
     fx, fy = w / nw, h / nh
     box = (left * fx, top * fy, (left + s) * fx, (top + s) * fy)
-    img = img.resize((s, s), _INTERP.get(prep.interpolation, Image.Resampling.BILINEAR), box=box)
+    img = img.resize((s, s), resample, box=box)
     return np.asarray(img, dtype=np.uint8)
+
+
+def pad_colour(prep: Prep) -> tuple[int, int, int]:
+    """The border colour of "pad": the normalisation mean, which the model sees as zero."""
+    return tuple(round(255 * m) for m in prep.mean)
+
+
+def padded(img: Image.Image, s: int, resample: Image.Resampling, colour: tuple[int, int, int]) -> Image.Image:
+    """The whole photo, its long side resized to `s`, centred on an s×s canvas of `colour`."""
+    w, h = img.size
+    k = s / max(w, h)
+    small = img.resize((max(1, round(w * k)), max(1, round(h * k))), resample)
+    canvas = Image.new("RGB", (s, s), colour)
+    canvas.paste(small, ((s - small.size[0]) // 2, (s - small.size[1]) // 2))
+    return canvas
 
 
 def reduced_train_size(input_size: int) -> int:

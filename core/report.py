@@ -600,7 +600,8 @@ def _training(r: _Run) -> str:
     if r.config.get("task", "classification") == "classification":
         fit = tc.get("image_fit", "crop")
         settings.insert(6, ("photos made square by", _e({"crop": "cropping the centre",
-                                                          "squash": "stretching the whole photo"}.get(fit, fit))))
+                                                          "squash": "stretching the whole photo",
+                                                          "pad": "adding borders to the whole photo"}.get(fit, fit))))
     if started.get("n_train") is not None:
         settings.insert(0, ("photos", f"{_int(started.get('n_train'))} training, {_int(started.get('n_val'))} "
                                       "validation"))

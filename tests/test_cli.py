@@ -105,7 +105,7 @@ def test_train_without_choices_uses_the_classification_defaults(tmp_path: Path, 
     full = zoo.get_spec("test_resnet").input_size
     assert config.train.train_size == CLASSIFICATION.default_train_size(full) < full
     assert config.train.image_fit == CLASSIFICATION.default_train().image_fit
-    other = "crop" if config.train.image_fit == "squash" else "squash"
+    other = "crop" if config.train.image_fit != "crop" else "pad"
     assert main([*args, "--image-fit", other]) == 0
     assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.image_fit == other
 

@@ -208,7 +208,7 @@ def test_squash_keeps_the_whole_photo_and_crop_cuts_its_ends(tmp_path: Path) -> 
 
     from core.pipeline import FITS, Prep, _cache_key, square
 
-    assert tuple(FITS) == ("crop", "squash")
+    assert tuple(FITS) == ("crop", "squash", "pad")
     img = np.zeros((120, 40, 3), np.uint8)
     img[:20] = (255, 0, 0)   # red top band
     img[-20:] = (0, 0, 255)  # blue bottom band
@@ -218,13 +218,16 @@ def test_squash_keeps_the_whole_photo_and_crop_cuts_its_ends(tmp_path: Path) -> 
     assert crop.shape == squash.shape == (40, 40, 3)
     assert crop.max() < 30, "the centre square of a 1:3 portrait holds none of its end bands"
     assert squash[0, 20, 0] > 200 and squash[-1, 20, 2] > 200 and squash[20, 20].max() < 30
+    pad = square(photo, Prep(32, 40, "bilinear", (0.5,) * 3, (0.5,) * 3, "pad"))
+    assert pad.shape == (40, 40, 3) and tuple(pad[20, 0]) == (128, 128, 128), "mean-coloured side borders"
+    assert pad[1, 20, 0] > 200 and pad[-2, 20, 2] > 200 and pad[20, 20].max() < 30, "both bands, not stretched"
     crop_prep = Prep(32, 40, "bilinear", (0.5,) * 3, (0.5,) * 3)
     assert "fit" not in crop_prep.key() and '"fit": "squash"' in Prep(32, 40, "bilinear", (0.5,) * 3, (0.5,) * 3,
                                                                       "squash").key()
     assert _cache_key(["a.jpg"], crop_prep) != _cache_key(["a.jpg"], Prep(32, 40, "bilinear", (0.5,) * 3,
                                                                           (0.5,) * 3, "squash"))
     with pytest.raises(ValueError, match="image fit"):
-        TrainConfig(image_fit="pad")
+        TrainConfig(image_fit="letterbox")
     assert TrainConfig.from_dict({"epochs": 2}).image_fit == "crop", "runs saved before the option crop"
 
 

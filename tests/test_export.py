@@ -332,15 +332,17 @@ def test_mobilenetv2_with_pretrained_weights_exports_within_tolerance(tmp_path: 
     assert [p.top_k for p in loaded.predict(files)] == [p.top_k for p in load_predictor(run_dir).predict(files)]
 
 
-def test_a_squash_run_exports_its_fit_and_the_example_script_squashes_too(tmp_path: Path) -> None:
-    run_dir = make_run(tmp_path, model="test_resnet", image_fit="squash")
+@pytest.mark.parametrize("fit", ["squash", "pad"])
+def test_a_run_exports_its_image_fit_and_the_example_script_does_the_same(tmp_path: Path, fit: str) -> None:
+    run_dir = make_run(tmp_path, model="test_resnet", image_fit=fit)
     folder = tmp_path / "out"
     assert export_run(run_dir, "safetensors", folder, n_check=2).ok
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["preprocessing"]["fit"] == "squash" and "whole image" in manifest["preprocessing"]["steps"]
-    assert load_export(folder).prep.fit == "squash"
-    assert "--image-fit squash" in reproduce_command(run_dir)
-    spec = importlib.util.spec_from_file_location("predict_example_squash", folder / "predict_example.py")
+    words = {"squash": "resize the whole image", "pad": "square of the mean colour"}[fit]
+    assert manifest["preprocessing"]["fit"] == fit and words in manifest["preprocessing"]["steps"]
+    assert load_export(folder).prep.fit == fit
+    assert f"--image-fit {fit}" in reproduce_command(run_dir)
+    spec = importlib.util.spec_from_file_location(f"predict_example_{fit}", folder / "predict_example.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     prep = load_predictor(run_dir).prep
@@ -350,6 +352,6 @@ def test_a_squash_run_exports_its_fit_and_the_example_script_squashes_too(tmp_pa
         Image.open(source).convert("RGB").resize((w, h)).save(odd)
         assert np.array_equal(example.preprocess(odd), predict_input(str(odd), prep).numpy())
         assert not np.array_equal(example.preprocess(odd), predict_input(str(odd), replace(prep, fit="crop")).numpy())
-    bad = {**manifest, "preprocessing": {**manifest["preprocessing"], "fit": "pad"}}
+    bad = {**manifest, "preprocessing": {**manifest["preprocessing"], "fit": "letterbox"}}
     with pytest.raises(ExportError, match="preprocessing.fit"):
         validate_manifest(bad)

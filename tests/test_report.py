@@ -100,7 +100,8 @@ def test_the_report_parses_and_has_every_section(trained: tuple[Path, str]) -> N
     assert "phase 2" in text and "From epoch 2" in text
     fit = runs.load_config(run_dir).train.image_fit
     assert "photos made square by" in text
-    assert {"crop": "cropping the centre", "squash": "stretching the whole photo"}[fit] in text
+    assert {"crop": "cropping the centre", "squash": "stretching the whole photo",
+            "pad": "adding borders to the whole photo"}[fit] in text
     assert sum(1 for tag, _ in p.tags if tag == "svg") >= 3  # loss, accuracy, reliability
     assert not list(run_dir.glob(f".{REPORT_FILE}.*"))  # atomic write: no temporary file left
 

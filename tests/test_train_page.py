@@ -104,8 +104,8 @@ def test_image_fit_choice_reaches_the_run(home: Path, sample_textures) -> None:
     at = _with_sample()
     radio = at.radio(key="train_image_fit")
     assert radio.value == CLASSIFICATION.default_train().image_fit, "the measured default is preselected"
-    assert len(radio.options) == 2 and any("stretched" in o for o in radio.options)
-    other = "crop" if radio.value == "squash" else "squash"
+    assert len(radio.options) == 3 and any("stretched" in o for o in radio.options)
+    other = "crop" if radio.value != "crop" else "squash"
     radio.set_value(other).run()
     at.number_input(key="train_epochs").set_value(1).run()
     at.button(key="train_start").click().run()
