@@ -174,9 +174,9 @@ def fastai(plan: Plan) -> Row:
 # --- the app's engine ---------------------------------------------------------------------------------------------
 
 def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quick: bool = False,
-            fresh: bool = True) -> Row:
-    """The app's engine with the classification defaults (`freeze`/`epochs` None = the defaults' own; the training
-    crop size is always the default's)."""
+            fresh: bool = True, image_fit: str | None = None) -> Row:
+    """The app's engine with the classification defaults (`freeze`/`epochs`/`image_fit` None = the defaults' own; the
+    training crop size is always the default's)."""
     from core import runs, trainset
     from core.config import FreezeConfig, RunConfig
     from core.engine import fit
@@ -186,7 +186,8 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
 
     if fresh:
         _fresh_home()
-    train = CLASSIFICATION.default_train().with_choices(epochs=epochs, train_size=0 if quick else _default_crop(plan))
+    train = CLASSIFICATION.default_train().with_choices(epochs=epochs, train_size=0 if quick else _default_crop(plan),
+                                                        image_fit=image_fit)
     chosen = FreezeConfig(freeze) if freeze else CLASSIFICATION.default_freeze()
     cfg = RunConfig(plan.model, str(plan.data), chosen, train, quick=quick, pretrained=plan.pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(plan.data)), Path(tempfile.mkdtemp(prefix="bench-runs-")))
@@ -235,14 +236,16 @@ def ours(plan: Plan, item: str) -> list[Row]:
         epochs = CLASSIFICATION.default_train().epochs
         what = f"{CLASSIFICATION.default_freeze().preset}, {epochs} epochs, {_default_crop(plan)}² crops"
         return [_engine(plan, None, None, f"ours: defaults ({what})")]
-    preset, epochs = item.split(":")
+    preset, epochs, *rest = item.split(":")  # PRESET:EPOCHS[:FIT], e.g. all:8:pad
+    fit = rest[0] if rest else None
+    how = f", {fit}" if fit else ""
     if epochs != "budget":
-        return [_engine(plan, preset, int(epochs), f"ours: {preset} x{epochs}")]
-    probe = _engine(plan, preset, 2, f"ours: {preset} x2 (probe)")
+        return [_engine(plan, preset, int(epochs), f"ours: {preset} x{epochs}{how}", image_fit=fit)]
+    probe = _engine(plan, preset, 2, f"ours: {preset} x2{how} (probe)", image_fit=fit)
     rows = [probe]
     for budget in plan.budgets:
         n = epochs_for(plan, preset, budget, probe)
-        rows.append(_engine(plan, preset, n, f"ours: {preset} x{n} (fits {budget} s)"))
+        rows.append(_engine(plan, preset, n, f"ours: {preset} x{n}{how} (fits {budget} s)", image_fit=fit))
     return rows
 
 
@@ -299,7 +302,7 @@ def smoke_plans(tmp: Path) -> list[Plan]:
     from tests.synthetic import make_colour_folders
 
     data = make_colour_folders(tmp / "colours", train=6, val=3, size=40)
-    return [Plan("smoke", data, (5, 10), ("head:1", "all:budget"), 1, model="test_resnet", tutorial_arch="test",
+    return [Plan("smoke", data, (5, 10), ("head:1", "all:budget:pad"), 1, model="test_resnet", tutorial_arch="test",
                  pretrained=False)]
 
 
@@ -309,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-references", action="store_true")
     ap.add_argument("--ours", default="", help="comma-separated engine items to run instead of each plan's own "
-                                               "(quick, defaults, PRESET:EPOCHS); use with --out elsewhere")
+                                               "(quick, defaults, PRESET:EPOCHS[:FIT], e.g. all:8:pad); use with --out "
+                                               "elsewhere")
     ap.add_argument("--smoke", action="store_true", help="a tiny synthetic run in seconds (checks the pipeline)")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -327,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plans = [Plan("hymenoptera", SHARED / "hymenoptera", (60, 120, 240), ("quick", "defaults", "gradual:4",
                                                                            "all:4"), 3),
-                 Plan("clothing10", SHARED / "clothing10", (300, 600), ("quick", "defaults"), 2)]
+                 Plan("clothing10", SHARED / "clothing10", (300, 600), ("quick", "defaults", "all:8:pad"), 2)]
         wanted = {w for w in args.only.split(",") if w}
         plans = [p for p in plans if (not wanted or p.name in wanted)]
         for p in [p for p in plans if not p.data.is_dir()]:
