@@ -25,7 +25,7 @@ def test_compare_smoke_writes_every_method(tmp_path: Path, home: Path) -> None:
     assert methods[:2] == ["tutorial fine-tune", "tutorial fixed-feature"]
     assert any(m.startswith("fastai") for m in methods)
     assert any(m.startswith("ours: head x1") for m in methods)
-    assert any("pad (fits 10 s)" in m for m in methods), "PRESET:EPOCHS:FIT items train with that image fit"
+    assert any("pad (fits 10 s)" in m for m in methods), "a PRESET:EPOCHS:FIT item runs and is named with its fit"
     assert all(r["best_val_accuracy"] for r in rows if not r["method"].startswith("fastai") or not r["note"])
     with open(out / "curves_smoke.csv") as fh:
         curves = list(csv.DictReader(fh))
