@@ -31,3 +31,29 @@ def test_compare_smoke_writes_every_method(tmp_path: Path, home: Path) -> None:
         curves = list(csv.DictReader(fh))
     assert {c["method"] for c in curves} >= {"ours: head x1"}
     assert "| method |" in (out / "compare_smoke.md").read_text()
+
+
+def test_views_probe_scores_runs_under_each_view_and_in_pairs(tmp_path: Path, home: Path) -> None:
+    import json
+
+    from core import engine, runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from tests.synthetic import make_colour_folders
+
+    data = make_colour_folders(tmp_path / "colours")
+    dirs = []
+    for fit in ("crop", "pad"):
+        tc = TrainConfig(epochs=1, batch_size=4, precision="fp32", device="cpu", image_fit=fit)
+        cfg = RunConfig("test_resnet", str(data), FreezeConfig("all"), tc, pretrained=False)
+        run_dir = runs.create_run(cfg, trainset.resolve(str(data)), tmp_path / "runs")
+        assert engine.fit(run_dir).state == "completed"
+        dirs.append(str(run_dir))
+    out = tmp_path / "views.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "views_probe.py"), *dirs, "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    singles, pairs = rows[:2], rows[2:]
+    assert [r["trained_on"] for r in singles] == ["crop", "pad"]
+    assert all(0 <= r[k] <= 1 for r in singles for k in ("crop", "pad", "squash", "crop+pad"))
+    assert len(pairs) == 1 and pairs[0]["trained_on"] == ["crop", "pad"] and 0 <= pairs[0]["two_runs"] <= 1
