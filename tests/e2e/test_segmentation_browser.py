@@ -50,5 +50,5 @@ def test_upload_images_and_masks_and_see_the_report(page, app_url, st_helpers, t
     expect(main.get_by_text("Share of labelled pixels per class")).to_be_visible()
 
 
-    main.get_by_text("Paint or fix a mask").click()  # the brush tool (streamlit-drawable-canvas) is offered
-    expect(main.get_by_text("Draw on the photo, then save.")).to_be_visible(timeout=st.SLOW_MS)
+    # the brush tool (streamlit-drawable-canvas) is offered; a click that lands during a rerun is retried
+    st.click_until(page, main.get_by_text("Paint or fix a mask"), main.get_by_text("Draw on the photo, then save."))
