@@ -38,16 +38,22 @@ def load_predictor(run_dir: Path, weights: str):
     return pred
 
 
-def view_probs(pred, manifest: dict, views: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Softmax probabilities on the validation photos for each view, and the true labels."""
-    from core.pipeline import prepare_run_data
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return round(float((probs.argmax(1) == labels).float().mean()), 4)
 
-    out, labels = {}, None
+
+def val_views(manifest: dict, prep, views: tuple[str, ...]) -> dict:
+    """For each view: the decoded validation photos only (cached on disk like the app's) and their labels."""
+    from core.pipeline import build_cache
+
+    items = [it for it in manifest["items"] if it["split"] == "val"]
+    label_of = {c: k for k, c in enumerate(manifest["classes"])}
+    out = {}
     for view in views:
-        data = prepare_run_data(manifest, replace(pred.prep, fit=view))
-        out[view] = pred.logits_for_cache(data.cache, data.val_idx, batch_size=64).softmax(1)
-        labels = data.labels[data.val_idx]
-    return out, labels
+        cache = build_cache([it["path"] for it in items], replace(prep, fit=view))
+        idx = [i for i in range(len(items)) if i not in cache.failed]
+        out[view] = (cache, idx, torch.tensor([label_of[items[i]["label"]] for i in idx]))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,24 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads()
     dirs = [Path(r) for r in args.runs]
     manifest = runs.load_dataset(dirs[0])
-    acc = lambda p, y: round(float((p.argmax(1) == y).float().mean()), 4)  # noqa: E731
-    probs, fits, rows = {}, {}, []
+    probs, fits, rows, photos = {}, {}, [], {}
     for run_dir in dirs:
         if runs.load_dataset(run_dir)["items"] != manifest["items"]:
             raise SystemExit(f"{run_dir}: not the same photos as {dirs[0]}")
         pred = load_predictor(run_dir, args.weights)
-        probs[run_dir.name], y = view_probs(pred, manifest, VIEWS)
-        fits[run_dir.name] = pred.prep.fit
-        p = probs[run_dir.name]
+        base = replace(pred.prep, fit="crop")  # decoded once per preprocessing, shared by runs of one backbone
+        photos[base] = photos.get(base) or val_views(manifest, base, VIEWS)
+        p = {v: pred.logits_for_cache(cache, idx, batch_size=64).softmax(1)
+             for v, (cache, idx, _) in photos[base].items()}
+        y = photos[base]["crop"][2]
+        probs[run_dir.name], fits[run_dir.name] = p, pred.prep.fit
         row = {"run": run_dir.name, "trained_on": pred.prep.fit, "weights": args.weights,
-               **{v: acc(p[v], y) for v in VIEWS}, "crop+pad": acc(p["crop"] + p["pad"], y)}
+               **{v: accuracy(p[v], y) for v in VIEWS}, "crop+pad": accuracy(p["crop"] + p["pad"], y)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     for a, b in itertools.combinations(probs, 2):
         own = probs[a][fits[a]] + probs[b][fits[b]]
         both = probs[a]["crop"] + probs[a]["pad"] + probs[b]["crop"] + probs[b]["pad"]
         row = {"runs": [a, b], "trained_on": [fits[a], fits[b]], "weights": args.weights,
-               "two_runs": acc(own, y), "two_runs_crop+pad": acc(both, y)}
+               "two_runs": accuracy(own, y), "two_runs_crop+pad": accuracy(both, y)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
