@@ -293,16 +293,19 @@ def fold_batchnorm(module: torch.nn.Module) -> None:
 _FUSED_ACTS = {torch.nn.ReLU6: ("hardtanh", (0.0, 6.0)), torch.nn.ReLU: ("relu", ())}  # oneDNN's names
 
 
-@lru_cache(maxsize=1)
-def _onednn_fusion() -> bool:
-    """True when this torch has oneDNN's fused convolution + activation for the CPU (and it gives the plain answer)."""
+@lru_cache(maxsize=4)
+def _onednn_fusion(dtype: torch.dtype = torch.float32) -> bool:
+    """True when this torch and this CPU have oneDNN's fused convolution + activation in `dtype` (and it gives the
+    plain answer). oneDNN's bf16 path needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT: a CPU without them, asked for bf16
+    autocast, gets the plain convolution + activation instead of an error."""
     try:
         op = torch.ops.mkldnn._convolution_pointwise
         x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
         with torch.autocast("cpu", enabled=False), torch.no_grad():  # the first call may come under autocast
-            fused = op(x, w, None, [1, 1], [1, 1], [1, 1], 1, "hardtanh", [0.0, 6.0], "")
-            plain = torch.nn.functional.conv2d(x, w, None, 1, 1).clamp(0, 6)
-        return bool(torch.allclose(fused, plain, atol=1e-5))
+            fused = op(x.to(dtype), w.to(dtype), None, [1, 1], [1, 1], [1, 1], 1, "hardtanh", [0.0, 6.0], "")
+            plain = torch.nn.functional.conv2d(x.to(dtype), w.to(dtype), None, 1, 1).clamp(0, 6)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        return bool(torch.allclose(fused.float(), plain.float(), atol=tol, rtol=tol))
     except (AttributeError, RuntimeError):
         return False
 
@@ -334,7 +337,7 @@ class Conv2dAct(torch.nn.Conv2d):
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
             return False
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        return dtype in (torch.float32, torch.bfloat16) and isinstance(self.padding, tuple) and _onednn_fusion()
+        return dtype in (torch.float32, torch.bfloat16) and isinstance(self.padding, tuple) and _onednn_fusion(dtype)
 
 
 def fuse_conv_act(module: torch.nn.Module) -> None:
