@@ -97,6 +97,9 @@ def plan_device(prefer: str = "auto", precision: str = "auto") -> DevicePlan:
     if precision == "bf16" or (precision == "auto" and cpu_supports_bf16()):
         amp = "bfloat16"
     detail = "bf16 autocast + channels_last" if amp else "float32 + channels_last"
+    if precision == "bf16" and not cpu_supports_bf16():
+        detail += (" (this processor has no native bf16, so bf16 runs slower here than float32; "
+                   "precision 'auto' picks the faster one)")
     return DevicePlan("cpu", "CPU", None, amp, True, threads, f"{note} Using {threads} threads, {detail}.")
 
 

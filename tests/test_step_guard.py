@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.device import plan_device
+from core.device import cpu_supports_bf16, plan_device
 from core.engine import LoopState, StepGuard
 
 
@@ -50,3 +50,10 @@ def test_a_stop_names_the_place_to_resume_from_in_the_task_s_unit() -> None:
     assert result.state == "stopped" and result.best_val_accuracy == 0.5
     assert result.message == "Stopped at epoch 1, photo 6 of 10; resume to continue."
     assert events[-1].type == "fit_ended" and events[-1].state == "stopped"
+
+
+def test_bf16_asked_for_on_a_cpu_without_native_bf16_says_it_is_slower_there() -> None:
+    note = plan_device("cpu", "bf16").note
+    assert plan_device("cpu", "bf16").amp_dtype == "bfloat16"
+    assert ("no native bf16" in note) is (not cpu_supports_bf16())
+    assert "no native bf16" not in plan_device("cpu", "auto").note
