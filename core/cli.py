@@ -152,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 augment=() if args.no_augment else None, device=args.device, precision=args.precision,
                 class_weights=args.class_weights, nproc=args.nproc, train_size=0 if args.quick else train_size,
-                image_fit=args.image_fit)
+                image_fit=args.image_fit, crop_min_area=args.crop_min_area)
             if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
                 print(f"error: {zoo.weights_status(spec)}", file=sys.stderr)
                 return 2
@@ -356,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(stretch) the whole photo, or pad it with borders (default: the task's)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="used when the data has no val/ folder")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--crop-min-area", type=float, default=None, metavar="SHARE",
+                   help="classification: the smallest share of the photo a random training crop keeps, 0.05-1 "
+                   "(default: the task's)")
     p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="weight the loss against class imbalance (default: the task's; on for segmentation)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -78,6 +78,7 @@ class TrainConfig:
     nproc: int = 1  # processes on this machine (one per GPU; DDP). batch_size is per process.
     train_size: int = 0  # side of the training crops in pixels; 0 = the model's input size (validation always is)
     image_fit: str = "crop"  # how a photo becomes the model's square: core.pipeline.FITS (runs saved before: crop)
+    crop_min_area: float = 0.25  # "crop" augmentation: the smallest share of the square a random crop keeps
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -90,6 +91,8 @@ class TrainConfig:
             raise ValueError("the training image size must be between 32 and 1024 pixels (0 = the model's own)")
         if self.image_fit not in IMAGE_FITS:
             raise ValueError(f"image fit must be one of {', '.join(IMAGE_FITS)}")
+        if not 0.05 <= self.crop_min_area <= 1.0:
+            raise ValueError("the smallest crop area must be between 0.05 and 1.0 of the photo")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError("optimizer must be 'adamw' or 'sgd'")
         unknown = set(self.augment) - set(AUGMENTATIONS)
@@ -119,6 +122,7 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
         data["augment"] = tuple(data.get("augment", ()))
+        data.setdefault("crop_min_area", 0.25)  # runs saved before the field cropped down to a quarter
         return cls(**data)
 
 

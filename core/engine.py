@@ -343,7 +343,7 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
             if dummy:
                 idx, lo, hi = [train_idx[positions[0]]], 0, 1
             x = train_batch(cache.squares[idx], prep, tc.augment, image_generators(tc.seed, epoch, st.pos + lo,
-                            hi - lo), plan.channels_last, tc.train_size or None).to(dev)
+                            hi - lo), plan.channels_last, tc.train_size or None, tc.crop_min_area).to(dev)
             y = labels[idx].to(dev)
             y_all = labels[[train_idx[j] for j in positions]]
             denom = float(len(positions)) if weights is None else float(weights.cpu()[y_all].sum())

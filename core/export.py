@@ -690,6 +690,8 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
         args += ["--train-size", str(tc.train_size)]
     if cfg.task == "classification":  # always: the default changed once (crop, then squash)
         args += ["--image-fit", tc.image_fit]
+        if "crop" in tc.augment and not cfg.quick:  # always: defaults move with measurements
+            args += ["--crop-min-area", f"{tc.crop_min_area:g}"]
     vf = source.get("val_fraction")
     if source.get("kind") == "folder" and vf is not None and vf != 0.2:
         args += ["--val-fraction", repr(vf)]

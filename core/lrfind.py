@@ -83,7 +83,8 @@ def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfi
         idx = [train_idx[j] for j in order[pos:pos + train.batch_size]]
         gen = batch_generator(train.seed, epoch, pos)
         pos += len(idx)
-        x = train_batch(cache.squares[idx], prep, train.augment, gen, plan.channels_last).to(plan.torch_device())
+        x = train_batch(cache.squares[idx], prep, train.augment, gen, plan.channels_last,
+                        min_area=train.crop_min_area).to(plan.torch_device())
         with plan.autocast():
             logits = model(x)
         loss = F.cross_entropy(logits.float(), labels[idx].to(plan.torch_device()))

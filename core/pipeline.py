@@ -161,17 +161,18 @@ def predict_input(source: str | os.PathLike | bytes, prep: Prep) -> torch.Tensor
 
 def train_batch(squares: np.ndarray, prep: Prep, augment: Sequence[str],
                 gen: torch.Generator | Sequence[torch.Generator], channels_last: bool = True,
-                size: int | None = None) -> torch.Tensor:
+                size: int | None = None, min_area: float = 0.25) -> torch.Tensor:
     """Augmented training input from cached squares; every random draw comes from `gen` (one generator for the
     batch, or one per image so that an image's augmentation does not depend on which batch or process it is in).
-    `size`: the side of the training crops (default: the model's input size)."""
+    `size`: the side of the training crops (default: the model's input size); `min_area`: the smallest share of
+    the square a random crop keeps (TrainConfig.crop_min_area)."""
     t = torch.from_numpy(np.require(squares, requirements=["C", "W"])).permute(0, 3, 1, 2)
     s, size = t.shape[-1], size or prep.size
     gens = [gen] * len(t) if isinstance(gen, torch.Generator) else list(gen)
     out = []
     for img, gen in zip(t, gens, strict=True):
         if "crop" in augment:
-            area = s * s * float(torch.empty(1).uniform_(0.25, 1.0, generator=gen))
+            area = s * s * float(torch.empty(1).uniform_(min_area, 1.0, generator=gen))
             logr = float(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen))
             ratio = math.exp(logr)
             w = min(s, round(math.sqrt(area * ratio)))

@@ -602,6 +602,10 @@ def _training(r: _Run) -> str:
         settings.insert(6, ("photos made square by", _e({"crop": "cropping the centre",
                                                           "squash": "stretching the whole photo",
                                                           "pad": "adding borders to the whole photo"}.get(fit, fit))))
+        if "crop" in augment and not r.config.get("quick"):
+            share = tc.get("crop_min_area", 0.25)
+            kept = f"{share * 100:g}–100 % of the photo" if _num(share) else share
+            settings.insert(6, ("random crops keep", _e(kept)))
     if started.get("n_train") is not None:
         settings.insert(0, ("photos", f"{_int(started.get('n_train'))} training, {_int(started.get('n_val'))} "
                                       "validation"))

@@ -108,6 +108,10 @@ def test_train_without_choices_uses_the_classification_defaults(tmp_path: Path, 
     other = "crop" if config.train.image_fit != "crop" else "pad"
     assert main([*args, "--image-fit", other]) == 0
     assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.image_fit == other
+    assert main([*args, "--crop-min-area", "0.6"]) == 0
+    assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.crop_min_area == 0.6
+    assert main([*args, "--crop-min-area", "0.01"]) == 2
+    assert "smallest crop area" in capsys.readouterr().err
 
 
 def test_train_with_bad_input_explains(tmp_path: Path, capsys) -> None:

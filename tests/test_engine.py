@@ -231,6 +231,28 @@ def test_squash_keeps_the_whole_photo_and_crop_cuts_its_ends(tmp_path: Path) -> 
     assert TrainConfig.from_dict({"epochs": 2}).image_fit == "crop", "runs saved before the option crop"
 
 
+def test_crop_min_area_bounds_how_far_random_crops_zoom_in() -> None:
+    """A gradient photo: a crop's share of the x range shows how much of the photo it keeps."""
+    from core.pipeline import Prep, image_generators, train_batch
+
+    with pytest.raises(ValueError, match="smallest crop area"):
+        TrainConfig(crop_min_area=0.01)
+    with pytest.raises(ValueError, match="smallest crop area"):
+        TrainConfig(crop_min_area=1.5)
+    assert TrainConfig.from_dict({"epochs": 2}).crop_min_area == 0.25, "runs saved before the field"
+    prep = Prep(48, 48, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    ramp = np.broadcast_to(np.linspace(0, 255, 48, dtype=np.float32)[None, :, None], (48, 48, 3))
+    squares = np.ascontiguousarray(np.broadcast_to(ramp.astype(np.uint8), (24, 48, 48, 3)))
+    full = float(np.ptp(train_batch(squares[:1], prep, (), image_generators(0, 0, 0, 1))[0, 0].numpy()))
+
+    def kept(min_area: float) -> np.ndarray:
+        x = train_batch(squares, prep, ("crop",), image_generators(3, 0, 0, 24), min_area=min_area)
+        return np.ptp(x[:, 0].numpy(), axis=(1, 2)) / full
+
+    assert kept(1.0).min() > 0.8, "whole-photo crops keep (almost) every column"
+    assert kept(0.05).min() < 0.4 and kept(0.05).mean() < kept(0.25).mean() < kept(1.0).mean()
+
+
 def test_a_squash_run_trains_and_predicts_with_squashed_photos(colours: Path, tmp_path: Path) -> None:
     from core.inference import Predictor
     from core.pipeline import predict_input

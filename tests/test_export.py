@@ -342,6 +342,8 @@ def test_a_run_exports_its_image_fit_and_the_example_script_does_the_same(tmp_pa
     assert manifest["preprocessing"]["fit"] == fit and words in manifest["preprocessing"]["steps"]
     assert load_export(folder).prep.fit == fit
     assert f"--image-fit {fit}" in reproduce_command(run_dir)
+    crop_min = runs.load_config(run_dir).train.crop_min_area
+    assert f"--crop-min-area {crop_min:g}" in reproduce_command(run_dir)
     spec = importlib.util.spec_from_file_location(f"predict_example_{fit}", folder / "predict_example.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

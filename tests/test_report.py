@@ -102,6 +102,9 @@ def test_the_report_parses_and_has_every_section(trained: tuple[Path, str]) -> N
     assert "photos made square by" in text
     assert {"crop": "cropping the centre", "squash": "stretching the whole photo",
             "pad": "adding borders to the whole photo"}[fit] in text
+    train = runs.load_config(run_dir).train
+    assert "crop" in train.augment and "random crops keep" in text
+    assert f"{train.crop_min_area * 100:g}–100 % of the photo" in text
     assert sum(1 for tag, _ in p.tags if tag == "svg") >= 3  # loss, accuracy, reliability
     assert not list(run_dir.glob(f".{REPORT_FILE}.*"))  # atomic write: no temporary file left
 

@@ -100,6 +100,26 @@ def test_unticking_faster_epochs_trains_at_the_models_size(home: Path, sample_te
     jobs.cancel(run_dir)
 
 
+def test_crop_area_choice_reaches_the_run_and_hides_without_crops(home: Path, sample_textures) -> None:
+    at = _with_sample()
+    default = at.select_slider(key="train_crop_area").value
+    assert default == CLASSIFICATION.default_train().crop_min_area, "the measured default is preselected"
+    at.multiselect(key="train_augment").set_value(["flip", "color"]).run()
+    assert not [s for s in at.select_slider if s.key == "train_crop_area"], "no crops, no crop setting"
+    at.multiselect(key="train_augment").set_value(["crop", "flip"]).run()
+    other = 0.75 if default != 0.75 else 0.5
+    at.select_slider(key="train_crop_area").set_value(other).run()
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    run_dir = runs_root() / at.session_state["draft_run_id"]
+    train = runs.load_config(run_dir).train
+    assert train.crop_min_area == other and train.augment == ("crop", "flip")
+    from core import jobs
+
+    jobs.cancel(run_dir)
+
+
 def test_image_fit_choice_reaches_the_run(home: Path, sample_textures) -> None:
     at = _with_sample()
     radio = at.radio(key="train_image_fit")

@@ -92,8 +92,16 @@ def _settings() -> TrainConfig:
                                  key="train_augment", help="Random changes that make the model robust.")
         for name in augment:
             st.caption(f"• {name}: {AUGMENTATIONS[name]}")
-        train_size, image_fit = 0, None
+        train_size, image_fit, crop_min_area = 0, None, None
         if TASK.name == "classification":
+            if "crop" in augment:
+                shares = sorted({0.08, 0.25, 0.5, 0.75, 1.0, defaults.crop_min_area})
+                crop_min_area = float(st.select_slider(
+                    "Random crops keep at least", shares, value=defaults.crop_min_area, key="train_crop_area",
+                    format_func=lambda v: f"{v:.0%} of the photo",
+                    help="How far the random crop may zoom in. Smaller shares show the model more varied close-ups; "
+                         f"larger ones keep more of each photo. {defaults.crop_min_area:.0%} is the measured "
+                         "default."))
             full = zoo.get_spec(backbone).input_size
             small = TASK.default_train_size(full)
             if st.checkbox(f"Faster epochs: train on {small}×{small} crops", key="train_small_crops", value=True,
@@ -129,7 +137,7 @@ def _settings() -> TrainConfig:
         nproc = _gpus(defaults, int(batch), lr)
     return defaults.with_choices(epochs=int(epochs), batch_size=int(batch), lr=lr, seed=int(seed),
                                  augment=tuple(augment), class_weights=weights, nproc=nproc, train_size=train_size,
-                                 image_fit=image_fit)
+                                 image_fit=image_fit, crop_min_area=crop_min_area)
 
 
 def _gpus(defaults: TrainConfig, batch: int, lr: float | None) -> int:
