@@ -2,9 +2,12 @@
 seconds from the start, image decoding included). Used to choose the defaults (BENCHMARKS.md, issue 9).
 
     .venv/bin/python bench/recipe_probe.py --data ../shared/datasets/clothing10 --freeze all --epochs 6 \\
-        --set train_size=160 --set lr=0.001 [--budget-s 600] [--csv bench/results/probe.csv]
+        --set lr=0.001 [--budget-s 600] [--csv bench/results/probe.csv]
 
-`--set KEY=VALUE` overrides a TrainConfig field (numbers parsed as JSON, tuples as comma lists).
+It starts from what a user who presses Start gets (the classification task's settings, training crop size and
+freeze preset for the model; until session 29 it started from the bare TrainConfig: 8 epochs, full-size crops) and
+`--set KEY=VALUE` overrides a TrainConfig field (numbers parsed as JSON, tuples as comma lists). The first line
+printed names every setting the run used.
 Run alone on the machine: other processes make every number worse.
 """
 
@@ -17,8 +20,12 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # core is imported once the probe's own home is set
+    from core.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,11 +53,22 @@ def parse_sets(items: list[str], cls: type | None = None) -> dict:
     return out
 
 
+def app_defaults(model: str, overrides: dict) -> TrainConfig:
+    """The training settings a user who presses Start gets for `model` (the task's, with its training crop size),
+    then `overrides`."""
+    from core import zoo
+    from core.tasks.classification import CLASSIFICATION
+
+    train = CLASSIFICATION.default_train()
+    size = CLASSIFICATION.default_train_size(zoo.get_spec(model).input_size)
+    return replace(train, **{"train_size": size, **overrides})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", default="mobilenetv2_100")
-    ap.add_argument("--freeze", default="all")
+    ap.add_argument("--freeze", default=None, help="freeze preset (default: the app's)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], help="TrainConfig override KEY=VALUE")
     ap.add_argument("--freeze-set", action="append", default=[], help="FreezeConfig override KEY=VALUE")
@@ -60,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ["TRANSFER_STUDIO_HOME"] = tempfile.mkdtemp(prefix="probe-home-")  # pays its own decoding
 
-    from core import runs, trainset
-    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from core import runs, trainset, zoo
+    from core.config import FreezeConfig, RunConfig
     from core.device import configure_threads, keep_freed_memory
     from core.engine import fit
     from core.events import EpochEnded
+    from core.tasks.classification import CLASSIFICATION
 
     configure_threads()
     keep_freed_memory()  # as the app's training worker does
@@ -72,11 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs:
         overrides["epochs"] = args.epochs
     freeze_overrides = parse_sets(args.freeze_set, FreezeConfig)
-    cfg = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(args.freeze, **freeze_overrides),
-                    TrainConfig(**overrides))
+    train = app_defaults(args.model, overrides)
+    preset = args.freeze or CLASSIFICATION.default_freeze().preset
+    cfg = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(preset, **freeze_overrides), train,
+                    pretrained=zoo.has_weights(zoo.get_spec(args.model)))  # as the app: from scratch without weights
     runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="probe-runs-"))
     run_dir = runs.create_run(cfg, trainset.resolve(cfg.dataset), runs_dir)
-    print(json.dumps({"run_dir": str(run_dir)}), flush=True)
+    print(json.dumps({"run_dir": str(run_dir), "freeze": cfg.freeze.to_dict(), "train": train.to_dict()}),
+          flush=True)
     rows: list[dict] = []
     t0 = time.time()
 
@@ -89,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = (lambda: time.time() - t0 > args.budget_s) if args.budget_s else (lambda: False)
     res = fit(run_dir, [on], should_stop=stop)
     best = max((r["val_accuracy"] for r in rows), default=None)
-    summary = {"recipe": {"freeze": args.freeze, **freeze_overrides, **{k: list(v) if isinstance(v, tuple) else v
+    summary = {"recipe": {"freeze": preset, **freeze_overrides, **{k: list(v) if isinstance(v, tuple) else v
                                                      for k, v in overrides.items()}},
                "state": res.state, "best_val_accuracy": best, "seconds": round(time.time() - t0, 1),
                "s_to": {str(t): next((r["seconds"] for r in rows if r["val_accuracy"] >= t), None)

@@ -57,3 +57,28 @@ def test_views_probe_scores_runs_under_each_view_and_in_pairs(tmp_path: Path, ho
     assert [r["trained_on"] for r in singles] == ["crop", "pad"]
     assert all(0 <= r[k] <= 1 for r in singles for k in ("crop", "pad", "squash", "crop+pad"))
     assert len(pairs) == 1 and pairs[0]["trained_on"] == ["crop", "pad"] and 0 <= pairs[0]["two_runs"] <= 1
+
+
+def test_recipe_probe_starts_from_what_the_app_trains(tmp_path: Path) -> None:
+    """The probe's baseline is the app's defaults (crop size, epochs, freeze), so a `--set` changes one thing only."""
+    import json
+
+    from core import zoo
+    from core.tasks.classification import CLASSIFICATION
+    from tests.synthetic import make_colour_folders
+
+    data = make_colour_folders(tmp_path / "colours", train=4, val=2)
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "recipe_probe.py"), "--data", str(data), "--model",
+                           "test_resnet", "--epochs", "2", "--set", "precision=fp32", "--set", "crop_min_area=0.5",
+                           "--runs-dir", str(tmp_path / "runs"), "--csv", str(tmp_path / "curve.csv")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    train = lines[0]["train"]
+    app = CLASSIFICATION.default_train()
+    assert train["train_size"] == CLASSIFICATION.default_train_size(zoo.get_spec("test_resnet").input_size)
+    assert train["epochs"] == 2 and train["crop_min_area"] == 0.5 and train["label_smoothing"] == app.label_smoothing
+    assert lines[0]["freeze"]["preset"] == CLASSIFICATION.default_freeze().preset
+    assert [r["epoch"] for r in lines[1:-1]] == [1, 2] and lines[-1]["state"] == "completed"
+    with open(tmp_path / "curve.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
