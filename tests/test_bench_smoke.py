@@ -69,7 +69,7 @@ def test_recipe_probe_starts_from_what_the_app_trains(tmp_path: Path) -> None:
 
     data = make_colour_folders(tmp_path / "colours", train=4, val=2)
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "recipe_probe.py"), "--data", str(data), "--model",
-                           "test_resnet", "--epochs", "2", "--set", "precision=fp32", "--set", "crop_min_area=0.5",
+                           "test_resnet", "--epochs", "2", "--set", "precision=fp32", "--set", "crop_min_area=0.6",
                            "--runs-dir", str(tmp_path / "runs"), "--csv", str(tmp_path / "curve.csv")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -77,7 +77,7 @@ def test_recipe_probe_starts_from_what_the_app_trains(tmp_path: Path) -> None:
     train = lines[0]["train"]
     app = CLASSIFICATION.default_train()
     assert train["train_size"] == CLASSIFICATION.default_train_size(zoo.get_spec("test_resnet").input_size)
-    assert train["epochs"] == 2 and train["crop_min_area"] == 0.5 and train["label_smoothing"] == app.label_smoothing
+    assert train["epochs"] == 2 and train["crop_min_area"] == 0.6 and train["label_smoothing"] == app.label_smoothing
     assert lines[0]["freeze"]["preset"] == CLASSIFICATION.default_freeze().preset
     assert [r["epoch"] for r in lines[1:-1]] == [1, 2] and lines[-1]["state"] == "completed"
     with open(tmp_path / "curve.csv") as fh:
