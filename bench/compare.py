@@ -177,7 +177,7 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
             fresh: bool = True, image_fit: str | None = None) -> Row:
     """The app's engine with the classification defaults (`freeze`/`epochs`/`image_fit` None = the defaults' own; the
     training crop size is always the default's)."""
-    from core import runs, trainset
+    from core import runs, trainset, zoo
     from core.config import FreezeConfig, RunConfig
     from core.engine import fit
     from core.quick import train_quick
@@ -186,8 +186,8 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
 
     if fresh:
         _fresh_home()
-    train = CLASSIFICATION.default_train().with_choices(epochs=epochs, train_size=0 if quick else _default_crop(plan),
-                                                        image_fit=image_fit)
+    train = CLASSIFICATION.start_train(zoo.get_spec(plan.model).input_size, epochs=epochs,
+                                       train_size=0 if quick else None, image_fit=image_fit)
     chosen = FreezeConfig(freeze) if freeze else CLASSIFICATION.default_freeze()
     cfg = RunConfig(plan.model, str(plan.data), chosen, train, quick=quick, pretrained=plan.pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(plan.data)), Path(tempfile.mkdtemp(prefix="bench-runs-")))

@@ -59,9 +59,7 @@ def app_defaults(model: str, overrides: dict) -> TrainConfig:
     from core import zoo
     from core.tasks.classification import CLASSIFICATION
 
-    train = CLASSIFICATION.default_train()
-    size = CLASSIFICATION.default_train_size(zoo.get_spec(model).input_size)
-    return replace(train, **{"train_size": size, **overrides})
+    return replace(CLASSIFICATION.start_train(zoo.get_spec(model).input_size), **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,12 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             from core.tasks.classification import CLASSIFICATION
 
             spec = zoo.get_spec(args.model)
-            train_size = CLASSIFICATION.default_train_size(spec.input_size) if args.train_size is None \
-                else args.train_size
-            train = CLASSIFICATION.default_train().with_choices(
-                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            train = CLASSIFICATION.start_train(
+                spec.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 augment=() if args.no_augment else None, device=args.device, precision=args.precision,
-                class_weights=args.class_weights, nproc=args.nproc, train_size=0 if args.quick else train_size,
+                class_weights=args.class_weights, nproc=args.nproc, train_size=0 if args.quick else args.train_size,
                 image_fit=args.image_fit, crop_min_area=args.crop_min_area)
             if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
                 print(f"error: {zoo.weights_status(spec)}", file=sys.stderr)

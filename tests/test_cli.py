@@ -112,6 +112,8 @@ def test_train_without_choices_uses_the_classification_defaults(tmp_path: Path, 
     assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.crop_min_area == 0.6
     assert main([*args, "--crop-min-area", "0.01"]) == 2
     assert "smallest crop area" in capsys.readouterr().err
+    assert main([*args, "--train-size", "0"]) == 0  # 0 = train at the model's own size, not "the default"
+    assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.train_size == 0
 
 
 def test_train_with_bad_input_explains(tmp_path: Path, capsys) -> None:

@@ -43,6 +43,12 @@ class ClassificationTask:
         """What a user who just presses Start gets (the crop size depends on the model: `default_train_size`)."""
         return TrainConfig(epochs=DEFAULT_EPOCHS)
 
+    def start_train(self, input_size: int, **choices) -> TrainConfig:
+        """The settings a user who presses Start gets for a model of `input_size` (the defaults with their training
+        crop size), with `choices` (None = not chosen, the default stays)."""
+        size = self.default_train_size(input_size)
+        return self.default_train().with_choices(train_size=size).with_choices(**choices)
+
     def default_freeze(self) -> FreezeConfig:
         """Head first (one epoch), then everything with lower learning rates for the early groups."""
         return FreezeConfig(DEFAULT_PRESET)
