@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from core import runs, trainset
-from core.config import FreezeConfig, RunConfig, TrainConfig
+from core.config import FreezeConfig, RunConfig
 from core.export import (
     FILES,
     ExportError,
@@ -43,7 +43,8 @@ def make_run(root: Path, model: str = "test_convnext", train: int = 4, val: int 
              pretrained: bool = False, **train_kw) -> Path:
     data = make_colour_folders(root / "data", train=train, val=val)
     tc = {"epochs": 1, "batch_size": 4, "precision": "fp32", "device": "cpu", **train_kw}
-    cfg = RunConfig(model, str(data), FreezeConfig("head"), TrainConfig(**tc), pretrained=pretrained)
+    train_cfg = get_task("classification").default_train().with_choices(**tc)  # what the app starts from
+    cfg = RunConfig(model, str(data), FreezeConfig("head"), train_cfg, pretrained=pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(data)), root / "runs")
     torch.manual_seed(init_seed)
     net = get_task("classification").build_model(model, len(CLASSES), pretrained=pretrained)
@@ -284,6 +285,8 @@ def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> Non
     assert (args.device, args.precision) == ("cpu", "fp32")
     assert not args.from_scratch  # test_convnext has no local weights: the command line trains it from scratch
     assert build_manifest(run_dir)["source"]["run_id"] == run_dir.name
+    older = make_run(tmp_path / "older", label_smoothing=0.1)  # trained before the default became 0
+    assert "# not settable from the command line: label_smoothing=0.1" in reproduce_command(older)
 
 
 def test_reproduce_command_keeps_the_full_size_when_the_default_is_smaller(tmp_path: Path) -> None:
@@ -306,7 +309,8 @@ def test_reproduce_command_asks_for_scratch_when_weights_exist(home: Path, tmp_p
     zoo.register_user_weights(tmp_path / "w.safetensors", "test_convnext", "mine")
     data = make_colour_folders(tmp_path / "data", train=2, val=1)
     cfg = RunConfig("test_convnext.mine", str(data), FreezeConfig("last-2"),
-                    TrainConfig(epochs=2, warmup_fraction=0.1), pretrained=False)
+                    get_task("classification").default_train().with_choices(epochs=2, warmup_fraction=0.1),
+                    pretrained=False)
     run_dir = runs.create_run(cfg, trainset.resolve(str(data)), tmp_path / "runs")
     command = reproduce_command(run_dir)
     assert command.endswith("  # not settable from the command line: warmup_fraction=0.1")
