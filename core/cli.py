@@ -103,6 +103,11 @@ def cmd_weights_add(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options only classification's own training reads (other tasks say they ignore them).
+_CLASSIFICATION_FLAGS = {"image_fit": "--image-fit", "crop_min_area": "--crop-min-area",
+                         "label_smoothing": "--label-smoothing"}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume, or fit the quick model) in this process, with a text progress bar on stderr."""
     import signal
@@ -118,6 +123,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"note: {what} trains on one device; --nproc/--nnodes are ignored.", file=sys.stderr)
         args.nproc, args.nnodes, args.node_rank = 1, 1, 0
     if task != "classification":
+        ignored = [flag for key, flag in _CLASSIFICATION_FLAGS.items() if getattr(args, key, None) is not None]
+        if ignored:
+            print(f"note: {', '.join(ignored)} apply to classification only; ignored for {task}.", file=sys.stderr)
         return get_task(task).cli("train", args)
     try:
         spec = _launch_spec(args, None)
@@ -150,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 spec.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 augment=() if args.no_augment else None, device=args.device, precision=args.precision,
                 class_weights=args.class_weights, nproc=args.nproc, train_size=0 if args.quick else args.train_size,
-                image_fit=args.image_fit, crop_min_area=args.crop_min_area)
+                image_fit=args.image_fit, crop_min_area=args.crop_min_area, label_smoothing=args.label_smoothing)
             if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
                 print(f"error: {zoo.weights_status(spec)}", file=sys.stderr)
                 return 2
@@ -357,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-min-area", type=float, default=None, metavar="SHARE",
                    help="classification: the smallest share of the photo a random training crop keeps, 0.05-1 "
                    "(default: the task's)")
+    p.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
+                   help="classification: share of the target spread over the other classes, 0-0.5 (default: the "
+                   "task's, 0; runs saved before session 31 used 0.1)")
     p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="weight the loss against class imbalance (default: the task's; on for segmentation)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -93,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"image fit must be one of {', '.join(IMAGE_FITS)}")
         if not 0.05 <= self.crop_min_area <= 1.0:
             raise ValueError("the smallest crop area must be between 0.05 and 1.0 of the photo")
+        if not 0.0 <= self.label_smoothing <= 0.5:
+            raise ValueError("label smoothing must be between 0 and 0.5")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError("optimizer must be 'adamw' or 'sgd'")
         unknown = set(self.augment) - set(AUGMENTATIONS)

@@ -692,6 +692,8 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
         args += ["--image-fit", tc.image_fit]
         if "crop" in tc.augment and not cfg.quick:  # always: defaults move with measurements
             args += ["--crop-min-area", f"{tc.crop_min_area:g}"]
+        if not cfg.quick:  # always: the default changed once (0.1, then 0)
+            args += ["--label-smoothing", f"{tc.label_smoothing:g}"]
     vf = source.get("val_fraction")
     if source.get("kind") == "folder" and vf is not None and vf != 0.2:
         args += ["--val-fraction", repr(vf)]
@@ -712,7 +714,10 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
     if cfg.name:
         args += ["--name", cfg.name]
     defaults_f = FreezeConfig()
+    settable = ("label_smoothing",) if cfg.task == "classification" and not cfg.quick else ()
     for key in ("weight_decay", "momentum", "warmup_fraction", "label_smoothing", "max_bad_steps"):
+        if key in settable:
+            continue
         if getattr(tc, key) != getattr(defaults, key):
             notes.append(f"{key}={getattr(tc, key)}")
     if fz.preset == "custom":

@@ -115,6 +115,10 @@ def test_train_without_choices_uses_the_classification_defaults(tmp_path: Path, 
     assert "smallest crop area" in capsys.readouterr().err
     assert main([*args, "--train-size", "0"]) == 0  # 0 = train at the model's own size, not "the default"
     assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.train_size == 0
+    assert main([*args, "--label-smoothing", "0.1"]) == 0  # reproduces a run saved before the default became 0
+    assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.label_smoothing == 0.1
+    assert main([*args, "--label-smoothing", "0.9"]) == 2
+    assert "label smoothing must be between 0 and 0.5" in capsys.readouterr().err
 
 
 def test_train_with_bad_input_explains(tmp_path: Path, capsys) -> None:

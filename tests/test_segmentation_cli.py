@@ -63,9 +63,10 @@ def test_train_evaluate_predict_export_report(trained, capsys) -> None:
 def test_bad_data_is_one_clear_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     code = main(["train", "--task", "segmentation", "--data", str(tmp_path / "empty"), "--model", "test_efficientnet",
-                 "--runs-dir", str(tmp_path / "runs"), "--json"])
+                 "--runs-dir", str(tmp_path / "runs"), "--label-smoothing", "0.1", "--json"])
     err = capsys.readouterr().err
     assert code == 2 and "images/" in err and "Traceback" not in err
+    assert "--label-smoothing apply to classification only; ignored for segmentation" in err
 
 
 def test_unknown_architecture_is_refused(trained, capsys) -> None:
