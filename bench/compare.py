@@ -188,7 +188,7 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
         _fresh_home()
     train = CLASSIFICATION.start_train(zoo.get_spec(plan.model).input_size, epochs=epochs,
                                        train_size=0 if quick else None, image_fit=image_fit)
-    chosen = FreezeConfig(freeze) if freeze else CLASSIFICATION.default_freeze()
+    chosen = FreezeConfig("head") if quick and not freeze else CLASSIFICATION.start_freeze(freeze)
     cfg = RunConfig(plan.model, str(plan.data), chosen, train, quick=quick, pretrained=plan.pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(plan.data)), Path(tempfile.mkdtemp(prefix="bench-runs-")))
     t0 = time.time()
@@ -234,7 +234,9 @@ def ours(plan: Plan, item: str) -> list[Row]:
         from core.tasks.classification import CLASSIFICATION
 
         epochs = CLASSIFICATION.default_train().epochs
-        what = f"{CLASSIFICATION.default_freeze().preset}, {epochs} epochs, {_default_crop(plan)}² crops"
+        fz = CLASSIFICATION.default_freeze()
+        kept = f" (first {fz.keep_frozen} groups frozen)" if fz.keep_frozen else ""
+        what = f"{fz.preset}{kept}, {epochs} epochs, {_default_crop(plan)}² crops"
         return [_engine(plan, None, None, f"ours: defaults ({what})")]
     preset, epochs, *rest = item.split(":")  # PRESET:EPOCHS[:FIT], e.g. all:8:pad
     fit = rest[0] if rest else None

@@ -5,7 +5,7 @@ seconds from the start, image decoding included). Used to choose the defaults (B
         --set lr=0.001 [--budget-s 600] [--csv bench/results/probe.csv]
 
 It starts from what a user who presses Start gets (the classification task's settings, training crop size and
-freeze preset for the model; until session 29 it started from the bare TrainConfig: 8 epochs, full-size crops) and
+freeze choice for the model; until session 29 it started from the bare TrainConfig: 8 epochs, full-size crops) and
 `--set KEY=VALUE` overrides a TrainConfig field (numbers parsed as JSON, tuples as comma lists). The first line
 printed names every setting the run used.
 Run alone on the machine: other processes make every number worse.
@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides["epochs"] = args.epochs
     freeze_overrides = parse_sets(args.freeze_set, FreezeConfig)
     train = app_defaults(args.model, overrides)
-    preset = args.freeze or CLASSIFICATION.default_freeze().preset
-    cfg = RunConfig(args.model, str(Path(args.data).resolve()), FreezeConfig(preset, **freeze_overrides), train,
+    freeze = replace(CLASSIFICATION.start_freeze(args.freeze), **freeze_overrides)  # the app's, then overrides
+    preset = freeze.preset
+    cfg = RunConfig(args.model, str(Path(args.data).resolve()), freeze, train,
                     pretrained=zoo.has_weights(zoo.get_spec(args.model)))  # as the app: from scratch without weights
     runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="probe-runs-"))
     run_dir = runs.create_run(cfg, trainset.resolve(cfg.dataset), runs_dir)

@@ -52,10 +52,11 @@ def backbone_rows(measure: bool = True, include_scratch: bool = True,
 
 def group_rows(name: str, freeze: FreezeConfig, num_classes: int = 2, epochs: int = 10) -> list[dict]:
     """Layer groups of a backbone in order with parameter counts and, per phase of the freeze choice, whether each
-    group trains and its learning-rate multiplier."""
+    group trains and its learning-rate multiplier (a backbone without local weights trains from scratch: no group
+    is kept frozen)."""
     model = zoo.create_model(name, num_classes=num_classes, pretrained=False)
     groups = layer_groups(model)
-    phases = plan_phases(groups, freeze, epochs)
+    phases = plan_phases(groups, freeze.for_weights(zoo.has_weights(zoo.get_spec(name))), epochs)
     rows = []
     for g in groups:
         row = {"index": g.index, "group": g.name, "params": g.n_params}

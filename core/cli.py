@@ -60,11 +60,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from core.catalog import group_rows
-    from core.config import FreezeConfig
+    from core.tasks.classification import CLASSIFICATION
     from core.zoo import ZooError
 
     try:
-        freeze = FreezeConfig(args.freeze)
+        freeze = CLASSIFICATION.start_freeze(args.freeze, args.keep_frozen)
         rows = group_rows(args.model, freeze, num_classes=args.classes, epochs=args.epochs)
     except (ZooError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -105,7 +105,7 @@ def cmd_weights_add(args: argparse.Namespace) -> int:
 
 # Options only classification's own training reads (other tasks say they ignore them).
 _CLASSIFICATION_FLAGS = {"image_fit": "--image-fit", "crop_min_area": "--crop-min-area",
-                         "label_smoothing": "--label-smoothing"}
+                         "label_smoothing": "--label-smoothing", "keep_frozen": "--keep-frozen"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -166,8 +166,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not pretrained:
                 print(f"note: {args.model} trains from scratch (random initial weights).", file=sys.stderr)
             data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data  # or an id/sample:
-            freeze = FreezeConfig(args.freeze) if args.freeze else \
-                FreezeConfig("head") if args.quick else CLASSIFICATION.default_freeze()
+            freeze = FreezeConfig("head") if args.quick and not args.freeze else \
+                CLASSIFICATION.start_freeze(args.freeze, args.keep_frozen)
             config = RunConfig(args.model, data, freeze, train,
                                task=args.task, name=args.name or "", quick=args.quick, pretrained=pretrained)
             if args.quick and not pretrained:
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="a backbone's layer groups and what a freeze preset trains")
     p.add_argument("model")
     p.add_argument("--freeze", default="head", help="head | last-N (e.g. last-2) | all | gradual")
+    p.add_argument("--keep-frozen", type=int, default=None, metavar="N",
+                   help="gradual: the first N layer groups stay frozen (default: the classification default)")
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--estimate", type=int, metavar="N_IMAGES", help="measure training cost for N images")
@@ -349,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", choices=["prototype", "nearest"], default=None, help="faces: gallery (prototype)")
     p.add_argument("--freeze", default=None, help="head | last-N (e.g. last-2) | all | gradual (default: the "
                    "task's; gradual for classification)")
+    p.add_argument("--keep-frozen", type=int, default=None, metavar="N",
+                   help="classification, gradual: the first N layer groups stay frozen when the rest unfreezes "
+                   "(default: 3 with pretrained weights; faster epochs at the same accuracy)")
     p.add_argument("--epochs", type=int, default=None, help="default: the task's (5 for classification)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the task's (32 for classification)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: chosen for the freeze preset)")

@@ -25,6 +25,7 @@ class FreezeConfig:
     train_bn: bool = False
     head_epochs: int = 1
     lr_floor: float = 0.01
+    keep_frozen: int = 0  # gradual: the first N layer groups (stem first) stay frozen when the rest unfreezes
 
     def __post_init__(self) -> None:
         if self.preset not in ("head", "all", "gradual", "custom") and not _LAST_N.match(self.preset):
@@ -32,6 +33,12 @@ class FreezeConfig:
                              "or custom.")
         if not 0 < self.lr_floor <= 1:
             raise ValueError("lr_floor must be in (0, 1].")
+        if self.keep_frozen < 0:
+            raise ValueError("keep_frozen must be 0 or more layer groups.")
+
+    def for_weights(self, pretrained: bool) -> FreezeConfig:
+        """What trains for these starting weights: random first layers must learn, so nothing is kept frozen."""
+        return self if pretrained or not self.keep_frozen else replace(self, keep_frozen=0)
 
     @property
     def last_n(self) -> int | None:
@@ -93,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"image fit must be one of {', '.join(IMAGE_FITS)}")
         if not 0.05 <= self.crop_min_area <= 1.0:
             raise ValueError("the smallest crop area must be between 0.05 and 1.0 of the photo")
+        if not 0.0 <= self.label_smoothing <= 0.5:
+            raise ValueError("label smoothing must be between 0 and 0.5")
         if not 0.0 <= self.label_smoothing <= 0.5:
             raise ValueError("label smoothing must be between 0 and 0.5")
         if self.optimizer not in ("adamw", "sgd"):

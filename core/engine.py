@@ -267,7 +267,10 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     groups = layer_groups(model)
-    phases = plan_phases(groups, cfg.freeze, tc.epochs)
+    freeze = cfg.freeze.for_weights(cfg.pretrained)
+    if freeze != cfg.freeze:
+        emit(Notice("info", "Trains from scratch, so every group unfreezes (random weights cannot stay frozen)."))
+    phases = plan_phases(groups, freeze, tc.epochs)
     base_lr = tc.effective_lr(cfg.freeze) * lr_scale(dist.world_size, tc.optimizer)
     opt = make_optimizer(optimizer_groups(model, groups, base_lr, tc.weight_decay), tc, base_lr)
 

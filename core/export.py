@@ -681,8 +681,11 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
         args += ["--task", cfg.task]
     if cfg.quick:
         args.append("--quick")
-    args += ["--freeze", fz.preset if fz.preset != "custom" else "head", "--epochs", str(tc.epochs),
-             "--batch-size", str(tc.batch_size)]
+    args += ["--freeze", fz.preset if fz.preset != "custom" else "head"]
+    kept = cfg.task == "classification" and fz.preset == "gradual"  # always: its default is not FreezeConfig's
+    if kept:
+        args += ["--keep-frozen", str(fz.keep_frozen)]
+    args += ["--epochs", str(tc.epochs), "--batch-size", str(tc.batch_size)]
     if tc.lr is not None:
         args += ["--lr", repr(tc.lr)]
     args += ["--seed", str(tc.seed)]
@@ -722,8 +725,8 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
             notes.append(f"{key}={getattr(tc, key)}")
     if fz.preset == "custom":
         notes.append(f"freeze=custom groups {','.join(fz.groups)}")
-    for key in ("train_bn", "head_epochs", "lr_floor"):
-        if getattr(fz, key) != getattr(defaults_f, key):
+    for key in ("train_bn", "head_epochs", "lr_floor", "keep_frozen"):
+        if getattr(fz, key) != getattr(defaults_f, key) and not (kept and key == "keep_frozen"):
             notes.append(f"freeze.{key}={getattr(fz, key)}")
     if not cfg.pretrained:
         from core import zoo

@@ -124,7 +124,10 @@ def plan_phases(groups: list[LayerGroup], cfg: FreezeConfig, epochs: int) -> lis
     head_epochs = max(1, min(cfg.head_epochs, max(epochs - 1, 1)))
     phases = [Phase(0, is_head, ones, "head only")]
     if epochs > head_epochs:
-        phases.append(Phase(head_epochs, (True,) * n, _geometric(n, cfg.lr_floor), "all layers, lower LR early"))
+        k = min(cfg.keep_frozen, n - 1)
+        label = "all layers, lower LR early" if k == 0 else f"all but the first {k} groups, lower LR early"
+        phases.append(Phase(head_epochs, tuple(i >= k or is_head[i] for i in range(n)), _geometric(n, cfg.lr_floor),
+                            label))
     return phases
 
 

@@ -538,7 +538,7 @@ def _model(r: _Run) -> str:
     preset = str(r.freeze_cfg.get("preset", "head"))
     help_text = PRESET_HELP.get("last-N" if preset.startswith("last-") else preset, "")
     out.append(f"<p>The model {start}. Freeze choice: <b>{_e(preset)}</b>: {_e(help_text)}</p>")
-    fc = FreezeConfig.from_dict(r.freeze_cfg)
+    fc = FreezeConfig.from_dict(r.freeze_cfg).for_weights(bool(r.config.get("pretrained", True)))
     epochs = int(r.train_cfg.get("epochs") or 1)
     model = get_task(str(r.config.get("task", "classification"))).build_model(backbone, len(r.classes),
                                                                             pretrained=False)

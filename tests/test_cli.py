@@ -106,6 +106,11 @@ def test_train_without_choices_uses_the_classification_defaults(tmp_path: Path, 
     assert config.train.train_size == CLASSIFICATION.default_train_size(full) < full
     assert config.train.image_fit == CLASSIFICATION.default_train().image_fit
     assert config.train.label_smoothing == 0.0  # measured to win on both sets (BENCHMARKS.md, session 31)
+    assert config.freeze.keep_frozen == 3  # the first groups stay frozen: faster epochs (BENCHMARKS.md, session 32)
+    assert main([*args, "--freeze", "gradual"]) == 0  # naming the preset keeps its default
+    assert runs.load_config(Path(_json_out(capsys)["run_dir"])).freeze == config.freeze
+    assert main([*args, "--keep-frozen", "0"]) == 0
+    assert runs.load_config(Path(_json_out(capsys)["run_dir"])).freeze.keep_frozen == 0
     other = "crop" if config.train.image_fit != "crop" else "pad"
     assert main([*args, "--image-fit", other]) == 0
     assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.image_fit == other

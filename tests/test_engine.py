@@ -56,6 +56,18 @@ def test_gradual_changes_phase_on_the_planned_epoch(colours: Path, tmp_path: Pat
     assert phases[1].frozen_params == 0
 
 
+def test_a_run_from_scratch_unfreezes_the_groups_gradual_would_keep(colours: Path, tmp_path: Path) -> None:
+    """keep_frozen keeps pretrained first layers; random ones must learn, so a scratch run trains them (and says so)."""
+    run_dir = _run(colours, tmp_path, model="test_efficientnet", freeze="gradual", epochs=2)
+    cfg = runs.load_config(run_dir)
+    kept = RunConfig(cfg.backbone, cfg.dataset, FreezeConfig("gradual", keep_frozen=2), cfg.train, pretrained=False)
+    run_dir = runs.create_run(kept, trainset.resolve(cfg.dataset), tmp_path / "kept")
+    seen = []
+    engine.fit(run_dir, [seen.append])
+    assert [p.frozen_params for p in seen if isinstance(p, PhaseChanged)][-1] == 0
+    assert any(getattr(e, "level", "") == "info" and "from scratch" in e.message for e in seen)
+
+
 def test_stop_is_honoured_within_one_batch_and_saves(colours: Path, tmp_path: Path) -> None:
     run_dir = _run(colours, tmp_path)
     batches = []

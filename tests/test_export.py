@@ -40,11 +40,11 @@ CLASSES = ("red", "green", "blue")
 
 
 def make_run(root: Path, model: str = "test_convnext", train: int = 4, val: int = 3, init_seed: int = 0,
-             pretrained: bool = False, **train_kw) -> Path:
+             pretrained: bool = False, freeze: FreezeConfig | None = None, **train_kw) -> Path:
     data = make_colour_folders(root / "data", train=train, val=val)
     tc = {"epochs": 1, "batch_size": 4, "precision": "fp32", "device": "cpu", **train_kw}
     train_cfg = get_task("classification").default_train().with_choices(**tc)  # what the app starts from
-    cfg = RunConfig(model, str(data), FreezeConfig("head"), train_cfg, pretrained=pretrained)
+    cfg = RunConfig(model, str(data), freeze or FreezeConfig("head"), train_cfg, pretrained=pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(data)), root / "runs")
     torch.manual_seed(init_seed)
     net = get_task("classification").build_model(model, len(CLASSES), pretrained=pretrained)
@@ -288,6 +288,14 @@ def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> Non
     older = make_run(tmp_path / "older", label_smoothing=0.1)  # trained before the default became 0
     again = reproduce_command(older)
     assert "#" not in again and build_parser().parse_args(shlex.split(again)[1:]).label_smoothing == 0.1
+    from core.tasks.classification import CLASSIFICATION
+
+    for keep in (0, 3):  # a gradual run's command says how many first groups stayed frozen (the default moved)
+        gradual = make_run(tmp_path / f"gradual{keep}", freeze=FreezeConfig("gradual", keep_frozen=keep))
+        line = reproduce_command(gradual)
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert "#" not in line and f"--keep-frozen {keep}" in line
+        assert CLASSIFICATION.start_freeze(args.freeze, args.keep_frozen) == runs.load_config(gradual).freeze
 
 
 def test_reproduce_command_keeps_the_full_size_when_the_default_is_smaller(tmp_path: Path) -> None:

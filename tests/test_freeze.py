@@ -76,6 +76,12 @@ def test_gradual_trains_the_head_first_then_everything_with_lower_rates_early() 
     mult = phases[1].lr_mult
     assert mult[0] == pytest.approx(0.01) and mult[-1] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(mult, mult[1:], strict=False))
+    kept = plan_phases(groups, FreezeConfig("gradual", head_epochs=2, keep_frozen=2), epochs=6)[1]
+    apply_phase(model, groups, kept)  # the first two groups (stem first) stay frozen, the rest trains
+    assert _trainable_names(model) == {n for g in groups[2:] for n in g.params}
+    assert kept.lr_mult == mult and "first 2 groups" in kept.label
+    with pytest.raises(ValueError, match="keep_frozen"):
+        FreezeConfig("gradual", keep_frozen=-1)
 
 
 def test_unknown_presets_and_groups_are_refused() -> None:

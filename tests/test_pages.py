@@ -64,6 +64,12 @@ def test_model_choice_carries_to_the_layers_page() -> None:
     at.slider(key="freeze_last_n").set_value(3).run()
     _ok(at)
     assert json.loads(at.session_state["draft_freeze"])["preset"] == "last-3"
+    at.radio(key="freeze_preset").set_value("gradual").run()
+    at.number_input(key="freeze_keep_frozen").set_value(3).run()
+    _ok(at)
+    assert json.loads(at.session_state["draft_freeze"])["keep_frozen"] == 3
+    assert next(m for m in at.metric if m.label == "Frozen parameters").value != "0"  # the first groups stay
+    assert any("all but the first 3 groups" in c.value for c in at.caption)
 
 
 def test_try_sample_data_sets_a_working_draft() -> None:

@@ -18,7 +18,7 @@ has_sample = task_name == "classification" or hasattr(task, "ensure_sample")
 if st.button("Try it with sample data", key="home_try_sample", type="primary", icon=":material/auto_awesome:",
              disabled=not has_sample,
              help="Chooses MobileNetV2 and a built-in sample set for the chosen task (for image classification: "
-                  "textures — brick, grass, gravel — with the recommended training: head first, then everything)."):
+                  "textures — brick, grass, gravel — with the recommended training: head first, then the rest)."):
     with st.spinner("Preparing the sample photos (once)…"):
         if hasattr(task, "ensure_sample"):  # a task's own sample set (detection shapes, segmentation masks...)
             sample_id = task.ensure_sample()

@@ -37,7 +37,7 @@ saved = draft_freeze()
 kinds = ["head", "last-N", "all", "gradual", "custom"]
 saved_kind = "last-N" if saved.last_n is not None else saved.preset
 _labels = {"head": "Head only", "last-N": "Head + last N groups", "all": "Everything",
-           "gradual": "Head first, then everything (lower LR early)", "custom": "Choose per group"}
+           "gradual": "Head first, then the rest (lower LR early)", "custom": "Choose per group"}
 _recommended = freeze_defaults(_t).preset
 preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), key="freeze_preset",
                   format_func=lambda k: _labels[k] + (" · recommended" if k == _recommended else ""),
@@ -68,6 +68,12 @@ if preset == "gradual":
     kwargs["lr_floor"] = options.select_slider("Learning rate of the first group, relative to the head",
                                                [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0], value=saved.lr_floor,
                                                key="freeze_lr_floor")
+    kwargs["keep_frozen"] = options.number_input(
+        "Groups that stay frozen (counted from the input)", 0, max(0, len(body_names) - 1),
+        value=min(saved.keep_frozen if saved.preset == "gradual" else freeze_defaults(_t).keep_frozen,
+                  max(0, len(body_names) - 1)), key="freeze_keep_frozen",
+        help="The first groups see edges and colours, change little when they train, and cost most of the "
+             "time of a training step: keeping them frozen makes each epoch faster.")
 kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen groups", value=saved.train_bn,
                                  key="freeze_train_bn",
                                  help="Off (recommended): frozen groups keep their ImageNet statistics.")
@@ -85,7 +91,8 @@ c1.metric("Layer groups", len(rows))
 c2.metric("Trainable parameters", f"{final:,}", help="In the last phase." if len(trains_keys) > 1 else None)
 c3.metric("Frozen parameters", f"{total - final:,}")
 if len(trains_keys) > 1:
-    st.caption(f"Phase 1 trains {first:,} parameters (the head); phase 2 trains all {final:,}.")
+    rest = "all" if final == total else f"all but the first {freeze.keep_frozen} groups:"
+    st.caption(f"Phase 1 trains {first:,} parameters (the head); phase 2 trains {rest} {final:,}.")
 
 left, right = st.columns([3, 2])
 left.plotly_chart(layer_groups_figure(rows, final_key), key="layers_chart")

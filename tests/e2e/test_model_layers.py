@@ -18,7 +18,7 @@ def _count(text: str) -> int:
     return int(text.strip().replace(",", ""))
 
 
-RECOMMENDED = "Head first, then everything (lower LR early) · recommended"  # classification's default preset
+RECOMMENDED = "Head first, then the rest (lower LR early) · recommended"  # classification's default preset
 
 
 def test_choose_model_then_layers(page, app_url, st_helpers):
@@ -60,7 +60,7 @@ def test_choose_model_then_layers(page, app_url, st_helpers):
     for group in LITE0_GROUPS:
         expect(cells.get_by_text(group, exact=True)).to_have_count(1)
     expect(st.metric_value(page, "Layer groups")).to_have_text("9")
-    # Nothing chosen yet: the recommended preset (head first, then everything); then head only.
+    # Nothing chosen yet: the recommended preset (head first, then the rest); then head only.
     expect(page.get_by_role("radio", name=RECOMMENDED, exact=True)).to_be_checked()
     page.get_by_test_id("stRadio").get_by_text("Head only", exact=True).click()
     expect(page.get_by_role("radio", name="Head only", exact=True)).to_be_checked()
