@@ -83,17 +83,24 @@ def _fresh_home() -> str:
 
 # --- hardware ceiling ---------------------------------------------------------------------------------------------
 
-def model_only(model: str, batch: int, size: int, plan: DevicePlan) -> float:
-    """Forward+backward+step images/s of `model` on synthetic `size`² tensors (channels_last, `plan`'s precision)."""
+def model_only(model: str, batch: int, size: int, plan: DevicePlan, keep_frozen: int = 0) -> float:
+    """Forward+backward+step images/s of `model` on synthetic `size`² tensors (channels_last, `plan`'s precision),
+    with its first `keep_frozen` layer groups frozen as `gradual` keeps them."""
     import torch
 
+    from core.config import FreezeConfig
+    from core.freeze import apply_phase, layer_groups, plan_phases, set_train_mode
     from core.zoo import create_model
 
-    net = create_model(model, num_classes=10, pretrained=False).train()
+    net = create_model(model, num_classes=10, pretrained=False)
+    groups = layer_groups(net)
+    phase = plan_phases(groups, FreezeConfig("gradual", keep_frozen=keep_frozen), epochs=2)[-1]
+    apply_phase(net, groups, phase)
+    set_train_mode(net, groups, phase)
     x = torch.randn(batch, 3, size, size)
     net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     times = []
     for i in range(8):
         t0 = time.perf_counter()
@@ -107,10 +114,11 @@ def model_only(model: str, batch: int, size: int, plan: DevicePlan) -> float:
     return round(batch / (sum(times) / len(times)), 1)
 
 
-def ceiling(model: str, batch: int, size: int, data: Path | None, n_decode: int = 200, crop: int | None = None
-            ) -> dict:
-    """Model-only forward+backward images/s (fp32 and the app's precision) at `size`, the app's precision again at
-    the training `crop` when it differs (the fair yardstick for the train loop), and PIL decode+resize images/s."""
+def ceiling(model: str, batch: int, size: int, data: Path | None, n_decode: int = 200, crop: int | None = None,
+            keep_frozen: int = 0) -> dict:
+    """Model-only forward+backward images/s (fp32 and the app's precision) at `size` with every layer training, the
+    app's precision again at the training `crop` with the defaults' first `keep_frozen` groups frozen (the fair
+    yardstick for the defaults' train loop), and PIL decode+resize images/s."""
     from PIL import Image
 
     from core.device import plan_device
@@ -120,8 +128,9 @@ def ceiling(model: str, batch: int, size: int, data: Path | None, n_decode: int 
         plan = plan_device("auto", precision)
         out[f"model_only_{plan.precision}"] = model_only(model, batch, size, plan)
     app = plan_device("auto", "auto")  # the precision the app trains in
-    if crop and crop != size:
-        out[f"model_only_{app.precision}_at_{crop}"] = model_only(model, batch, crop, app)
+    if crop and (crop != size or keep_frozen):
+        kept = f"_first{keep_frozen}frozen" if keep_frozen else ""
+        out[f"model_only_{app.precision}_at_{crop}{kept}"] = model_only(model, batch, crop, app, keep_frozen)
     if data is not None:
         files = sorted(p for p in (data / "train").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         files = files[:n_decode]
@@ -213,6 +222,14 @@ def _default_crop(plan: Plan) -> int:
     from core.tasks.classification import CLASSIFICATION
 
     return CLASSIFICATION.default_train_size(zoo.get_spec(plan.model).input_size)
+
+
+def _default_kept(plan: Plan) -> int:
+    """How many first layer groups the classification defaults keep frozen for the plan's model (none without
+    pretrained weights: a run from scratch trains them)."""
+    from core.tasks.classification import CLASSIFICATION
+
+    return CLASSIFICATION.default_freeze().for_weights(plan.pretrained).keep_frozen
 
 
 def epochs_for(plan: Plan, freeze: str, budget: int, probe: Row | None) -> int:
@@ -350,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     for plan in plans:
         size = 64 if args.smoke else 224
         ceil = ceiling(plan.model, 32 if not args.smoke else 4, size, plan.data,
-                       crop=None if args.smoke else _default_crop(plan))
+                       crop=None if args.smoke else _default_crop(plan), keep_frozen=_default_kept(plan))
         log(f"{plan.name}: ceiling {json.dumps(ceil)}")
         report.append(f"Hardware ceiling ({plan.name}, batch {32 if not args.smoke else 4}): " + json.dumps(ceil))
         summaries = run_plan(plan, out, not args.no_references, log)
