@@ -104,7 +104,7 @@ def estimate_training(name: str, freeze: FreezeConfig, batch_size: int, n_images
                       steps: int = 3, plan: DevicePlan | None = None) -> TrainingEstimate:
     """Run a warm-up and `steps` real forward/backward/optimizer steps on random images and time them.
 
-    For `gradual` the most expensive phase (everything trains) is measured. Memory is this process's peak
+    For `gradual` the most expensive phase (the backbone unfrozen) is measured. Memory is this process's peak
     resident size (run it in a fresh process: `estimate_training_isolated`); on a GPU, the peak allocated."""
     plan = plan or plan_device()
     spec = zoo.get_spec(name)
@@ -114,6 +114,7 @@ def estimate_training(name: str, freeze: FreezeConfig, batch_size: int, n_images
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     groups = layer_groups(model)
+    freeze = freeze.for_weights(zoo.has_weights(spec))  # as the run will train (from scratch: nothing kept)
     phase = plan_phases(groups, freeze, epochs=max(2, freeze.head_epochs + 1))[-1]
     apply_phase(model, groups, phase)
     set_train_mode(model, groups, phase, freeze.train_bn)
