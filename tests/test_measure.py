@@ -29,6 +29,9 @@ def test_training_estimate_comes_from_real_steps_and_scales_with_the_dataset() -
     assert head.trainable_params < head.frozen_params
     full = measure.estimate_training("test_efficientnet", FreezeConfig("all"), batch_size=8, n_images=80, steps=2)
     assert full.frozen_params == 0 and full.trainable_params == head.trainable_params + head.frozen_params
+    kept = FreezeConfig("gradual", keep_frozen=2)  # no local weights: the run trains from scratch, nothing kept
+    scratch = measure.estimate_training("test_efficientnet", kept, batch_size=8, n_images=80, steps=2)
+    assert scratch.frozen_params == 0
 
 
 def test_isolated_estimate_runs_in_a_fresh_process_and_is_cached(home: Path) -> None:
