@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the task's)")
     p.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
                    help="classification: share of the target spread over the other classes, 0-0.5 (default: the "
-                   "task's, 0; runs saved before session 31 used 0.1)")
+                   "task's, 0; runs saved by earlier versions used 0.1)")
     p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="weight the loss against class imbalance (default: the task's; on for segmentation)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -34,7 +34,7 @@ class FreezeConfig:
         if not 0 < self.lr_floor <= 1:
             raise ValueError("lr_floor must be in (0, 1].")
         if self.keep_frozen < 0:
-            raise ValueError("keep_frozen must be 0 or more layer groups.")
+            raise ValueError("keep_frozen (the number of first groups that stay frozen) must be 0 or more.")
 
     def for_weights(self, pretrained: bool) -> FreezeConfig:
         """What trains for these starting weights: random first layers must learn, so nothing is kept frozen."""
@@ -100,8 +100,6 @@ class TrainConfig:
             raise ValueError(f"image fit must be one of {', '.join(IMAGE_FITS)}")
         if not 0.05 <= self.crop_min_area <= 1.0:
             raise ValueError("the smallest crop area must be between 0.05 and 1.0 of the photo")
-        if not 0.0 <= self.label_smoothing <= 0.5:
-            raise ValueError("label smoothing must be between 0 and 0.5")
         if not 0.0 <= self.label_smoothing <= 0.5:
             raise ValueError("label smoothing must be between 0 and 0.5")
         if self.optimizer not in ("adamw", "sgd"):

@@ -111,6 +111,8 @@ def test_train_without_choices_uses_the_classification_defaults(tmp_path: Path, 
     assert runs.load_config(Path(_json_out(capsys)["run_dir"])).freeze == config.freeze
     assert main([*args, "--keep-frozen", "0"]) == 0
     assert runs.load_config(Path(_json_out(capsys)["run_dir"])).freeze.keep_frozen == 0
+    assert main([*args, "--freeze", "all", "--keep-frozen", "2"]) == 2  # said, not silently ignored
+    assert "applies to the gradual preset" in capsys.readouterr().err
     other = "crop" if config.train.image_fit != "crop" else "pad"
     assert main([*args, "--image-fit", other]) == 0
     assert runs.load_config(Path(_json_out(capsys)["run_dir"])).train.image_fit == other

@@ -64,6 +64,8 @@ class ClassificationTask:
         """What trains when a user names (or leaves out) a preset: `gradual` keeps the default number of first
         groups frozen unless `keep_frozen` says otherwise (None = not chosen)."""
         freeze = self.default_freeze() if preset is None else FreezeConfig(preset)
+        if keep_frozen is not None and freeze.preset != "gradual":
+            raise ValueError(f"keeping the first groups frozen applies to the gradual preset, not '{freeze.preset}'")
         if freeze.preset == "gradual":
             return replace(freeze, keep_frozen=DEFAULT_KEEP_FROZEN if keep_frozen is None else keep_frozen)
         return freeze
