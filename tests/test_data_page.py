@@ -92,6 +92,21 @@ def test_sample_chosen_on_home_becomes_the_stored_copy(home: Path, sample_textur
     assert at.selectbox(key="data_select").value == dataset_id
 
 
+def test_a_rerun_does_not_resend_the_empty_choice(planted: store.Dataset) -> None:
+    """Nothing chosen yet: only the first draw sets the box's value. A rerun that sent "set it to nothing" again
+    would, when still in flight as the user picks, blank the box in the browser while the app used the pick."""
+    at = _page()
+    _ok(at)
+    box = at.selectbox(key="data_select")
+    assert box.value is None and box.proto.set_value  # first draw on this visit
+    at.run()  # a rerun from any other widget
+    _ok(at)
+    assert not at.selectbox(key="data_select").proto.set_value
+    at.selectbox(key="data_select").select(planted.id).run()
+    assert at.session_state["draft_dataset_id"] == planted.id
+    assert not at.selectbox(key="data_select").proto.set_value  # the user's own choice is not sent back
+
+
 def test_report_names_duplicate_and_broken_file_and_fixes_drop_them(planted: store.Dataset) -> None:
     at = _page(dataset_id=planted.id)
     _ok(at)

@@ -323,8 +323,13 @@ if isinstance(current, str) and re.fullmatch(r"[0-9a-f]{32}", current) and curre
     current = None
 chosen: str | None = None
 if ids:
-    if st.session_state.get("data_select") not in ids:
-        st.session_state["data_select"] = current if current in ids else None
+    # Write the box's value only when it must change (first draw on this visit, or its dataset is gone): every
+    # write is sent to the browser as "set this value", and one sent by a rerun still in flight would blank a
+    # choice the user makes meanwhile (the app would use it while the box showed nothing).
+    want = current if current in ids else None
+    if st.session_state.get("data_select") not in ids and ("data_select" not in st.session_state
+                                                           or st.session_state["data_select"] != want):
+        st.session_state["data_select"] = want
     chosen = st.selectbox(
         "Dataset to train on", ids, key="data_select", placeholder="Choose a dataset",
         format_func=lambda i: (f"{by_id[i].name} — {by_id[i].images:,} images, {len(by_id[i].classes)} classes"
