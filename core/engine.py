@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from core import runs, zoo
-from core.config import TrainConfig
+from core.config import AUTO_FIT, TrainConfig
 from core.device import DevicePlan, plan_device
 from core.distributed import SINGLE, DistContext, lr_scale, scaling_note
 from core.events import (
@@ -53,6 +53,7 @@ from core.pipeline import (
     prepare_run_data,
     train_batch,
 )
+from core.quick import resolve_auto_fit
 from core.tasks import get_task
 
 Subscriber = Callable[[Event], None]
@@ -256,6 +257,9 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
     dev = plan.torch_device()
     classes = list(manifest["classes"])
     spec = zoo.get_spec(cfg.backbone)
+    if tc.image_fit == AUTO_FIT:  # chosen once, from the training photos; saved so resume, export and predict agree
+        cfg = dist.share(lambda: resolve_auto_fit(run_dir, cfg, manifest, plan, emit))
+        tc = cfg.train
     prep = prep_for(spec, tc.image_fit)
 
     torch.manual_seed(tc.seed)

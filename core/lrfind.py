@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from core import trainset, zoo
-from core.config import FreezeConfig, TrainConfig
+from core.config import AUTO_FIT, FreezeConfig, TrainConfig
 from core.device import plan_device
 from core.engine import make_optimizer
 from core.freeze import apply_phase, layer_groups, plan_phases, set_train_mode
@@ -57,7 +57,8 @@ def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfi
     manifest = trainset.resolve(dataset)
     classes = manifest["classes"]
     spec = zoo.get_spec(backbone)
-    prep = prep_for(spec, train.image_fit)
+    # "auto" is settled when the run starts; the learning rate does not hinge on it, so the range test crops
+    prep = prep_for(spec, "crop" if train.image_fit == AUTO_FIT else train.image_fit)
     data = prepare_run_data(manifest, prep)
     cache, labels, train_idx = data.cache, data.labels, data.train_idx
     torch.manual_seed(train.seed)

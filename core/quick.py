@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from core import runs, zoo
+from core.config import AUTO_FIT, RunConfig
 from core.device import DevicePlan, plan_device
 from core.events import EpochEnded, Event, FitEnded, FitStarted, Notice, PhaseChanged, Preparing, broadcaster
 from core.pipeline import (
@@ -171,6 +173,16 @@ def cross_validate(x: torch.Tensor, y: torch.Tensor, num_classes: int, folds: in
     the folds' average solution for it in the raw feature space (a warm start for the final fit).
     Along the grid (strongest first) each fit starts from the previous one's weights, so a few L-BFGS steps
     suffice (on clothing10's 2,700 embeddings: the same choice as cold fits of 100 steps, in 1.4 s instead of 7)."""
+    right, raw = out_of_fold(x, y, num_classes, folds, seed, grid)
+    chosen = _within_noise(right, grid)
+    return chosen, (torch.stack([w for w, _ in raw[chosen]]).mean(0), torch.stack([b for _, b in raw[chosen]]).mean(0))
+
+
+def out_of_fold(x: torch.Tensor, y: torch.Tensor, num_classes: int, folds: int = 3, seed: int = 0,
+                grid: Sequence[float] = L2_GRID
+                ) -> tuple[dict[float, torch.Tensor], dict[float, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """k-fold linear probes along `grid`: per L2 strength, whether each training image was classified right by the
+    probe that did not see it, and each fold's solution in the raw feature space."""
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=gen)
     fold_of = torch.empty(len(y), dtype=torch.long)
@@ -187,8 +199,7 @@ def cross_validate(x: torch.Tensor, y: torch.Tensor, num_classes: int, folds: in
             right[l2][te] = (z_te @ solution[0].T + solution[1]).argmax(1) == y[te]
             w_raw = solution[0] / sigma
             raw[l2].append((w_raw, solution[1] - w_raw @ mu))
-    chosen = _within_noise(right, grid)
-    return chosen, (torch.stack([w for w, _ in raw[chosen]]).mean(0), torch.stack([b for _, b in raw[chosen]]).mean(0))
+    return right, raw
 
 
 def _within_noise(right: dict[float, torch.Tensor], grid: Sequence[float]) -> float:
@@ -199,10 +210,61 @@ def _within_noise(right: dict[float, torch.Tensor], grid: Sequence[float]) -> fl
     weakest L2 wins by 18 images with 74 disagreements (noise ~9), a real difference, and is kept."""
     best = max(grid, key=lambda l2: (int(right[l2].sum()), l2))
     for l2 in grid:  # strongest first
-        gap = int(right[best].sum()) - int(right[l2].sum())
-        if gap <= math.sqrt(int((right[best] != right[l2]).sum())):
+        if not clearly_better(right[best], right[l2]):
             return l2
     return best
+
+
+def clearly_better(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Per-image correctness `a` beats `b` by more than the noise of a paired comparison (McNemar: the count
+    difference against the square root of the images on which the two disagree)."""
+    return int(a.sum()) - int(b.sum()) > math.sqrt(int((a != b).sum()))
+
+
+AUTO_FIT_MIN_IMAGES = 30  # fewer training photos cannot tell two fits apart: the crop stays
+
+
+@dataclass(frozen=True)
+class FitChoice:
+    """How photos become squares for a run whose fit is "auto", and the evidence: out-of-fold linear-probe hits on
+    the training photos per candidate fit (validation photos are not looked at)."""
+
+    fit: str
+    correct: dict[str, int]
+    images: int
+    note: str = ""  # why nothing was compared
+
+    def message(self) -> str:
+        if not self.correct:
+            return self.note or "Photos become squares by cropping the centre."
+        crop, pad = (self.correct[f] / self.images for f in ("crop", "pad"))
+        if self.fit == "pad":
+            return (f"Photos keep their whole frame, with borders to make them square: on your training photos a "
+                    f"quick check recognised {pad:.1%} that way against {crop:.1%} with the centre cropped.")
+        return (f"Photos become squares by cropping the centre: keeping the whole frame was not clearly better in a "
+                f"quick check on your training photos ({pad:.1%} against {crop:.1%}).")
+
+
+def choose_fit(backbone: str, manifest: dict, plan: DevicePlan,
+               on_progress: Callable[[int, int], None] | None = None, seed: int = 0) -> FitChoice:
+    """"auto": the centre crop unless the whole photo with borders ("pad") is clearly better for a linear probe on
+    the pretrained embeddings, cross-validated on the training photos. Measured (BENCHMARKS.md, session 33): a tie on
+    hymenoptera (insects in the middle: crop), pad +46 of 3,068 on clothing10 (garments that fill portrait photos),
+    the same winners as fine-tuning. Embeddings are cached, so the fit the run trains on costs nothing more."""
+    spec = zoo.get_spec(backbone)
+    paths = [it["path"] for it in manifest["items"]]
+    right: dict[str, torch.Tensor] = {}
+    for fit in ("crop", "pad"):
+        prep = prep_for(spec, fit)
+        data = prepare_run_data(manifest, prep, on_progress)
+        if len(data.train_idx) < AUTO_FIT_MIN_IMAGES or right and len(data.train_idx) != len(right["crop"]):
+            return FitChoice("crop", {}, len(data.train_idx), "Photos become squares by cropping the centre (too few "
+                             "training photos to compare the fits).")
+        feats = embed(backbone, data.cache, range(len(data.cache)), plan, _cache_key(paths, prep), on_progress)
+        oof, _ = out_of_fold(feats[data.train_idx], data.labels[data.train_idx], len(manifest["classes"]), seed=seed)
+        right[fit] = oof[_within_noise(oof, L2_GRID)]
+    fit = "pad" if clearly_better(right["pad"], right["crop"]) else "crop"
+    return FitChoice(fit, {k: int(v.sum()) for k, v in right.items()}, len(right["crop"]))
 
 
 def cached_cross_validate(x: torch.Tensor, y: torch.Tensor, num_classes: int, key: str, seed: int = 0
@@ -229,6 +291,22 @@ def cached_cross_validate(x: torch.Tensor, y: torch.Tensor, num_classes: int, ke
     return l2, (w, b)
 
 
+def resolve_auto_fit(run_dir: Path, cfg: RunConfig, manifest: dict, plan: DevicePlan,
+                     emit: Callable[[Event], None]) -> RunConfig:
+    """The run's config with image_fit "auto" resolved (`choose_fit`; the centre crop for a model without
+    pretrained weights, whose features say nothing yet), written back to its config.json and announced."""
+    if cfg.pretrained:
+        emit(Notice("info", "Comparing two ways of making photos square on your training photos (a quick check)."))
+        choice = choose_fit(cfg.backbone, manifest, plan, lambda d, t: emit(Preparing(d, t)), cfg.train.seed)
+    else:
+        choice = FitChoice("crop", {}, 0, "Photos become squares by cropping the centre (a model trained from "
+                                          "scratch has no features yet to compare the fits with).")
+    cfg = replace(cfg, train=replace(cfg.train, image_fit=choice.fit))
+    runs.save_config(run_dir, cfg)
+    emit(Notice("info", choice.message()))
+    return cfg
+
+
 def train_quick(run_dir: Path, subscribers: Sequence[Callable[[Event], None]] = ()) -> dict:
     """Fit the quick model for the run in `run_dir` and save it as the run's best weights."""
     t0 = time.time()
@@ -237,6 +315,8 @@ def train_quick(run_dir: Path, subscribers: Sequence[Callable[[Event], None]] = 
     cfg = runs.load_config(run_dir)
     manifest = runs.load_dataset(run_dir)
     plan = plan_device(cfg.train.device, cfg.train.precision)
+    if cfg.train.image_fit == AUTO_FIT:
+        cfg = resolve_auto_fit(run_dir, cfg, manifest, plan, emit)
     classes, items = list(manifest["classes"]), manifest["items"]
     spec = zoo.get_spec(cfg.backbone)
     prep = prep_for(spec, cfg.train.image_fit)

@@ -601,7 +601,9 @@ def _training(r: _Run) -> str:
         fit = tc.get("image_fit", "crop")
         settings.insert(6, ("photos made square by", _e({"crop": "cropping the centre",
                                                           "squash": "stretching the whole photo",
-                                                          "pad": "adding borders to the whole photo"}.get(fit, fit))))
+                                                          "pad": "adding borders to the whole photo",
+                                                          "auto": "chosen from the photos when training starts"}
+                                                         .get(fit, fit))))
         if "crop" in augment and not r.config.get("quick"):
             share = tc.get("crop_min_area", 0.25)
             kept = f"{share * 100:g}–100 % of the photo" if _num(share) else share

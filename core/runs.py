@@ -55,6 +55,11 @@ def create_run(config: RunConfig, dataset: dict, runs_dir: Path | None = None) -
     return run_dir
 
 
+def save_config(run_dir: Path, config: RunConfig) -> None:
+    """Rewrite the run's config.json (e.g. with a setting resolved when training started)."""
+    write_json_atomic(Path(run_dir) / "config.json", config.to_dict())
+
+
 def load_config(run_dir: Path) -> RunConfig:
     data = read_json(Path(run_dir) / "config.json")
     if data is None:

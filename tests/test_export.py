@@ -42,7 +42,8 @@ CLASSES = ("red", "green", "blue")
 def make_run(root: Path, model: str = "test_convnext", train: int = 4, val: int = 3, init_seed: int = 0,
              pretrained: bool = False, freeze: FreezeConfig | None = None, **train_kw) -> Path:
     data = make_colour_folders(root / "data", train=train, val=val)
-    tc = {"epochs": 1, "batch_size": 4, "precision": "fp32", "device": "cpu", **train_kw}
+    # weights saved here without training: the fit a trained run's config holds ("auto" is settled by training)
+    tc = {"epochs": 1, "batch_size": 4, "precision": "fp32", "device": "cpu", "image_fit": "crop", **train_kw}
     train_cfg = get_task("classification").default_train().with_choices(**tc)  # what the app starts from
     cfg = RunConfig(model, str(data), freeze or FreezeConfig("head"), train_cfg, pretrained=pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(data)), root / "runs")

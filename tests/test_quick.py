@@ -110,3 +110,65 @@ def test_the_warm_started_final_fit_separates_the_classes() -> None:
     assert float(((x @ w.T + b).argmax(1) == y).float().mean()) > 0.95
     cold = quick.fit_linear(x, y, 3, l2=l2, iters=200)
     assert float((w - cold[0]).abs().max()) < 0.05 * float(cold[0].abs().max())  # the same optimum
+
+
+def _portraits(root: Path, per_class: int = 16, val: int = 4) -> Path:
+    """Tall photos whose class shows only in coloured bands at the top and bottom: the centre square is the same
+    grey noise for every class, so cropping hides the class and keeping the whole photo shows it."""
+    from PIL import Image
+
+    from tests.synthetic import COLOURS
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", val)):
+        for name, colour in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(90, 166, (128, 48, 3)).astype(np.uint8)
+                img[:40] = img[-40:] = colour
+                Image.fromarray(img).save(folder / f"{name}_{i}.png")
+    return root
+
+
+def _model_with_weights(tmp_path: Path) -> str:
+    """test_resnet with saved (random) weights registered as pretrained, so `embed` can load them."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    state = zoo.create_model("test_resnet", pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return zoo.register_user_weights(path, "test_resnet", "fitcheck").name
+
+
+def test_auto_fit_pads_only_when_the_whole_photo_is_clearly_better(home: Path, tmp_path: Path) -> None:
+    from core import trainset
+    from core.device import plan_device
+    from tests.synthetic import make_colour_folders
+
+    model, plan = _model_with_weights(tmp_path), plan_device("cpu", "fp32")
+    bands = quick.choose_fit(model, trainset.resolve(str(_portraits(tmp_path / "bands"))), plan)
+    assert bands.fit == "pad" and bands.images == 48
+    assert bands.correct["pad"] - bands.correct["crop"] > 10
+    assert "whole frame" in bands.message() and f"{bands.correct['pad'] / 48:.1%}" in bands.message()
+    # the class fills every photo: both fits see it, nothing is clearly better, the crop stays
+    plain = quick.choose_fit(model, trainset.resolve(str(make_colour_folders(tmp_path / "plain", train=12))), plan)
+    assert plain.fit == "crop" and plain.correct and "not clearly better" in plain.message()
+    few = quick.choose_fit(model, trainset.resolve(str(make_colour_folders(tmp_path / "few", train=4))), plan)
+    assert few.fit == "crop" and not few.correct and "too few training photos" in few.message()
+
+
+def test_a_run_left_to_auto_saves_the_fit_it_chose_and_says_why(home: Path, tmp_path: Path) -> None:
+    from core import engine, runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from core.events import Notice
+
+    data = str(_portraits(tmp_path / "bands"))
+    cfg = RunConfig(_model_with_weights(tmp_path), data, FreezeConfig("head"),
+                    TrainConfig(epochs=1, batch_size=8, device="cpu", precision="fp32", image_fit="auto"))
+    run_dir = runs.create_run(cfg, trainset.resolve(data), tmp_path / "runs")
+    seen = []
+    assert engine.fit(run_dir, [seen.append]).state == "completed"
+    assert runs.load_config(run_dir).train.image_fit == "pad"  # resume, export and predictions read this
+    notes = [e.message for e in seen if isinstance(e, Notice)]
+    assert any("keep their whole frame" in m for m in notes), notes

@@ -8,7 +8,7 @@ import json
 import streamlit as st
 
 from core import jobs, runs, trainset, zoo
-from core.config import AUGMENTATIONS, RunConfig, TrainConfig
+from core.config import AUGMENTATIONS, AUTO_FIT, RunConfig, TrainConfig
 from core.distributed import gpu_rows, lr_scale, multi_gpu_note, scaling_note
 from core.lrfind import find_lr_isolated
 from core.pipeline import FITS
@@ -108,15 +108,18 @@ def _settings() -> TrainConfig:
                            help=f"About half the time per epoch. Validation and predictions keep {full}×{full}; "
                                 "models trained on smaller crops usually do as well at the full size."):
                 train_size = small
-            fits = list(FITS)
+            labels = {AUTO_FIT: "Let the app choose from your photos (a quick check when training starts)", **FITS}
+            fits = list(labels)
             image_fit = st.radio("How photos become squares", fits, index=fits.index(defaults.image_fit),
-                                 format_func=FITS.get, key="train_image_fit", horizontal=True,
+                                 format_func=labels.get, key="train_image_fit",
                                  help="The model sees square images. Cropping zooms in on the middle and cuts "
                                       "the ends off tall or wide photos (a dress's hem, a shoe's toe); the other "
                                       "two keep the whole photo. Whole photos won on product-style photos that "
                                       "fill the frame (clothing: +2 points), cropping on subjects in the middle "
-                                      "(insects: +1.5 points, and the quick model); predictions use the same "
-                                      "choice.")
+                                      "(insects: +1.5 points). The app's choice compares cropping with borders on "
+                                      "your training photos before the first epoch (seconds to a minute) and keeps "
+                                      "cropping unless borders are clearly better; the quick model crops. "
+                                      "Predictions use the same choice.")
         if "crop_size" in options:
             full = getattr(TASK, "full_crop", 352)
             sizes = sorted({192, 224, 256, 288, 320, 352, 384, 448, 512, defaults.train_size or full})
@@ -178,7 +181,7 @@ train = _settings()
 c1, c2 = st.columns(2)
 if TASK.has_quick and c1.button("Quick model (seconds)", key="train_quick", icon=":material/bolt:",
                                 help="Trains only a new head on features of the frozen model: a baseline in seconds."):
-    _start(True, train)
+    _start(True, TASK.for_quick(train) if TASK.name == "classification" else train)
 if c2.button("Start training", key="train_start", type="primary", icon=":material/play_arrow:"):
     _start(False, train)
 
