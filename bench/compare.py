@@ -197,8 +197,6 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
         _fresh_home()
     train = CLASSIFICATION.start_train(zoo.get_spec(plan.model).input_size, epochs=epochs,
                                        train_size=0 if quick else None, image_fit=image_fit)
-    if quick:
-        train = CLASSIFICATION.for_quick(train)
     chosen = FreezeConfig("head") if quick and not freeze else CLASSIFICATION.start_freeze(freeze)
     cfg = RunConfig(plan.model, str(plan.data), chosen, train, quick=quick, pretrained=plan.pretrained)
     run_dir = runs.create_run(cfg, trainset.resolve(str(plan.data)), Path(tempfile.mkdtemp(prefix="bench-runs-")))

@@ -159,8 +159,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                 augment=() if args.no_augment else None, device=args.device, precision=args.precision,
                 class_weights=args.class_weights, nproc=args.nproc, train_size=0 if args.quick else args.train_size,
                 image_fit=args.image_fit, crop_min_area=args.crop_min_area, label_smoothing=args.label_smoothing)
-            if args.quick:
-                train = CLASSIFICATION.for_quick(train)
             if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
                 print(f"error: {zoo.weights_status(spec)}", file=sys.stderr)
                 return 2
@@ -367,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-fit", choices=["auto", "crop", "squash", "pad"], default=None,
                    help="classification: how a photo becomes the model's square: crop its centre, squash "
                    "(stretch) the whole photo, pad it with borders, or auto: crop unless padding is clearly better "
-                   "in a quick check on the training photos (default: auto; crop for --quick)")
+                   "in a quick check on the training photos when the run starts (default: the task's, crop)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="used when the data has no val/ folder")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--crop-min-area", type=float, default=None, metavar="SHARE",

@@ -104,9 +104,10 @@ def test_train_without_choices_uses_the_classification_defaults(tmp_path: Path, 
     assert config.freeze == CLASSIFICATION.default_freeze() and config.freeze.preset != "head"
     full = zoo.get_spec("test_resnet").input_size
     assert config.train.train_size == CLASSIFICATION.default_train_size(full) < full
-    assert CLASSIFICATION.default_train().image_fit == "auto"  # chosen from the photos (BENCHMARKS.md, session 33)
-    run_dir = Path(runs.list_runs(tmp_path / "runs")[0])
-    assert config.train.image_fit == "crop", "settled when training started and saved (test_resnet has no weights)"
+    assert config.train.image_fit == CLASSIFICATION.default_train().image_fit == "crop"
+    assert main([*args, "--image-fit", "auto"]) == 0  # settled when the run starts, and saved
+    run_dir = Path(_json_out(capsys)["run_dir"])
+    assert runs.load_config(run_dir).train.image_fit == "crop"  # test_resnet has no weights: nothing to compare
     notes = [e["message"] for e in runs.read_events(run_dir) if e["type"] == "notice"]
     assert any("cropping the centre (a model trained from scratch" in m for m in notes), notes
     assert config.train.label_smoothing == 0.0  # measured to win on both sets (BENCHMARKS.md, session 31)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,6 @@ def test_a_run_left_to_auto_saves_the_fit_it_chose_and_says_why(home: Path, tmp_
     assert runs.load_config(run_dir).train.image_fit == "pad"  # resume, export and predictions read this
     notes = [e.message for e in seen if isinstance(e, Notice)]
     assert any("keep their whole frame" in m for m in notes), notes
+    quick_run = runs.create_run(replace(cfg, quick=True), trainset.resolve(data), tmp_path / "runs")
+    quick.train_quick(quick_run)  # the quick model settles "auto" the same way
+    assert runs.load_config(quick_run).train.image_fit == "pad"

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from core import zoo
-from core.config import AUTO_FIT, FreezeConfig, TrainConfig
+from core.config import FreezeConfig, TrainConfig
 
 # The defaults that won on clothing10 and hymenoptera (BENCHMARKS.md, "Choosing the defaults", issue 9).
 DEFAULT_PRESET = "gradual"
@@ -48,18 +48,13 @@ class ClassificationTask:
 
     def default_train(self) -> TrainConfig:
         """What a user who just presses Start gets (the crop size depends on the model: `default_train_size`)."""
-        return TrainConfig(epochs=DEFAULT_EPOCHS, label_smoothing=DEFAULT_LABEL_SMOOTHING, image_fit=AUTO_FIT)
+        return TrainConfig(epochs=DEFAULT_EPOCHS, label_smoothing=DEFAULT_LABEL_SMOOTHING)
 
     def start_train(self, input_size: int, **choices) -> TrainConfig:
         """The settings a user who presses Start gets for a model of `input_size` (the defaults with their training
         crop size), with `choices` (None = not chosen, the default stays)."""
         size = self.default_train_size(input_size)
         return self.default_train().with_choices(train_size=size).with_choices(**choices)
-
-    def for_quick(self, train: TrainConfig) -> TrainConfig:
-        """The quick model keeps its speed: a fit left to "auto" becomes the centre crop (comparing the fits would
-        double its embedding time; BENCHMARKS.md, session 33). A fit the user chose stays."""
-        return replace(train, image_fit="crop") if train.image_fit == AUTO_FIT else train
 
     def default_freeze(self) -> FreezeConfig:
         """Head first (one epoch), then all but the first groups, with lower learning rates for the early ones."""
