@@ -26,3 +26,8 @@ def test_range_test_runs_on_a_tiny_model(tmp_path: Path) -> None:
     assert 5 <= len(res.lrs) <= 20 and len(res.losses) == len(res.lrs)
     assert all(a < b for a, b in zip(res.lrs, res.lrs[1:], strict=False))
     assert res.lrs[0] <= res.suggestion <= res.lrs[-1] or "default" in res.note
+    # a fit left to the app ("auto", settled when the run starts) does not stop the range test
+    auto = find_lr("test_resnet", str(data), FreezeConfig("all"), TrainConfig(batch_size=4, precision="fp32",
+                                                                                device="cpu", image_fit="auto"),
+                   steps=5, pretrained=False)
+    assert auto.lrs and len(auto.losses) == len(auto.lrs)
