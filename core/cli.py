@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from core.cli_common import print_json as _print_json
+from core.config import FIT_CHOICES
 from core.settings import PROJECT_ROOT
 
 
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="side of the training crops; validation keeps the full size. Classification: default "
                    "about 0.72 x the model's input (224 -> 160, about 2x faster per epoch than 224 on a CPU), 0 = "
                    "the model's input size; segmentation: default the task's, 0 = 352")
-    p.add_argument("--image-fit", choices=["auto", "crop", "squash", "pad"], default=None,
+    p.add_argument("--image-fit", choices=FIT_CHOICES, default=None,
                    help="classification: how a photo becomes the model's square: crop its centre, squash "
                    "(stretch) the whole photo, pad it with borders, or auto: crop unless padding is clearly better "
                    "in a quick check on the training photos when the run starts (default: the task's, crop)")

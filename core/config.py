@@ -57,6 +57,7 @@ class FreezeConfig:
 
 IMAGE_FITS = ("crop", "squash", "pad")  # the keys of core.pipeline.FITS (config stays free of image code)
 AUTO_FIT = "auto"  # a run's fit chosen from its training photos when it starts (core.quick.choose_fit)
+FIT_CHOICES = (*IMAGE_FITS, AUTO_FIT)  # what a user may ask for
 
 AUGMENTATIONS = {
     "crop": "Random crop and zoom (the model sees different parts of each photo).",
@@ -97,8 +98,8 @@ class TrainConfig:
             raise ValueError("the learning rate must be between 0 and 10")
         if self.train_size and not 32 <= self.train_size <= 1024:
             raise ValueError("the training image size must be between 32 and 1024 pixels (0 = the model's own)")
-        if self.image_fit not in (AUTO_FIT, *IMAGE_FITS):
-            raise ValueError(f"image fit must be one of {', '.join((AUTO_FIT, *IMAGE_FITS))}")
+        if self.image_fit not in FIT_CHOICES:
+            raise ValueError(f"image fit must be one of {', '.join(FIT_CHOICES)}")
         if not 0.05 <= self.crop_min_area <= 1.0:
             raise ValueError("the smallest crop area must be between 0.05 and 1.0 of the photo")
         if not 0.0 <= self.label_smoothing <= 0.5:

@@ -251,15 +251,16 @@ def choose_fit(backbone: str, manifest: dict, plan: DevicePlan,
     the pretrained embeddings, cross-validated on the training photos. Measured (BENCHMARKS.md, session 33): a tie on
     hymenoptera (insects in the middle: crop), pad +46 of 3,068 on clothing10 (garments that fill portrait photos),
     the same winners as fine-tuning. Embeddings are cached, so the fit the run trains on costs nothing more."""
+    n_train = sum(it["split"] == "train" for it in manifest["items"])
+    if n_train < AUTO_FIT_MIN_IMAGES:
+        return FitChoice("crop", {}, n_train, "Photos become squares by cropping the centre (too few training photos "
+                                              "to compare the fits).")
     spec = zoo.get_spec(backbone)
     paths = [it["path"] for it in manifest["items"]]
     right: dict[str, torch.Tensor] = {}
-    for fit in ("crop", "pad"):
+    for fit in ("crop", "pad"):  # the same files decode (or fail) either way: the same training images
         prep = prep_for(spec, fit)
         data = prepare_run_data(manifest, prep, on_progress)
-        if len(data.train_idx) < AUTO_FIT_MIN_IMAGES or right and len(data.train_idx) != len(right["crop"]):
-            return FitChoice("crop", {}, len(data.train_idx), "Photos become squares by cropping the centre (too few "
-                             "training photos to compare the fits).")
         feats = embed(backbone, data.cache, range(len(data.cache)), plan, _cache_key(paths, prep), on_progress)
         oof, _ = out_of_fold(feats[data.train_idx], data.labels[data.train_idx], len(manifest["classes"]), seed=seed)
         right[fit] = oof[_within_noise(oof, L2_GRID)]

@@ -327,8 +327,7 @@ if ids:
     # write is sent to the browser as "set this value", and one sent by a rerun still in flight would blank a
     # choice the user makes meanwhile (the app would use it while the box showed nothing).
     want = current if current in ids else None
-    if st.session_state.get("data_select") not in ids and ("data_select" not in st.session_state
-                                                           or st.session_state["data_select"] != want):
+    if "data_select" not in st.session_state or st.session_state["data_select"] not in (*ids, want):
         st.session_state["data_select"] = want
     chosen = st.selectbox(
         "Dataset to train on", ids, key="data_select", placeholder="Choose a dataset",
