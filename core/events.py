@@ -43,6 +43,7 @@ class FitStarted(Event):
 class Preparing(Event):
     done: int
     total: int
+    stage: str = "Preparing images"  # what is being prepared, as the status line names it
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -246,11 +247,12 @@ class FitChoice:
 
 
 def choose_fit(backbone: str, manifest: dict, plan: DevicePlan,
-               on_progress: Callable[[int, int], None] | None = None, seed: int = 0) -> FitChoice:
+               on_progress: Callable[[str, int, int], None] | None = None, seed: int = 0) -> FitChoice:
     """"auto": the centre crop unless the whole photo with borders ("pad") is clearly better for a linear probe on
     the pretrained embeddings, cross-validated on the training photos. Measured (BENCHMARKS.md, session 33): a tie on
     hymenoptera (insects in the middle: crop), pad +46 of 3,068 on clothing10 (garments that fill portrait photos),
-    the same winners as fine-tuning. Embeddings are cached, so the fit the run trains on costs nothing more."""
+    the same winners as fine-tuning. Embeddings are cached, so the fit the run trains on costs nothing more.
+    `on_progress(stage, done, total)` names each of the four passes (two decodes, two embeddings)."""
     n_train = sum(it["split"] == "train" for it in manifest["items"])
     if n_train < AUTO_FIT_MIN_IMAGES:
         return FitChoice("crop", {}, n_train, "Photos become squares by cropping the centre (too few training photos "
@@ -258,14 +260,22 @@ def choose_fit(backbone: str, manifest: dict, plan: DevicePlan,
     spec = zoo.get_spec(backbone)
     paths = [it["path"] for it in manifest["items"]]
     right: dict[str, torch.Tensor] = {}
-    for fit in ("crop", "pad"):  # the same files decode (or fail) either way: the same training images
+    for k, (fit, label) in enumerate((("crop", "centre crops"), ("pad", "whole photos"))):
+        # the same files decode (or fail) either way: the same training images
         prep = prep_for(spec, fit)
-        data = prepare_run_data(manifest, prep, on_progress)
-        feats = embed(backbone, data.cache, range(len(data.cache)), plan, _cache_key(paths, prep), on_progress)
+        data = prepare_run_data(manifest, prep, _staged(on_progress, f"Fit check {2 * k + 1}/4: decoding {label}"))
+        feats = embed(backbone, data.cache, range(len(data.cache)), plan, _cache_key(paths, prep),
+                      _staged(on_progress, f"Fit check {2 * k + 2}/4: features of the {label}"))
         oof, _ = out_of_fold(feats[data.train_idx], data.labels[data.train_idx], len(manifest["classes"]), seed=seed)
         right[fit] = oof[_within_noise(oof, L2_GRID)]
     fit = "pad" if clearly_better(right["pad"], right["crop"]) else "crop"
     return FitChoice(fit, {k: int(v.sum()) for k, v in right.items()}, len(right["crop"]))
+
+
+def _staged(on_progress: Callable[[str, int, int], None] | None, stage: str
+            ) -> Callable[[int, int], None] | None:
+    """`on_progress` with its stage name filled in."""
+    return None if on_progress is None else partial(on_progress, stage)
 
 
 def cached_cross_validate(x: torch.Tensor, y: torch.Tensor, num_classes: int, key: str, seed: int = 0
@@ -298,7 +308,8 @@ def resolve_auto_fit(run_dir: Path, cfg: RunConfig, manifest: dict, plan: Device
     pretrained weights, whose features say nothing yet), written back to its config.json and announced."""
     if cfg.pretrained:
         emit(Notice("info", "Comparing two ways of making photos square on your training photos (a quick check)."))
-        choice = choose_fit(cfg.backbone, manifest, plan, lambda d, t: emit(Preparing(d, t)), cfg.train.seed)
+        choice = choose_fit(cfg.backbone, manifest, plan, lambda stage, d, t: emit(Preparing(d, t, stage)),
+                            cfg.train.seed)
     else:
         choice = FitChoice("crop", {}, 0, "Photos become squares by cropping the centre (a model trained from "
                                           "scratch has no features yet to compare the fits with).")

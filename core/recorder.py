@@ -23,7 +23,7 @@ class RunRecorder:
             if event.done == event.total or now - self._last >= self.min_interval:
                 self._last = now
                 runs.write_status(self.run_dir, state="running", phase="preparing",
-                                  message=f"Preparing images {event.done}/{event.total}", progress=0.0)
+                                  message=f"{event.stage} {event.done}/{event.total}", progress=0.0)
             return
         runs.append_event(self.run_dir, event.to_dict())
         if isinstance(event, FitStarted):
@@ -63,7 +63,7 @@ class TextProgress:
             out.write(f"{where} on {event.device} ({event.precision}): {event.n_train} train / {event.n_val} val "
                       f"images, {len(event.classes)} classes, {event.epochs} epochs\n")
         elif isinstance(event, Preparing) and (event.done == event.total or event.done % 64 == 0):
-            out.write(f"\rpreparing images {event.done}/{event.total}")
+            out.write(f"\r{event.stage.lower()} {event.done}/{event.total}")
             if event.done == event.total:
                 out.write("\n")
         elif isinstance(event, BatchEnded):

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from core import engine, runs, trainset, zoo
 from core.config import FreezeConfig, RunConfig, TrainConfig
-from core.events import BatchEnded, EpochEnded, FitEnded, FitFailed, FitStarted, PhaseChanged
-from core.recorder import RunRecorder
+from core.events import BatchEnded, EpochEnded, FitEnded, FitFailed, FitStarted, PhaseChanged, Preparing
+from core.recorder import RunRecorder, TextProgress
 from tests.synthetic import make_colour_folders
 
 
@@ -138,6 +138,18 @@ def test_non_finite_loss_stops_with_advice_and_keeps_weights(colours: Path, tmp_
     assert any(isinstance(e, FitFailed) for e in events)
     assert runs.read_status(run_dir)["state"] == "failed"
     assert runs.load_checkpoint(run_dir)[0] is not None
+
+
+def test_the_status_line_names_what_is_being_prepared(tmp_path: Path) -> None:
+    import io
+
+    RunRecorder(tmp_path)(Preparing(3, 10, "Fit check 1/4: decoding centre crops"))
+    assert runs.read_status(tmp_path)["message"] == "Fit check 1/4: decoding centre crops 3/10"
+    RunRecorder(tmp_path)(Preparing(10, 10))
+    assert runs.read_status(tmp_path)["message"] == "Preparing images 10/10"
+    out = io.StringIO()
+    TextProgress(out)(Preparing(64, 100, "Fit check 2/4: features of the centre crops"))
+    assert out.getvalue() == "\rfit check 2/4: features of the centre crops 64/100"
 
 
 def test_learning_rate_schedule_warms_up_then_decays() -> None:

@@ -162,7 +162,7 @@ def test_auto_fit_pads_only_when_the_whole_photo_is_clearly_better(home: Path, t
 def test_a_run_left_to_auto_saves_the_fit_it_chose_and_says_why(home: Path, tmp_path: Path) -> None:
     from core import engine, runs, trainset
     from core.config import FreezeConfig, RunConfig, TrainConfig
-    from core.events import Notice
+    from core.events import Notice, Preparing
 
     data = str(_portraits(tmp_path / "bands"))
     cfg = RunConfig(_model_with_weights(tmp_path), data, FreezeConfig("head"),
@@ -173,6 +173,10 @@ def test_a_run_left_to_auto_saves_the_fit_it_chose_and_says_why(home: Path, tmp_
     assert runs.load_config(run_dir).train.image_fit == "pad"  # resume, export and predictions read this
     notes = [e.message for e in seen if isinstance(e, Notice)]
     assert any("keep their whole frame" in m for m in notes), notes
+    stages = list(dict.fromkeys(e.stage for e in seen if isinstance(e, Preparing)))  # the status line names each pass
+    assert stages == ["Fit check 1/4: decoding centre crops", "Fit check 2/4: features of the centre crops",
+                      "Fit check 3/4: decoding whole photos", "Fit check 4/4: features of the whole photos",
+                      "Preparing images"], stages
     quick_run = runs.create_run(replace(cfg, quick=True), trainset.resolve(data), tmp_path / "runs")
     quick.train_quick(quick_run)  # the quick model settles "auto" the same way
     assert runs.load_config(quick_run).train.image_fit == "pad"
