@@ -97,7 +97,10 @@ def embed(backbone: str, cache: ImageCache, idx: Sequence[int], plan: DevicePlan
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{backbone}-{key}.safetensors"
     if path.exists():
-        return load_file(str(path))["features"][list(idx)]
+        feats = load_file(str(path))["features"]
+        if on_progress:  # as a cached decode does: the bar shows the pass done
+            on_progress(len(feats), len(feats))
+        return feats[list(idx)]
     n = len(cache)
     if on_progress:  # the bar moves on to embedding now, not after the model is folded and exported (~1.5 s)
         on_progress(0, n)
@@ -340,7 +343,7 @@ def train_quick(run_dir: Path, subscribers: Sequence[Callable[[Event], None]] = 
                     len(train_idx), 0.0))
     key = _cache_key(paths, prep)
     feats = embed(cfg.backbone, cache, range(len(cache)), plan, key,
-                  lambda d, t: emit(Preparing(d, t)))
+                  lambda d, t: emit(Preparing(d, t, "Computing features")))
     weights = None
     if cfg.train.class_weights:
         counts = torch.bincount(labels[train_idx], minlength=len(classes)).float().clamp(min=1)

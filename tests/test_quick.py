@@ -178,5 +178,7 @@ def test_a_run_left_to_auto_saves_the_fit_it_chose_and_says_why(home: Path, tmp_
                       "Fit check 3/4: decoding whole photos", "Fit check 4/4: features of the whole photos",
                       "Preparing images"], stages
     quick_run = runs.create_run(replace(cfg, quick=True), trainset.resolve(data), tmp_path / "runs")
-    quick.train_quick(quick_run)  # the quick model settles "auto" the same way
+    seen.clear()
+    quick.train_quick(quick_run, [seen.append])  # the quick model settles "auto" the same way
+    assert {e.stage for e in seen if isinstance(e, Preparing)} >= {"Preparing images", "Computing features"}
     assert runs.load_config(quick_run).train.image_fit == "pad"
