@@ -67,6 +67,25 @@ def test_onnx_embeddings_take_uint8_crops_and_match_torch_in_float32() -> None:
     torch.testing.assert_close(got, model(eval_batch(squares, PREP, channels_last=False)), atol=1e-4, rtol=1e-4)
 
 
+@torch.inference_mode()
+def test_the_exported_graph_is_kept_and_a_damaged_one_is_exported_again(home: Path) -> None:
+    model = _tiny()
+    zoo.fold_batchnorm(model)
+    crops = centre_u8(_squares(4), PREP.size)
+    want = quick._onnx_forward(model, PREP, batch_size=4, threads=1)(crops)
+    kept = quick._graph_path(model, PREP, 4)
+    assert kept.is_file() and home in kept.parents
+    stamp = kept.stat().st_mtime_ns
+    torch.testing.assert_close(quick._onnx_forward(model, PREP, batch_size=4, threads=1)(crops), want)
+    assert kept.stat().st_mtime_ns == stamp  # read back, not exported again
+    other = _tiny(1)  # other weights: another graph
+    zoo.fold_batchnorm(other)
+    assert quick._graph_path(other, PREP, 4) != kept and quick._graph_path(model, PREP, 8) != kept
+    kept.write_bytes(b"not a graph")
+    torch.testing.assert_close(quick._onnx_forward(model, PREP, batch_size=4, threads=1)(crops), want)
+    assert kept.read_bytes() != b"not a graph"
+
+
 def test_l2_differences_within_noise_go_to_the_stronger_regularisation() -> None:
     grid = (1.0, 0.1)
     strong = torch.ones(200, dtype=torch.bool)
@@ -140,6 +159,20 @@ def _model_with_weights(tmp_path: Path) -> str:
     state = zoo.create_model("test_resnet", pretrained=False).state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return zoo.register_user_weights(path, "test_resnet", "fitcheck").name
+
+
+def test_setup_keeps_the_graph_every_fit_of_the_quick_model_looks_up(home: Path, tmp_path: Path) -> None:
+    from core.pipeline import prep_for
+
+    name = _model_with_weights(tmp_path)
+    kept = quick.keep_graph(name)
+    assert kept is not None and kept.is_file()
+    spec = zoo.get_spec(name)
+    for fit in ("crop", "pad", "squash"):  # the graph takes crops: one for every fit
+        prep = prep_for(spec, fit)
+        model = zoo.folded_if_same(zoo.create_model(name, num_classes=0, pretrained=True), prep.size)
+        assert quick._graph_path(model, prep, quick.EMBED_BATCH) == kept
+    assert quick.keep_graph("test_resnet") is None  # no pretrained weights: nothing to embed with
 
 
 def test_auto_fit_pads_only_when_the_whole_photo_is_clearly_better(home: Path, tmp_path: Path) -> None:
