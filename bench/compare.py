@@ -189,12 +189,14 @@ def _engine(plan: Plan, freeze: str | None, epochs: int | None, label: str, quic
     from core import runs, trainset, zoo
     from core.config import FreezeConfig, RunConfig
     from core.engine import fit
-    from core.quick import train_quick
+    from core.quick import keep_graph, train_quick
     from core.recorder import RunRecorder
     from core.tasks.classification import CLASSIFICATION
 
     if fresh:
         _fresh_home()
+        if quick and plan.pretrained:
+            keep_graph(plan.model)  # as setup leaves the machine (the embedding graph is exported there, untimed)
     train = CLASSIFICATION.start_train(zoo.get_spec(plan.model).input_size, epochs=epochs,
                                        train_size=0 if quick else None, image_fit=image_fit)
     chosen = FreezeConfig("head") if quick and not freeze else CLASSIFICATION.start_freeze(freeze)
