@@ -25,14 +25,15 @@ def make_colour_folders(root: Path, train: int = 8, val: int = 3, size: int = 48
     return root
 
 
-def model_with_batchnorm_statistics(name: str, seed: int = 0):  # noqa: ANN201 - torch imported lazily
-    """A timm model (random weights, eval mode) whose BatchNorm layers have non-trivial statistics and affine
-    parameters: fresh ones fold to almost nothing, which would hide folding mistakes."""
+def model_with_batchnorm_statistics(name: str, seed: int = 0, num_classes: int = 0):  # noqa: ANN201 - lazy torch
+    """A timm model (random weights, eval mode; a classifier of `num_classes`, none by default) whose BatchNorm
+    layers have non-trivial statistics and affine parameters: fresh ones fold to almost nothing, which would hide
+    folding mistakes."""
     import timm
     import torch
 
     torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)

@@ -14,6 +14,7 @@ from core import engine, runs, trainset, zoo
 from core.config import FreezeConfig, RunConfig, TrainConfig
 from core.events import BatchEnded, EpochEnded, FitEnded, FitFailed, FitStarted, PhaseChanged, Preparing
 from core.recorder import RunRecorder, TextProgress
+from core.tasks import get_task
 from tests.synthetic import make_colour_folders
 
 
@@ -150,6 +151,26 @@ def test_the_status_line_names_what_is_being_prepared(tmp_path: Path) -> None:
     out = io.StringIO()
     TextProgress(out)(Preparing(64, 100, "Fit check 2/4: features of the centre crops"))
     assert out.getvalue() == "\rfit check 2/4: features of the centre crops 64/100"
+
+
+def test_a_head_only_run_trains_through_a_folded_copy_and_saves_the_whole_model(colours: Path, tmp_path: Path,
+                                                                                home: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    pretrained = zoo.create_model("test_resnet", pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in pretrained.items()}, str(path))
+    name = zoo.register_user_weights(path, "test_resnet", "headonly").name
+    cfg = RunConfig(name, str(colours), FreezeConfig("head"),
+                    TrainConfig(epochs=2, batch_size=4, precision="fp32", device="cpu"))
+    run_dir = runs.create_run(cfg, trainset.resolve(str(colours)), tmp_path / "runs")
+    assert engine.fit(run_dir, [RunRecorder(run_dir)]).state == "completed"
+    saved = runs.load_weights(run_dir)
+    head = zoo.classifier_prefix(zoo.create_model(name, num_classes=3, pretrained=False))
+    want = zoo.create_model(name, num_classes=3, pretrained=False).state_dict()
+    assert set(saved) == set(want)  # BatchNorm and all: the folded copy never reaches the run folder
+    assert all(torch.equal(saved[k], v) for k, v in pretrained.items() if not k.startswith(head + "."))
+    torch.manual_seed(cfg.train.seed)  # the engine's own start: the same head initialisation
+    start = get_task(cfg.task).build_model(name, 3, True).state_dict()
+    assert not torch.equal(saved[f"{head}.weight"], start[f"{head}.weight"])  # the model's own head trained
 
 
 def test_learning_rate_schedule_warms_up_then_decays() -> None:

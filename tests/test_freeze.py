@@ -10,6 +10,7 @@ from core import zoo
 from core.config import FreezeConfig
 from core.freeze import (
     apply_phase,
+    head_only_view,
     layer_groups,
     optimizer_groups,
     phase_at,
@@ -107,6 +108,34 @@ def test_frozen_batchnorm_keeps_its_statistics_unless_asked() -> None:
     set_train_mode(model, groups, phase, train_bn=True)
     model(torch.randn(4, 3, 64, 64) * 3 + 1)
     assert not torch.equal(bn.running_mean, before)
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_resnet"])
+def test_a_head_only_phase_trains_the_models_own_head_through_a_folded_copy(name: str) -> None:
+    from tests.synthetic import model_with_batchnorm_statistics
+
+    model = model_with_batchnorm_statistics(name, num_classes=3)
+    groups = layer_groups(model)
+    head_phase, all_phase = plan_phases(groups, FreezeConfig("gradual"), 3)[:2]
+    apply_phase(model, groups, head_phase)
+    set_train_mode(model, groups, head_phase)
+    view = head_only_view(model, groups, head_phase, False, 32)
+    assert view is not None and view.get_classifier() is model.get_classifier()  # the same module, not a copy
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in view.modules()) < \
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(view(x), model(x), atol=1e-4, rtol=1e-4)  # same answers in training mode
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(zoo.classifier_prefix(model))}
+    head = model.get_classifier().weight.detach().clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(view(x), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    assert not torch.equal(model.get_classifier().weight, head)  # the step trained the model's head
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in backbone.items())  # keys and frozen values as they were
+    apply_phase(model, groups, all_phase)
+    assert head_only_view(model, groups, all_phase, False, 32) is None  # the backbone trains: no copy
+    assert head_only_view(model, groups, head_phase, True, 32) is None  # BatchNorm statistics train: no copy
 
 
 def test_optimizer_groups_hold_each_parameter_once_with_phase_rates() -> None:
