@@ -174,8 +174,8 @@ def head_only_view(model: nn.Module, groups: list[LayerGroup], phase: Phase, tra
         return None
     plain = copy.deepcopy(model)
     view = folded_if_same(plain, size)
-    if view is plain:  # folding would change the answers (or found nothing to fold): train `model` as it is
-        return None
+    if view is plain or _batchnorms(view) == _batchnorms(model):  # folding would change the answers, or nothing
+        return None  # folded (e.g. SyncBatchNorm): train `model` as it is
     parent, _, leaf = head.rpartition(".")
     setattr(view.get_submodule(parent) if parent else view, leaf, classifier)
     view.train()
@@ -183,6 +183,10 @@ def head_only_view(model: nn.Module, groups: list[LayerGroup], phase: Phase, tra
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
     return view
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def trainable_counts(groups: list[LayerGroup], phase: Phase) -> tuple[int, int]:

@@ -138,6 +138,14 @@ def test_a_head_only_phase_trains_the_models_own_head_through_a_folded_copy(name
     assert head_only_view(model, groups, head_phase, True, 32) is None  # BatchNorm statistics train: no copy
 
 
+def test_a_model_without_batchnorm_trains_its_head_as_it_is() -> None:
+    model = _model("test_vit")
+    groups = layer_groups(model)
+    head_phase = plan_phases(groups, FreezeConfig("head"), 2)[0]
+    apply_phase(model, groups, head_phase)
+    assert head_only_view(model, groups, head_phase, False, 32) is None  # nothing to fold: no copy
+
+
 def test_optimizer_groups_hold_each_parameter_once_with_phase_rates() -> None:
     model = _model("test_vit")
     groups = layer_groups(model)
