@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from core.pipeline import (
     prepare_run_data,
 )
 from core.settings import cache_root
+from core.storage import write_bytes_atomic
 from core.tasks import get_task
 
 EMBED_BATCH = 32  # on 2 cores: 32 is ~15 % faster than 16 or 64 in ONNX Runtime, on a par in torch
@@ -83,10 +83,7 @@ def _exported_graph(model: torch.nn.Module, prep: Prep, batch_size: int, path: P
         warnings.simplefilter("ignore")  # exporter deprecation notices: nothing a user can act on
         torch.onnx.export(_FromU8(model, prep), (example,), buf, dynamo=False, input_names=["x"],
                           output_names=["features"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    write_bytes_atomic(path, buf.getvalue())
     return buf.getvalue()
 
 
@@ -307,12 +304,13 @@ def choose_fit(backbone: str, manifest: dict, plan: DevicePlan,
     spec = zoo.get_spec(backbone)
     paths = [it["path"] for it in manifest["items"]]
     right: dict[str, torch.Tensor] = {}
-    for k, (fit, label) in enumerate((("crop", "centre crops"), ("pad", "whole photos"))):
+    for k, (fit, label) in enumerate((("crop", "centre cropped"), ("pad", "whole"))):
         # the same files decode (or fail) either way: the same training images
         prep = prep_for(spec, fit)
-        data = prepare_run_data(manifest, prep, _staged(on_progress, f"Fit check {2 * k + 1}/4: decoding {label}"))
+        step = "Comparing crop and whole photo {}/4: {} the photos, " + label
+        data = prepare_run_data(manifest, prep, _staged(on_progress, step.format(2 * k + 1, "reading")))
         feats = embed(backbone, data.cache, range(len(data.cache)), plan, _cache_key(paths, prep),
-                      _staged(on_progress, f"Fit check {2 * k + 2}/4: features of the {label}"))
+                      _staged(on_progress, step.format(2 * k + 2, "analysing")))
         oof, _ = out_of_fold(feats[data.train_idx], data.labels[data.train_idx], len(manifest["classes"]), seed=seed)
         right[fit] = oof[_within_noise(oof, L2_GRID)]
     fit = "pad" if clearly_better(right["pad"], right["crop"]) else "crop"
@@ -387,7 +385,7 @@ def train_quick(run_dir: Path, subscribers: Sequence[Callable[[Event], None]] = 
                     len(train_idx), 0.0))
     key = _cache_key(paths, prep)
     feats = embed(cfg.backbone, cache, range(len(cache)), plan, key,
-                  lambda d, t: emit(Preparing(d, t, "Computing features")))
+                  lambda d, t: emit(Preparing(d, t, "Analysing the photos")))
     weights = None
     if cfg.train.class_weights:
         counts = torch.bincount(labels[train_idx], minlength=len(classes)).float().clamp(min=1)

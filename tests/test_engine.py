@@ -144,13 +144,14 @@ def test_non_finite_loss_stops_with_advice_and_keeps_weights(colours: Path, tmp_
 def test_the_status_line_names_what_is_being_prepared(tmp_path: Path) -> None:
     import io
 
-    RunRecorder(tmp_path)(Preparing(3, 10, "Fit check 1/4: decoding centre crops"))
-    assert runs.read_status(tmp_path)["message"] == "Fit check 1/4: decoding centre crops 3/10"
+    stage = "Comparing crop and whole photo 1/4: reading the photos, centre cropped"
+    RunRecorder(tmp_path)(Preparing(3, 10, stage))
+    assert runs.read_status(tmp_path)["message"] == f"{stage} 3/10"
     RunRecorder(tmp_path)(Preparing(10, 10))
     assert runs.read_status(tmp_path)["message"] == "Preparing images 10/10"
     out = io.StringIO()
-    TextProgress(out)(Preparing(64, 100, "Fit check 2/4: features of the centre crops"))
-    assert out.getvalue() == "\rfit check 2/4: features of the centre crops 64/100"
+    TextProgress(out)(Preparing(64, 100, "Analysing the photos"))
+    assert out.getvalue() == "\ranalysing the photos 64/100"
 
 
 def test_a_head_only_run_trains_through_a_folded_copy_and_saves_the_whole_model(colours: Path, tmp_path: Path,

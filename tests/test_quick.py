@@ -207,11 +207,13 @@ def test_a_run_left_to_auto_saves_the_fit_it_chose_and_says_why(home: Path, tmp_
     notes = [e.message for e in seen if isinstance(e, Notice)]
     assert any("keep their whole frame" in m for m in notes), notes
     stages = list(dict.fromkeys(e.stage for e in seen if isinstance(e, Preparing)))  # the status line names each pass
-    assert stages == ["Fit check 1/4: decoding centre crops", "Fit check 2/4: features of the centre crops",
-                      "Fit check 3/4: decoding whole photos", "Fit check 4/4: features of the whole photos",
+    assert stages == ["Comparing crop and whole photo 1/4: reading the photos, centre cropped",
+                      "Comparing crop and whole photo 2/4: analysing the photos, centre cropped",
+                      "Comparing crop and whole photo 3/4: reading the photos, whole",
+                      "Comparing crop and whole photo 4/4: analysing the photos, whole",
                       "Preparing images"], stages
     quick_run = runs.create_run(replace(cfg, quick=True), trainset.resolve(data), tmp_path / "runs")
     seen.clear()
     quick.train_quick(quick_run, [seen.append])  # the quick model settles "auto" the same way
-    assert {e.stage for e in seen if isinstance(e, Preparing)} >= {"Preparing images", "Computing features"}
+    assert {e.stage for e in seen if isinstance(e, Preparing)} >= {"Preparing images", "Analysing the photos"}
     assert runs.load_config(quick_run).train.image_fit == "pad"
