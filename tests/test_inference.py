@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core import runs, trainset
+from core import runs, trainset, zoo
 from core.config import FreezeConfig, RunConfig, TrainConfig
 from core.inference import NOT_SURE, PredictError, Predictor, load_predictor
 from core.pipeline import build_cache, eval_batch, predict_input
@@ -183,3 +183,31 @@ def test_cache_key_follows_how_squares_are_made() -> None:
     h.update(b"/nonexistent/a.jpg|missing\n")
     assert pipeline._cache_key(["/nonexistent/a.jpg"], prep) == h.hexdigest()[:24]
     assert pipeline.SQUARE_VERSION >= 2
+
+
+def test_predictions_run_through_a_folded_copy_and_leave_the_model_as_it_was() -> None:
+    from core.device import plan_device
+    from core.pipeline import Prep
+    from tests.synthetic import model_with_batchnorm_statistics
+
+    model = model_with_batchnorm_statistics("test_efficientnet", num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prep = Prep(32, 36, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    predictor = Predictor(model, list(CLASSES), prep, plan_device("cpu", "fp32"))
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = predictor.model(x)
+    torch.testing.assert_close(predictor.logits(x), expected, atol=1e-4, rtol=1e-4)  # the same answers
+    fast = predictor._fast  # made by the first prediction
+    assert fast is not None and fast is predictor._forward_model()
+    assert zoo.batchnorm_count(fast) < zoo.batchnorm_count(predictor.model)  # ... through folded layers
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert zoo.batchnorm_count(predictor.model) == zoo.batchnorm_count(model_with_batchnorm_statistics(
+        "test_efficientnet", num_classes=3))  # Grad-CAM and the export checks still see the model as built
+    after = predictor.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_a_model_without_batchnorm_predicts_as_it_is() -> None:
+    model = get_task("classification").build_model("test_vit", 3, pretrained=False)
+    assert zoo.inference_copy(model, 32) is model and not model.training  # nothing to fold: no copy
