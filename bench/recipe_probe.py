@@ -62,6 +62,19 @@ def app_defaults(model: str, overrides: dict) -> TrainConfig:
     return replace(CLASSIFICATION.start_train(zoo.get_spec(model).input_size), **overrides)
 
 
+def distributed_fit(run_dir: Path, nproc: int, t0: float, rows: list[dict]) -> str:
+    """Train on `nproc` processes (no time budget: torchrun runs to the end) and fill `rows` from the run's events."""
+    from core import runs
+    from core.distributed import LaunchSpec, run_distributed
+
+    result = run_distributed(run_dir, LaunchSpec(nproc=nproc, device="auto"))
+    for ev in runs.read_events(run_dir, ("epoch_ended",)):
+        rows.append({"epoch": ev["epoch"], "seconds": round(ev["t"] - t0, 1),
+                     "val_accuracy": round(ev["val_accuracy"], 4), "train_images_per_second": ev["images_per_second"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return "completed" if result.returncode == 0 else f"failed: {result.failure}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -108,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
 
     stop = (lambda: time.time() - t0 > args.budget_s) if args.budget_s else (lambda: False)
-    res = fit(run_dir, [on], should_stop=stop)
+    if train.nproc > 1:  # several processes on this machine (torchrun + DDP), as the app launches them
+        state = distributed_fit(run_dir, train.nproc, t0, rows)
+    else:
+        state = fit(run_dir, [on], should_stop=stop).state
     best = max((r["val_accuracy"] for r in rows), default=None)
     summary = {"recipe": {"freeze": preset, **freeze_overrides, **{k: list(v) if isinstance(v, tuple) else v
                                                      for k, v in overrides.items()}},
-               "state": res.state, "best_val_accuracy": best, "seconds": round(time.time() - t0, 1),
+               "state": state, "best_val_accuracy": best, "seconds": round(time.time() - t0, 1),
                "s_to": {str(t): next((r["seconds"] for r in rows if r["val_accuracy"] >= t), None)
                         for t in (0.90, 0.93, 0.95)}}
     print(json.dumps(summary), flush=True)

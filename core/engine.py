@@ -207,10 +207,12 @@ def _is_oom(err: BaseException) -> bool:
 
 @torch.inference_mode()
 def evaluate_indices(model: torch.nn.Module, cache: ImageCache, idx: Sequence[int], labels: torch.Tensor,
-                     plan: DevicePlan, batch_size: int = 64) -> tuple[float, float, torch.Tensor]:
-    """(loss, accuracy, logits) of the model on cached images at `idx` (eval transform)."""
+                     plan: DevicePlan, batch_size: int | None = None) -> tuple[float, float, torch.Tensor]:
+    """(loss, accuracy, logits) of the model on cached images at `idx` (eval transform), `batch_size` at a time
+    (default: the plan's `predict_batch`)."""
     model.eval()
     dev = plan.torch_device()
+    batch_size = batch_size or plan.predict_batch
     outs = []
     for start in range(0, len(idx), batch_size):
         chunk = list(idx[start:start + batch_size])

@@ -155,8 +155,11 @@ class Predictor:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Raw model outputs (float32, on the CPU) for a prepared batch."""
+        step = self.plan.predict_batch
         with self.lock, torch.inference_mode(), self.plan.autocast():
-            return self._forward_model()(x.to(self.plan.torch_device())).float().cpu()
+            net = self._forward_model()
+            outs = [net(x[i:i + step].to(self.plan.torch_device())).float().cpu() for i in range(0, len(x), step)]
+        return torch.cat(outs) if outs else torch.zeros(0, len(self.classes))
 
     def logits_from_squares(self, squares: np.ndarray, batch_size: int = 32) -> torch.Tensor:
         """Logits for cached squares (N,S,S,3 uint8, e.g. `ImageCache.squares[idx]`), in batches."""

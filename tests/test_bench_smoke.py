@@ -82,3 +82,21 @@ def test_recipe_probe_starts_from_what_the_app_trains(tmp_path: Path) -> None:
     assert [r["epoch"] for r in lines[1:-1]] == [1, 2] and lines[-1]["state"] == "completed"
     with open(tmp_path / "curve.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
+
+
+def test_recipe_probe_runs_a_recipe_on_two_processes(tmp_path: Path) -> None:
+    """`--set nproc=2` trains through torchrun + DDP as the app would, and the curve comes from the run's events."""
+    import json
+
+    from tests.synthetic import make_colour_folders
+
+    data = make_colour_folders(tmp_path / "colours", train=4, val=2)
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "recipe_probe.py"), "--data", str(data), "--model",
+                           "test_resnet", "--epochs", "2", "--set", "precision=fp32", "--set", "nproc=2",
+                           "--set", "batch_size=4", "--runs-dir", str(tmp_path / "runs")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines[0]["train"]["nproc"] == 2
+    assert [r["epoch"] for r in lines[1:-1]] == [1, 2] and lines[-1]["state"] == "completed"
+    assert all(0 < r["seconds"] <= lines[-1]["seconds"] for r in lines[1:-1])

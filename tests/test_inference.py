@@ -194,7 +194,7 @@ def test_predictions_run_through_a_folded_copy_and_leave_the_model_as_it_was() -
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prep = Prep(32, 36, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     predictor = Predictor(model, list(CLASSES), prep, plan_device("cpu", "fp32"))
-    x = torch.randn(5, 3, 32, 32)
+    x = torch.randn(11, 3, 32, 32)  # more than one forward pass of the CPU's predict_batch (8)
     with torch.no_grad():
         expected = predictor.model(x)
     torch.testing.assert_close(predictor.logits(x), expected, atol=1e-4, rtol=1e-4)  # the same answers
