@@ -382,7 +382,7 @@ def batchnorm_count(model: torch.nn.Module) -> int:
 
 
 def inference_copy(model: torch.nn.Module, size: int, channels_last: bool = False) -> torch.nn.Module:
-    """A frozen copy of `model` for predicting, with BatchNorm folded into its convolutions: 1.6–1.8× MobileNetV2's
+    """A frozen copy of `model` for predicting, with BatchNorm folded into its convolutions: 1.3–1.5× MobileNetV2's
     images/s on a CPU in float32 (BENCHMARKS.md, session 35). `model` itself (in eval mode, untouched) when nothing
     folds or folding would change the answers. A copy does not follow later changes of `model`'s weights."""
     folded = folded_if_same(model, size)
