@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from views.common import current_task, page_file, sidebar_status
+from views.common import current_task, draft_to_url, page_file, restore_draft_from_url, sidebar_status
 
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
 
+restore_draft_from_url()  # a reload (F5) of any page keeps the chosen task, model, data and run
 TASK = current_task()
 PAGES = {
     "": [st.Page("views/home.py", title="Home", icon=":material/home:", default=True, url_path="home")],
@@ -20,6 +21,7 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
+draft_to_url()  # moving to another page clears the address's parameters: put the draft's ids back
 slot = st.sidebar.empty()
 sidebar_status(slot)  # shown even when the page stops early (st.stop ends the script run)
 page.run()

@@ -78,3 +78,33 @@ def test_try_sample_data_sets_a_working_draft() -> None:
     _ok(at)
     assert at.session_state["draft_backbone"] == "mobilenetv2_100"
     assert len(at.session_state["draft_dataset_id"]) == 32  # the sample, imported into the store
+
+
+def test_the_draft_is_kept_in_the_address_so_a_reload_comes_back_to_it() -> None:
+    at = _app().run()
+    at.button(key="home_try_sample").click().run()
+    at.switch_page("views/model.py").run()
+    at.selectbox(key="model_select").set_value("tf_efficientnet_lite0").run()
+    _ok(at)
+    address = dict(at.query_params)
+    assert address["backbone"] == "tf_efficientnet_lite0"
+    assert address["dataset_id"] == at.session_state["draft_dataset_id"]
+    reloaded = _app()  # a new session (F5) opened on the same address
+    reloaded.query_params.update(address)
+    reloaded.switch_page("views/train.py").run()
+    _ok(reloaded)
+    assert reloaded.session_state["draft_backbone"] == "tf_efficientnet_lite0"
+    assert reloaded.session_state["draft_dataset_id"] == address["dataset_id"]
+    assert not any("Choose a model first" in i.value for i in reloaded.info)
+
+
+def test_ids_in_the_address_are_checked_before_they_become_the_draft() -> None:
+    at = _app()
+    at.query_params.update({"task": "no_such_task", "backbone": "no_such_model", "dataset_id": "0" * 32,
+                            "run_id": "../../../etc", "other": "x"})
+    at.switch_page("views/layers.py").run()
+    _ok(at)
+    assert any("Choose a model first" in i.value for i in at.info)
+    for key in ("task", "backbone", "dataset_id", "run_id"):
+        assert f"draft_{key}" not in at.session_state
+    assert dict(at.query_params) == {}  # nothing unchecked stays in the address

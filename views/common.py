@@ -27,6 +27,61 @@ def draft(key: str, default=None):
 
 def set_draft(key: str, value) -> None:
     st.session_state[f"draft_{key}"] = value
+    if key in URL_DRAFTS:
+        draft_to_url()
+
+
+URL_DRAFTS = ("task", "backbone", "dataset_id", "run_id")  # also kept in the page's address: a reload keeps them
+_RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{12}$")
+
+
+def draft_to_url() -> None:
+    """Write the draft's ids into the page's address (left out when not chosen), so a reload (F5) or a bookmark
+    of this tab comes back to the same choices while other tabs keep their own."""
+    want = {k: str(v) for k in URL_DRAFTS if (v := draft(k))}
+    if st.query_params.to_dict() != want:
+        st.query_params.from_dict(want)
+
+
+def restore_draft_from_url() -> None:
+    """Once per session: the ids in the page's address, each checked (a known task, model, dataset of that task,
+    run), become the draft; anything else there is ignored."""
+    if st.session_state.get("draft_restored"):
+        return
+    st.session_state["draft_restored"] = True
+    params = st.query_params.to_dict()
+    for key in URL_DRAFTS:
+        value = params.get(key)
+        if value and f"draft_{key}" not in st.session_state and _valid_draft(key, value, params.get("task")):
+            st.session_state[f"draft_{key}"] = value
+
+
+def _valid_draft(key: str, value: str, task: str | None) -> bool:
+    from core.tasks import list_tasks
+
+    task = task or "classification"
+    if key == "task":
+        return any(t.name == value and t.available for t in list_tasks())
+    if key == "backbone":
+        from core import zoo
+
+        return any(s.name == value for s in zoo.list_backbones())
+    if key == "dataset_id":
+        from core.data.store import load_dataset
+
+        try:
+            return load_dataset(value).task == task
+        except Exception:  # noqa: BLE001 - not a stored dataset (removed meanwhile, or made up): not restored
+            return False
+    from core import runs
+    from core.settings import runs_root
+
+    if not _RUN_ID.match(value) or not (runs_root() / value).is_dir():
+        return False
+    try:
+        return runs.load_config(runs_root() / value).task == task
+    except Exception:  # noqa: BLE001 - a damaged run folder: not restored
+        return False
 
 
 VIEWS = Path(__file__).resolve().parent

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -222,6 +223,11 @@ class StreamlitHelpers:
         expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout)
         expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=timeout)
         expect(page.locator('[data-stale="true"]')).to_have_count(0, timeout=timeout)
+
+    @staticmethod
+    def page_url(app_url: str, path: str) -> re.Pattern:
+        """The address of one page, whatever draft ids follow it (`?backbone=…&dataset_id=…`, kept for reloads)."""
+        return re.compile(re.escape(f"{app_url}/{path}") + r"(\?.*)?$")
 
     @staticmethod
     def open(page, url: str, timeout: int = SLOW_MS) -> None:

@@ -74,7 +74,7 @@ def test_hostile_names_are_shown_as_text(page, app_url, st_helpers, hostile_data
 
     st.open(page, app_url)
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="2 · Data", exact=True).click()
-    expect(page).to_have_url(f"{app_url}/data", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, "data"), timeout=st.SLOW_MS)
     expect(main.get_by_role("heading", name="2 · Bring your photos")).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
 

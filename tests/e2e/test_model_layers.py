@@ -30,7 +30,7 @@ def test_choose_model_then_layers(page, app_url, st_helpers):
 
     # Model page (from the sidebar). Its first visit measures each backbone's CPU latency: slow.
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="1 · Model", exact=True).click()
-    expect(page).to_have_url(f"{app_url}/model", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, "model"), timeout=st.SLOW_MS)
     box = page.get_by_role("combobox", name="Model to use")
     expect(box).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
@@ -48,7 +48,11 @@ def test_choose_model_then_layers(page, app_url, st_helpers):
 
     # Layers page (from the page link at the bottom of the Model page).
     st.main(page).get_by_role("button", name="Next: choose the layers to train").click()
-    expect(page).to_have_url(f"{app_url}/layers", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, "layers"), timeout=st.SLOW_MS)
+    expect(st.main(page).get_by_text(f"Model: {LITE0}")).to_be_visible(timeout=st.SLOW_MS)
+    st.wait_idle(page)
+    assert f"backbone={LITE0}" in page.url  # the choice is in the address ...
+    page.reload()  # ... so a reload (a new session) comes back to it instead of "Choose a model first"
     expect(st.main(page).get_by_text(f"Model: {LITE0}")).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
 
@@ -84,7 +88,7 @@ def test_try_sample_data_lands_on_layers(page, app_url, st_helpers):
     st = st_helpers
     st.open(page, app_url)
     page.get_by_role("button", name="Try it with sample data").click()
-    expect(page).to_have_url(f"{app_url}/layers", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, "layers"), timeout=st.SLOW_MS)
     expect(st.main(page).get_by_text("Model: mobilenetv2_100")).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
     expect(page.get_by_role("radio", name=RECOMMENDED, exact=True)).to_be_checked()

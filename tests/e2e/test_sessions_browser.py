@@ -62,7 +62,7 @@ def _open_data_page(page, app_url, st) -> None:
 
     st.open(page, app_url)
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="2 · Data", exact=True).click()
-    expect(page).to_have_url(f"{app_url}/data", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, "data"), timeout=st.SLOW_MS)
     expect(st.main(page).get_by_role("heading", name="2 · Bring your photos")).to_be_visible()
     st.wait_idle(page)
     _show_uploads(page)
@@ -103,7 +103,7 @@ def _revisit_data_page(page, app_url, st) -> None:
     expect(st.main(page).get_by_role("heading", name="Transfer Studio")).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="2 · Data", exact=True).click()
-    expect(page).to_have_url(f"{app_url}/data", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, "data"), timeout=st.SLOW_MS)
     st.wait_idle(page)
     _show_uploads(page)
 

@@ -94,7 +94,7 @@ def _open(page, app_url: str, st, link: str, url_path: str, heading: str) -> Non
 
     st.open(page, app_url)
     page.get_by_test_id("stSidebarNav").get_by_role("link", name=link, exact=True).click()
-    expect(page).to_have_url(f"{app_url}/{url_path}", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, url_path), timeout=st.SLOW_MS)
     expect(st.main(page).get_by_role("heading", name=heading)).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
 

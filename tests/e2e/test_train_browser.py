@@ -65,11 +65,11 @@ def test_quick_model_then_fine_tune(page, app_url, st_helpers):
 
     # Home → sample data (lands on the Layers page) → sidebar "4 · Train".
     page.get_by_role("button", name="Try it with sample data").click()
-    expect(page).to_have_url(f"{app_url}/layers", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, "layers"), timeout=st.SLOW_MS)
     expect(main.get_by_text(f"Model: {BACKBONE}")).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="4 · Train", exact=True).click()
-    expect(page).to_have_url(f"{app_url}/train", timeout=st.SLOW_MS)
+    expect(page).to_have_url(st.page_url(app_url, "train"), timeout=st.SLOW_MS)
     expect(main.get_by_role("heading", name="4 · Train")).to_be_visible(timeout=st.SLOW_MS)
     quick = main.get_by_role("button", name="Quick model (seconds)")
     expect(quick).to_be_visible()
