@@ -60,6 +60,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from core import zoo
     from core.catalog import group_rows
     from core.tasks.classification import CLASSIFICATION
     from core.zoo import ZooError
@@ -74,8 +75,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     if args.estimate:
         from core.measure import estimate_training_isolated
 
+        size = args.train_size
+        if size is None:  # the crops `train` uses by default
+            size = CLASSIFICATION.default_train_size(zoo.get_spec(args.model).input_size)
         estimate = estimate_training_isolated(args.model, freeze, args.batch_size, args.estimate,
-                                              num_classes=args.classes).to_dict()
+                                              num_classes=args.classes, train_size=size).to_dict()
     if args.json:
         _print_json({"model": args.model, "freeze": freeze.to_dict(), "groups": rows, "estimate": estimate})
         return 0
@@ -326,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--estimate", type=int, metavar="N_IMAGES", help="measure training cost for N images")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-size", type=int, default=None, metavar="PIXELS",
+                   help="--estimate: side of the training crops (default: what `train` uses; 0 = the model's own)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_layers)
 

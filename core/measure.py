@@ -18,7 +18,7 @@ import torch
 
 from core import zoo
 from core.config import FreezeConfig
-from core.device import DevicePlan, inference_mode, plan_device
+from core.device import DevicePlan, inference_mode, keep_freed_memory, plan_device
 from core.freeze import apply_phase, layer_groups, plan_phases, set_train_mode, trainable_counts
 from core.settings import cache_root
 
@@ -101,8 +101,9 @@ class TrainingEstimate:
 
 
 def estimate_training(name: str, freeze: FreezeConfig, batch_size: int, n_images: int, num_classes: int = 2,
-                      steps: int = 3, plan: DevicePlan | None = None) -> TrainingEstimate:
-    """Run a warm-up and `steps` real forward/backward/optimizer steps on random images and time them.
+                      steps: int = 3, plan: DevicePlan | None = None, train_size: int = 0) -> TrainingEstimate:
+    """Run a warm-up and `steps` real forward/backward/optimizer steps on random images of `train_size` pixels
+    (0 = the model's input size) and time them.
 
     For `gradual` the most expensive phase (the backbone unfrozen) is measured. Memory is this process's peak
     resident size (run it in a fresh process: `estimate_training_isolated`); on a GPU, the peak allocated."""
@@ -120,7 +121,8 @@ def estimate_training(name: str, freeze: FreezeConfig, batch_size: int, n_images
     set_train_mode(model, groups, phase, freeze.train_bn)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-    x = torch.randn(batch_size, 3, spec.input_size, spec.input_size, device=dev)
+    size = train_size or spec.input_size
+    x = torch.randn(batch_size, 3, size, size, device=dev)
     if plan.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch_size,), device=dev)
@@ -152,7 +154,8 @@ def estimate_training(name: str, freeze: FreezeConfig, batch_size: int, n_images
     trainable, frozen = trainable_counts(groups, phase)
     epoch = math.ceil(n_images / batch_size) * per_step
     mem = "peak GPU memory" if plan.device == "cuda" else "peak memory of the training process"
-    note = (f"Measured with {steps} real training steps at batch {batch_size} ({plan.precision}, {plan.device}); "
+    note = (f"Measured with {steps} real training steps at batch {batch_size} on {size}×{size} training crops "
+            f"({plan.precision}, {plan.device}); "
             f"memory is the {mem}. Reading photos adds to the time; the app caches decoded images to keep it small.")
     return TrainingEstimate(name, freeze.preset, batch_size, plan.device, plan.precision, round(per_step, 4),
                             round(batch_size / per_step, 1), round(peak_mb, 1), round(model_mb, 1), n_images,
@@ -163,11 +166,13 @@ ESTIMATE_FILE = "estimates.json"
 
 
 def estimate_training_isolated(name: str, freeze: FreezeConfig, batch_size: int, n_images: int,
-                               num_classes: int = 2, timeout: float = 300) -> TrainingEstimate:
-    """`estimate_training` in a fresh Python process, so its memory figure is the real peak of a training process
-    and the caller (e.g. the web app) never holds the spike. Results are cached per machine and choice."""
+                               num_classes: int = 2, timeout: float = 300, train_size: int = 0) -> TrainingEstimate:
+    """`estimate_training` in a fresh Python process set up as a training worker is (freed memory kept), so its
+    time and memory are a training process's and the caller (e.g. the web app) never holds the spike. Results are
+    cached per machine and choice."""
     plan = plan_device()
-    key = f"{name}|{json.dumps(freeze.to_dict(), sort_keys=True)}|{batch_size}|{num_classes}|{_latency_key('', plan)}"
+    key = (f"{name}|{json.dumps(freeze.to_dict(), sort_keys=True)}|{batch_size}|{num_classes}|"
+           f"{_latency_key('', plan)}|{train_size}|kept")
     path = cache_root() / ESTIMATE_FILE
     try:
         cache = json.loads(path.read_text())
@@ -179,7 +184,7 @@ def estimate_training_isolated(name: str, freeze: FreezeConfig, batch_size: int,
         row["seconds_per_epoch"] = round(math.ceil(n_images / batch_size) * row["seconds_per_step"], 1)
         return TrainingEstimate(**row)
     args = json.dumps({"name": name, "freeze": freeze.to_dict(), "batch_size": batch_size, "n_images": n_images,
-                       "num_classes": num_classes})
+                       "num_classes": num_classes, "train_size": train_size})
     proc = subprocess.run([sys.executable, "-m", "core.measure", args], capture_output=True, text=True,
                           timeout=timeout, check=False)
     if proc.returncode != 0:
@@ -194,9 +199,10 @@ def estimate_training_isolated(name: str, freeze: FreezeConfig, batch_size: int,
 
 
 def _main(argv: list[str]) -> int:
+    keep_freed_memory()  # as the training worker does: without it every large map is page-faulted in each step
     req = json.loads(argv[0])
     est = estimate_training(req["name"], FreezeConfig.from_dict(req["freeze"]), int(req["batch_size"]),
-                            int(req["n_images"]), int(req["num_classes"]))
+                            int(req["n_images"]), int(req["num_classes"]), train_size=int(req.get("train_size", 0)))
     print(json.dumps(est.to_dict()))
     return 0
 

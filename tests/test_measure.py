@@ -40,3 +40,21 @@ def test_isolated_estimate_runs_in_a_fresh_process_and_is_cached(home: Path) -> 
     again = measure.estimate_training_isolated("test_resnet", FreezeConfig("last-1"), batch_size=4, n_images=400)
     assert again.seconds_per_step == est.seconds_per_step
     assert again.n_images == 400 and again.seconds_per_epoch >= est.seconds_per_epoch
+
+
+def test_the_estimate_trains_on_the_crops_a_run_trains_on(home: Path, capsys) -> None:
+    est = measure.estimate_training_isolated("test_resnet", FreezeConfig("last-1"), batch_size=4, n_images=40,
+                                             train_size=48)
+    assert "48×48 training crops" in est.note  # measured in the subprocess on that size
+    from core import cli, zoo
+    from core.tasks.classification import CLASSIFICATION
+
+    own = zoo.get_spec("test_resnet").input_size
+    full = measure.estimate_training_isolated("test_resnet", FreezeConfig("last-1"), batch_size=4, n_images=40)
+    assert f"{own}×{own} training crops" in full.note  # another size is another measurement, not the cached one
+
+    assert cli.main(["layers", "test_resnet", "--freeze", "gradual", "--estimate", "40", "--batch-size", "4",
+                     "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["estimate"]
+    size = CLASSIFICATION.default_train_size(own)
+    assert size != own and f"{size}×{size} training crops" in estimate["note"]  # `train`'s default crops

@@ -108,3 +108,19 @@ def test_ids_in_the_address_are_checked_before_they_become_the_draft() -> None:
     for key in ("task", "backbone", "dataset_id", "run_id"):
         assert f"draft_{key}" not in at.session_state
     assert dict(at.query_params) == {}  # nothing unchecked stays in the address
+
+
+def test_the_layers_page_measures_the_run_the_train_page_starts(home: Path) -> None:
+    from core import zoo
+    from core.tasks.classification import CLASSIFICATION
+
+    at = _app()
+    at.session_state["draft_backbone"] = "test_resnet"
+    at.switch_page("views/layers.py").run()
+    at.select_slider(key="estimate_batch").set_value(4)
+    at.number_input(key="estimate_images").set_value(40)
+    at.button(key="estimate_run").click().run()
+    _ok(at)
+    size = CLASSIFICATION.default_train_size(zoo.get_spec("test_resnet").input_size)  # "Faster epochs", the default
+    assert any(f"{size}×{size} training crops" in c.value for c in at.caption)
+    assert any(m.label == "Time per epoch" for m in at.metric)

@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from core import zoo
 from core.config import PRESET_HELP, FreezeConfig
 from core.measure import estimate_training_isolated
 from core.plots import layer_groups_figure
@@ -100,6 +101,8 @@ right.dataframe(pd.DataFrame(rows), hide_index=True, key="layers_table")
 
 st.subheader("How long and how much memory?")
 st.write("Measured now with a few real training steps on this machine (not a guess).")
+# the crops the Train page trains on by default ("Faster epochs"), so the estimate is the run a user starts
+crop = _t.default_train_size(zoo.get_spec(backbone).input_size) if hasattr(_t, "default_train_size") else 0
 c1, c2 = st.columns(2)
 n_images = c1.number_input("Number of training images", 10, 1_000_000, value=train_images(draft("dataset_id")),
                            step=100, key="estimate_images")
@@ -107,7 +110,7 @@ batch = c2.select_slider("Batch size", [4, 8, 16, 32, 64, 128], value=32, key="e
 if st.button("Measure", key="estimate_run"):
     with st.spinner("Running a few training steps…"):
         try:
-            est = estimate_training_isolated(backbone, freeze, int(batch), int(n_images))
+            est = estimate_training_isolated(backbone, freeze, int(batch), int(n_images), train_size=crop)
         except (RuntimeError, TimeoutError) as err:
             st.error(f"Could not measure: {err}")
         else:
