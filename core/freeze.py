@@ -174,8 +174,8 @@ def head_only_view(model: nn.Module, groups: list[LayerGroup], phase: Phase, tra
         return None
     plain = copy.deepcopy(model)
     view = folded_if_same(plain, size)
-    if view is plain or batchnorm_count(view) == batchnorm_count(model):  # folding would change the answers, or nothing
-        return None  # folded (e.g. SyncBatchNorm): train `model` as it is
+    if view is plain or batchnorm_count(view) == batchnorm_count(model):  # folding changes answers or folds nothing
+        return None  # (e.g. SyncBatchNorm): train `model` as it is
     parent, _, leaf = head.rpartition(".")
     setattr(view.get_submodule(parent) if parent else view, leaf, classifier)
     view.train()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import statistics
 import subprocess
@@ -21,6 +20,7 @@ from core.config import FreezeConfig
 from core.device import DevicePlan, inference_mode, keep_freed_memory, plan_device
 from core.freeze import apply_phase, layer_groups, plan_phases, set_train_mode, trainable_counts
 from core.settings import cache_root
+from core.storage import write_json_atomic
 
 LATENCY_FILE = "latency.json"
 
@@ -38,10 +38,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(data: dict) -> None:
-    path = cache_root() / LATENCY_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_json_atomic(cache_root() / LATENCY_FILE, dict(sorted(data.items())))
 
 
 def cached_latency(name: str, plan: DevicePlan | None = None) -> float | None:
@@ -192,9 +189,7 @@ def estimate_training_isolated(name: str, freeze: FreezeConfig, batch_size: int,
         raise RuntimeError(f"The measurement failed: {tail}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     cache[key] = row
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, cache)
     return TrainingEstimate(**row)
 
 

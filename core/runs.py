@@ -44,6 +44,14 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(6)
 
 
+_RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{12}$")
+
+
+def is_run_id(text: str) -> bool:
+    """True for a name `new_run_id` could have made (so never a path)."""
+    return bool(_RUN_ID.match(text))
+
+
 def create_run(config: RunConfig, dataset: dict, runs_dir: Path | None = None) -> Path:
     """Make a run folder with its config, dataset manifest and a 'created' status."""
     root = Path(runs_dir) if runs_dir else runs_root()

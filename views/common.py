@@ -32,7 +32,6 @@ def set_draft(key: str, value) -> None:
 
 
 URL_DRAFTS = ("task", "backbone", "dataset_id", "run_id")  # also kept in the page's address: a reload keeps them
-_RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{12}$")
 
 
 def draft_to_url() -> None:
@@ -76,7 +75,7 @@ def _valid_draft(key: str, value: str, task: str | None) -> bool:
     from core import runs
     from core.settings import runs_root
 
-    if not _RUN_ID.match(value) or not (runs_root() / value).is_dir():
+    if not runs.is_run_id(value) or not (runs_root() / value).is_dir():
         return False
     try:
         return runs.load_config(runs_root() / value).task == task

@@ -101,14 +101,14 @@ right.dataframe(pd.DataFrame(rows), hide_index=True, key="layers_table")
 
 st.subheader("How long and how much memory?")
 st.write("Measured now with a few real training steps on this machine (not a guess).")
-# the crops the Train page trains on by default ("Faster epochs"), so the estimate is the run a user starts
-crop = _t.default_train_size(zoo.get_spec(backbone).input_size) if hasattr(_t, "default_train_size") else 0
 c1, c2 = st.columns(2)
 n_images = c1.number_input("Number of training images", 10, 1_000_000, value=train_images(draft("dataset_id")),
                            step=100, key="estimate_images")
 batch = c2.select_slider("Batch size", [4, 8, 16, 32, 64, 128], value=32, key="estimate_batch")
 if st.button("Measure", key="estimate_run"):
     with st.spinner("Running a few training steps…"):
+        # on the crops the Train page trains on by default ("Faster epochs"): the run a user starts
+        crop = _t.default_train_size(zoo.get_spec(backbone).input_size) if hasattr(_t, "default_train_size") else 0
         try:
             est = estimate_training_isolated(backbone, freeze, int(batch), int(n_images), train_size=crop)
         except (RuntimeError, TimeoutError) as err:
