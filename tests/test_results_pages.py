@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,18 @@ def test_results_export_and_rename(trained: Path) -> None:
     at.button(key="runs_save_meta").click().run()
     _ok(at)
     assert json.loads((trained / "meta.json").read_text())["name"] == "renamed run"
+
+
+def test_two_runs_with_the_same_name_compare_side_by_side(trained: Path) -> None:
+    twin = trained.parent / runs.new_run_id()
+    shutil.copytree(trained, twin)  # the same name ("tiny colours"), as two runs of one recipe have
+    at = _app("views/runs.py").run()
+    _ok(at)
+    at.multiselect(key="runs_compare").set_value([trained.name, twin.name]).run()
+    _ok(at)  # used to fail: duplicate column names
+    labels = [f"tiny colours ({trained.name})", f"tiny colours ({twin.name})"]
+    side = next(d.value for d in at.dataframe if sorted(d.value.columns) == sorted(labels))  # a column per run
+    assert side.loc["lr"].tolist() == ["auto", "auto"] and side.loc["epochs"].tolist() == ["2", "2"]
 
 
 def test_test_page_predicts_uploaded_photos_and_reports_bad_files(trained: Path) -> None:

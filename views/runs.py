@@ -69,10 +69,27 @@ def _row(run_dir) -> dict:
             "dataset": _dataset_name(cfg.get("dataset", "")),
             "freeze": "quick" if cfg.get("quick") else cfg.get("freeze", {}).get("preset"),
             "pretrained": cfg.get("pretrained", True), "epochs": train.get("epochs"),
-            "batch": train.get("batch_size"), "lr": train.get("lr") or "auto", "status": jobs.state(run_dir).get(
-                "state", status.get("state")), "best_val_accuracy": status.get("best_val_accuracy"),
+            "batch": train.get("batch_size"), "lr": f"{train['lr']:.3g}" if train.get("lr") else "auto",
+            "status": jobs.state(run_dir).get("state", status.get("state")),
+            "best_val_accuracy": status.get("best_val_accuracy"),
             "seconds": round(status.get("seconds") or 0, 1), "device": status.get("device", ""),
             "note": meta.get("note", "")}
+
+
+def _cell(value: object) -> str:
+    if value is None or value != value:  # None or NaN
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
+    return str(value)
+
+
+def _side_by_side(table: pd.DataFrame, chosen: list[str]) -> pd.DataFrame:
+    """One column per chosen run (headed by its name and id: names need not be unique), one row per setting,
+    as text (each row mixes numbers and words)."""
+    rows = table[table["run"].isin(chosen)]
+    labels = [f"{name} ({run})" for name, run in zip(rows["name"], rows["run"], strict=True)]
+    return rows.drop(columns=["name", "run"]).set_axis(labels).T.map(_cell)
 
 
 all_runs = runs.list_runs()
@@ -103,7 +120,7 @@ if compare:
     fig.update_layout(height=320, xaxis_title="seconds of training", yaxis_title="validation accuracy",
                       margin=dict(l=10, r=10, t=30, b=10), title="Validation accuracy over time")
     st.plotly_chart(fig, key="runs_compare_chart")
-    st.dataframe(table[table["run"].isin(compare)].set_index("name").T, key="runs_compare_table")
+    st.dataframe(_side_by_side(table, compare), key="runs_compare_table")
 
 current = draft("run_id")
 run_id = st.selectbox("Open a run", ids, index=ids.index(current) if current in ids else 0,
