@@ -36,7 +36,7 @@ from core.events import (
 )
 from core.freeze import (
     apply_phase,
-    head_only_view,
+    frozen_view,
     layer_groups,
     optimizer_groups,
     phase_at,
@@ -334,8 +334,8 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
         phase = phase_at(phases, epoch)
         if phase is not current:
             apply_phase(model, groups, phase)
-            # a head-only phase runs the frozen backbone with its BatchNorm folded in (~1.4× on the CPU)
-            view = head_only_view(model, groups, phase, cfg.freeze.train_bn, prep.size)
+            # frozen groups run with their BatchNorm folded in: head-only epochs ~1.4× on the CPU, the rest ~1.05×
+            view = frozen_view(model, groups, phase, cfg.freeze.train_bn, prep.size)
             if view is not None and plan.channels_last:
                 view = view.to(memory_format=torch.channels_last)
             net = dist.wrap(model if view is None else view)  # DDP registers the parameters that train: wrap
@@ -343,7 +343,7 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
             trainable, frozen = trainable_counts(groups, phase)
             emit(PhaseChanged(epoch, phase.label, trainable, frozen))
             current = phase
-        set_train_mode(model, groups, phase, cfg.freeze.train_bn)  # the view's head is model's: in train mode too
+        set_train_mode(model, groups, phase, cfg.freeze.train_bn)  # validation left it in eval mode
         order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
         epoch_t0 = time.time()
         while st.pos < len(train_idx):

@@ -14,7 +14,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from core.config import FreezeConfig
-from core.zoo import batchnorm_count, classifier_prefix, folded_if_same
+from core.zoo import batchnorm_count, classifier_prefix, fold_batchnorm, fuse_conv_act, same_answers
 
 _CONTAINERS = {"blocks", "layers", "stages", "features", "layer", "stage"}
 
@@ -156,32 +156,25 @@ def set_train_mode(model: nn.Module, groups: list[LayerGroup], phase: Phase, tra
                 module.eval()
 
 
-def head_only_view(model: nn.Module, groups: list[LayerGroup], phase: Phase, train_bn: bool, size: int
-                   ) -> nn.Module | None:
-    """For a phase that trains only the classifier with BatchNorm statistics fixed: a copy of `model` whose frozen
-    convolutions have their BatchNorm folded in and whose classifier *is* `model`'s (the same module), so training
-    through it trains `model`'s head while saving, validating and resuming use `model` unchanged. The copy runs
-    in train mode with BatchNorm in eval mode, as `set_train_mode` leaves `model`. None when another group trains,
-    BatchNorm trains, or folding would change the model's answers. Measured: head-only epochs ~1.4× faster on
-    MobileNetV2 (BENCHMARKS.md, session 34)."""
-    head = classifier_prefix(model)
-    heads = [g.name == "head" or all(n.startswith(head + ".") for n in g.params) for g in groups]
-    if train_bn or not any(phase.trainable) or any(t and not h for t, h in zip(phase.trainable, heads, strict=True)):
+def frozen_view(model: nn.Module, groups: list[LayerGroup], phase: Phase, train_bn: bool, size: int
+                ) -> nn.Module | None:
+    """For a phase with frozen groups whose BatchNorm statistics stay fixed: a copy of `model` in which those
+    groups' convolutions have their BatchNorm folded in and, where nothing before them trains, their ReLU applied
+    by oneDNN as they write (`zoo.Conv2dAct`). Its trainable parameters and the statistics of BatchNorm that trains
+    are `model`'s own tensors, so a step through the view trains `model`, while saving, validating and resuming use
+    `model` unchanged. The view's modules are in the phase's train/eval modes. None when nothing frozen folds
+    (everything trains, BatchNorm trains, no BatchNorm) or folding would change the model's answers. Measured on
+    MobileNetV2 on a CPU: head-only epochs ~1.4× (BENCHMARKS.md, session 34), the default's later phases (the
+    first 3 groups frozen) ~1.05× (session 36)."""
+    shared = [p for p in model.parameters() if p.requires_grad]
+    shared += [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for b in m.buffers(recurse=False)]  # BatchNorm that trains updates the model's statistics
+    view = copy.deepcopy(model, memo={id(t): t for t in shared})
+    set_train_mode(view, groups, phase, train_bn)
+    fold_batchnorm(view, frozen_only=True)
+    if batchnorm_count(view) == batchnorm_count(model) or not same_answers(view, model, size):
         return None
-    try:
-        classifier = model.get_submodule(head)
-    except AttributeError:
-        return None
-    plain = copy.deepcopy(model)
-    view = folded_if_same(plain, size)
-    if view is plain or batchnorm_count(view) == batchnorm_count(model):  # folding changes answers or folds nothing
-        return None  # (e.g. SyncBatchNorm): train `model` as it is
-    parent, _, leaf = head.rpartition(".")
-    setattr(view.get_submodule(parent) if parent else view, leaf, classifier)
-    view.train()
-    for m in view.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    fuse_conv_act(view)
     return view
 
 

@@ -274,20 +274,27 @@ def create_model(name: str, num_classes: int = 1000, pretrained: bool = True, **
     return model
 
 
-def fold_batchnorm(module: torch.nn.Module) -> None:
+def _frozen(module: torch.nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters())
+
+
+def fold_batchnorm(module: torch.nn.Module, frozen_only: bool = False) -> None:
     """Fold every Conv2d → BatchNorm pair (in registration order) into one biased conv, in float32 and in place; the
     BatchNorm's activation (timm's BatchNormAct2d) is kept in its place. For models that no longer train their
-    BatchNorm: fewer passes over memory, and under bf16 autocast closer to the float32 answer (no BatchNorm in bf16)."""
+    BatchNorm: fewer passes over memory, and under bf16 autocast closer to the float32 answer (no BatchNorm in bf16).
+    `frozen_only`: only pairs with no trainable parameter and the BatchNorm already in eval mode (statistics
+    fixed), for a model whose other layers still train."""
     children = list(module.named_children())
     for (name, child), (next_name, nxt) in zip(children, children[1:], strict=False):
-        if isinstance(child, torch.nn.Conv2d) and isinstance(nxt, torch.nn.BatchNorm2d):
+        if isinstance(child, torch.nn.Conv2d) and isinstance(nxt, torch.nn.BatchNorm2d) and (
+                not frozen_only or (_frozen(child) and _frozen(nxt) and not nxt.training)):
             nxt.eval()
             setattr(module, name, fuse_conv_bn_eval(child.eval(), nxt))
             keep = [getattr(nxt, part, torch.nn.Identity()) for part in ("drop", "act")]
             tail = torch.nn.Sequential(*keep)
             setattr(module, next_name, tail)
     for _, child in module.named_children():
-        fold_batchnorm(child)
+        fold_batchnorm(child, frozen_only)
 
 
 _FUSED_ACTS = {torch.nn.ReLU6: ("hardtanh", (0.0, 6.0)), torch.nn.ReLU: ("relu", ())}  # oneDNN's names
@@ -360,20 +367,32 @@ def fuse_conv_act(module: torch.nn.Module) -> None:
         fuse_conv_act(child)
 
 
+def same_answers(a: torch.nn.Module, b: torch.nn.Module, size: int) -> bool:
+    """Whether `a` and `b` give the same answers in eval mode on one random float32 batch of `size`², on `b`'s
+    device. Both keep the train/eval mode of every module."""
+    modes = [(m, m.training) for m in (*a.modules(), *b.modules())]
+    first = next(b.parameters(), None)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.to(first.device) if first is not None else x  # the check runs where the model is (a GPU, say)
+    try:
+        a.eval()
+        b.eval()
+        with torch.inference_mode():
+            return torch.allclose(a(x), b(x), rtol=1e-3, atol=1e-3)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def folded_if_same(model: torch.nn.Module, size: int) -> torch.nn.Module:
     """A copy of `model` (eval) with its BatchNorm folded when that keeps its answers, checked on one random batch
-    in float32; else `model` itself. Folding goes by registration order, which is the data flow in the MobileNet and
-    EfficientNet families but need not be in every architecture a user registers (a convolution whose output also
-    feeds something besides the BatchNorm registered after it)."""
+    in float32; else `model` itself, put in eval mode. Folding goes by registration order, which is the data flow
+    in the MobileNet and EfficientNet families but need not be in every architecture a user registers (a
+    convolution whose output also feeds something besides the BatchNorm registered after it)."""
     model.eval()
     folded = copy.deepcopy(model)
     fold_batchnorm(folded)
-    first = next(model.parameters(), None)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        x = x.to(first.device) if first is not None else x  # the check runs where the model is (a GPU, say)
-        same = torch.allclose(folded(x), model(x), rtol=1e-3, atol=1e-3)
-    return folded if same else model
+    return folded if same_answers(folded, model, size) else model
 
 
 def batchnorm_count(model: torch.nn.Module) -> int:
@@ -389,6 +408,7 @@ def inference_copy(model: torch.nn.Module, size: int, channels_last: bool = Fals
     if folded is model or batchnorm_count(folded) == batchnorm_count(model):
         return model
     folded.requires_grad_(False)
+    fuse_conv_act(folded)  # on the CPU oneDNN applies each ReLU as its convolution writes
     return folded.to(memory_format=torch.channels_last) if channels_last else folded
 
 

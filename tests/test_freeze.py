@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -10,7 +12,7 @@ from core import zoo
 from core.config import FreezeConfig
 from core.freeze import (
     apply_phase,
-    head_only_view,
+    frozen_view,
     layer_groups,
     optimizer_groups,
     phase_at,
@@ -110,32 +112,45 @@ def test_frozen_batchnorm_keeps_its_statistics_unless_asked() -> None:
     assert not torch.equal(bn.running_mean, before)
 
 
-@pytest.mark.parametrize("name", ["test_efficientnet", "test_resnet"])
-def test_a_head_only_phase_trains_the_models_own_head_through_a_folded_copy(name: str) -> None:
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_resnet", "test_byobnet"])
+@pytest.mark.parametrize("phase_index", [0, 1], ids=["head-only", "first-groups-frozen"])
+def test_a_step_through_the_frozen_view_trains_the_model_as_a_step_through_the_model(name: str, phase_index: int
+                                                                                      ) -> None:
     from tests.synthetic import model_with_batchnorm_statistics
 
     model = model_with_batchnorm_statistics(name, num_classes=3)
     groups = layer_groups(model)
-    head_phase, all_phase = plan_phases(groups, FreezeConfig("gradual"), 3)[:2]
-    apply_phase(model, groups, head_phase)
-    set_train_mode(model, groups, head_phase)
-    view = head_only_view(model, groups, head_phase, False, 32)
-    assert view is not None and view.get_classifier() is model.get_classifier()  # the same module, not a copy
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in view.modules()) < \
-        sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    x = torch.randn(4, 3, 32, 32)
-    torch.testing.assert_close(view(x), model(x), atol=1e-4, rtol=1e-4)  # same answers in training mode
-    backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(zoo.classifier_prefix(model))}
-    head = model.get_classifier().weight.detach().clone()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    torch.nn.functional.cross_entropy(view(x), torch.tensor([0, 1, 2, 0])).backward()
-    opt.step()
-    assert not torch.equal(model.get_classifier().weight, head)  # the step trained the model's head
-    after = model.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in backbone.items())  # keys and frozen values as they were
+    phase = plan_phases(groups, FreezeConfig("gradual", keep_frozen=2), 3)[phase_index]
+    assert any(phase.trainable) and not all(phase.trainable)
+    apply_phase(model, groups, phase)
+    set_train_mode(model, groups, phase)
+    reference = copy.deepcopy(model)  # the same step taken through the model itself
+    modes = [m.training for m in model.modules()]
+    view = frozen_view(model, groups, phase, False, 32)
+    assert view is not None
+    assert [m.training for m in model.modules()] == modes  # the model's train/eval modes are untouched
+    assert zoo.batchnorm_count(view) < zoo.batchnorm_count(model)  # frozen groups folded ...
+    if phase_index == 1:
+        assert zoo.batchnorm_count(view) > 0  # ... and only those: the BatchNorm that trains is still there
+    if name == "test_byobnet":  # ReLU after a frozen convolution fed by frozen layers: oneDNN applies it
+        assert any(isinstance(m, zoo.Conv2dAct) for m in view.modules())
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    for net, owner in ((view, model), (reference, reference)):
+        opt = torch.optim.SGD([p for p in owner.parameters() if p.requires_grad], lr=0.1)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    after, expected = model.state_dict(), reference.state_dict()
+    assert after.keys() == expected.keys()  # saved as the model, not as the view
+    for key, value in after.items():  # trained weights and trained BatchNorm statistics moved as without the view,
+        torch.testing.assert_close(value.float(), expected[key].float(), atol=1e-4, rtol=1e-4)  # frozen ones stayed
+    head = zoo.classifier_prefix(model)
+    assert not torch.equal(after[head + ".weight"], model_with_batchnorm_statistics(name, num_classes=3)
+                           .state_dict()[head + ".weight"])  # the step did train the model's head
+    all_phase = plan_phases(groups, FreezeConfig("all"), 1)[0]
     apply_phase(model, groups, all_phase)
-    assert head_only_view(model, groups, all_phase, False, 32) is None  # the backbone trains: no copy
-    assert head_only_view(model, groups, head_phase, True, 32) is None  # BatchNorm statistics train: no copy
+    assert frozen_view(model, groups, all_phase, False, 32) is None  # nothing frozen: no copy
+    apply_phase(model, groups, phase)
+    assert frozen_view(model, groups, phase, True, 32) is None  # BatchNorm statistics train: nothing folds
 
 
 def test_a_model_without_batchnorm_trains_its_head_as_it_is() -> None:
@@ -143,7 +158,7 @@ def test_a_model_without_batchnorm_trains_its_head_as_it_is() -> None:
     groups = layer_groups(model)
     head_phase = plan_phases(groups, FreezeConfig("head"), 2)[0]
     apply_phase(model, groups, head_phase)
-    assert head_only_view(model, groups, head_phase, False, 32) is None  # nothing to fold: no copy
+    assert frozen_view(model, groups, head_phase, False, 32) is None  # nothing to fold: no copy
 
 
 def test_optimizer_groups_hold_each_parameter_once_with_phase_rates() -> None:
