@@ -174,6 +174,16 @@ class StepGuard:
 class _State(LoopState):
     correct: int = 0
     world_size: int = 1
+    best_loss: float | None = None  # the validation loss of the kept weights
+
+
+def improves(acc: float, loss: float, best: float | None, best_loss: float | None) -> bool:
+    """Whether an epoch's validation (accuracy, loss) beats the kept weights': higher accuracy, or the same accuracy
+    with a lower loss (a small validation set is often at 100 % from the first epoch on; the later, surer model is
+    the one to keep). A NaN loss never wins a tie."""
+    if best is None or acc > best:
+        return True
+    return acc == best and math.isfinite(loss) and (best_loss is None or loss < best_loss)
 
 
 def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
@@ -405,9 +415,9 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
                 st.seen += int(round(n_total))
             guard.advance(st, epoch, len(positions), loss_total / denom if finite else float("nan"), lr_now)
         val_loss, val_acc = validate(model, cache, val_idx, labels, plan, dist)
-        is_best = st.best is None or val_acc > st.best
+        is_best = improves(val_acc, val_loss, st.best, st.best_loss)
         if is_best:
-            st.best = val_acc
+            st.best, st.best_loss = val_acc, val_loss
             if dist.is_main:
                 runs.save_weights(run_dir, model.state_dict(), {"epoch": epoch + 1, "val_accuracy": val_acc,
                                                                 "val_loss": val_loss, "classes": classes})

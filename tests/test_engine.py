@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -336,3 +337,18 @@ def test_a_squash_run_trains_and_predicts_with_squashed_photos(colours: Path, tm
     x = predictor.inputs([str(photo)])
     assert torch.equal(x, predict_input(str(photo), predictor.prep))
     assert not torch.equal(x, predict_input(str(photo), replace(predictor.prep, fit="crop")))
+
+
+def test_the_kept_weights_are_the_most_accurate_and_among_those_the_surest(colours: Path, tmp_path: Path) -> None:
+    """A small validation set is often at 100 % after an epoch or two: the later epoch with the lower loss is kept,
+    not the first one to reach it."""
+    run_dir = _run(colours, tmp_path, epochs=4)
+    history = engine.fit(run_dir).history
+    top = max(h["val_accuracy"] for h in history)
+    tied = [h for h in history if h["val_accuracy"] == top]
+    assert len(tied) >= 2, "this run should reach its best accuracy in more than one epoch"
+    kept = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    assert kept["epoch"] == min(tied, key=lambda h: h["val_loss"])["epoch"] != tied[0]["epoch"]
+    assert engine.improves(0.9, 0.5, 0.8, 0.1) and not engine.improves(0.8, 0.5, 0.9, 0.6)
+    assert engine.improves(0.9, 0.4, 0.9, 0.5) and not engine.improves(0.9, 0.5, 0.9, 0.4)
+    assert not engine.improves(0.9, float("nan"), 0.9, None) and engine.improves(0.9, 0.5, None, None)
