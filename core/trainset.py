@@ -15,9 +15,14 @@ class DatasetProblem(Exception):
 
 def from_store(dataset_id: str) -> dict:
     """A run manifest from a dataset in the app's store (files already validated at import)."""
-    from core.data.store import load_dataset
+    from core.data.store import dataset_report, load_dataset
+    from core.data.validate import ERROR
 
     ds = load_dataset(dataset_id)
+    if ds.report.get("blocking"):
+        errors = [p.message for p in dataset_report(ds).problems if p.severity == ERROR]
+        raise DatasetProblem(f"The dataset '{ds.name}' cannot be trained on until these are fixed (Data page): "
+                             + "; ".join(errors or ["its check found errors"]) + ".")
     items = [{"path": str(ds.path(it)), "label": it.label, "split": it.split, "name": it.original_name}
              for it in ds.items]
     return _finish(list(ds.classes), items, {"kind": "store", "id": ds.id, "name": ds.name}, [])

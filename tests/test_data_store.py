@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from data_fixtures import image_bytes, make_tree, malformed_corpus, near_copy, snapshot, zip_bytes
 
+from core import trainset
 from core.data import store
 from core.data.archive import ArchiveError
 from core.data.splits import SplitConfig
@@ -154,6 +155,8 @@ def test_class_edits_and_weights(tmp_path: Path) -> None:
         store.rename_class(ds.id, "nope", "x")
     ds = store.add_class(ds.id, "flies")
     assert ds.classes == ("ants", "flies", "wasps") and ds.report["blocking"] is True
+    with pytest.raises(trainset.DatasetProblem, match="'e' cannot be trained on .*flies"):  # neither app nor CLI
+        trainset.resolve(ds.id)
     assert store.class_weights(ds)["flies"] == 0.0
     res = store.add_images(ds.id, "flies", [(f"cam_{i}.jpg", image_bytes(900 + i)) for i in range(3)] +
                            [("broken.jpg", b"")], config=FAST)

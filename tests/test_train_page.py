@@ -136,3 +136,22 @@ def test_image_fit_choice_reaches_the_run(home: Path, sample_textures) -> None:
     from core import jobs
 
     jobs.cancel(run_dir)
+
+
+def test_a_dataset_the_data_page_blocks_does_not_start_training(home: Path, tmp_path: Path) -> None:
+    from data_fixtures import make_tree
+
+    from core.data import store
+    from core.data.validate import ValidationConfig
+
+    make_tree(tmp_path / "src", {"ants": 8, "bees": 8, "wasps": 1})
+    ds = store.import_folder(tmp_path / "src", "insects", config=ValidationConfig(workers=0)).dataset
+    assert ds.report["blocking"]  # one photo of wasps: the Data page says training is blocked
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = ds.id
+    at.switch_page("views/train.py").run()
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert any("cannot be trained on" in e.value and "wasps" in e.value for e in at.error), [e.value for e in at.error]
+    assert runs.list_runs() == []  # no run was made
