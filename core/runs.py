@@ -134,12 +134,18 @@ def clear_stop(run_dir: Path) -> None:
     (Path(run_dir) / "STOP").unlink(missing_ok=True)
 
 
-def list_runs(runs_dir: Path | None = None) -> list[Path]:
-    """Run folders, newest first."""
+def list_runs(runs_dir: Path | None = None, task: str | None = None) -> list[Path]:
+    """Run folders, newest first; only those of `task` when given."""
     root = Path(runs_dir) if runs_dir else runs_root()
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if (p / "config.json").is_file()), reverse=True)
+    found = sorted((p for p in root.iterdir() if (p / "config.json").is_file()), reverse=True)
+    return found if task is None else [p for p in found if run_task(p) == task]
+
+
+def run_task(run_dir: Path) -> str:
+    """The task a run trains (runs from before tasks existed are classification)."""
+    return read_json_config(run_dir).get("task") or "classification"
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------

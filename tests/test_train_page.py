@@ -155,3 +155,28 @@ def test_a_dataset_the_data_page_blocks_does_not_start_training(home: Path, tmp_
     assert not at.exception
     assert any("cannot be trained on" in e.value and "wasps" in e.value for e in at.error), [e.value for e in at.error]
     assert runs.list_runs() == []  # no run was made
+
+
+def test_a_new_session_shows_only_a_run_of_this_task_on_these_photos(home: Path, tmp_path: Path) -> None:
+    from core import trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from tests.synthetic import make_colour_folders
+
+    colours = str(make_colour_folders(tmp_path / "colours", train=4, val=2))
+    other = runs.create_run(RunConfig("test_resnet", colours, FreezeConfig("all"), TrainConfig(epochs=1),
+                                      pretrained=False, name="on other photos"), trainset.resolve(colours))
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = colours
+    at.session_state["draft_task"] = "detection"
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    assert "draft_run_id" not in at.session_state  # a classification run is not shown under detection
+    at = _with_sample()  # classification, but the textures sample: the colours run is not picked either
+    assert "draft_run_id" not in at.session_state
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = colours
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    assert at.session_state["draft_run_id"] == other.name  # this task, these photos: shown

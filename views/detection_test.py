@@ -32,8 +32,7 @@ def _export_detector(path: str, digest: str) -> Detector:  # noqa: ARG001 - dige
 
 
 def _detection_runs() -> list[Path]:
-    return [p for p in runs.list_runs() if (p / "checkpoints" / "best.safetensors").exists()
-            and runs.read_json_config(p).get("task") == "detection"]
+    return [p for p in runs.list_runs(task="detection") if (p / "checkpoints" / "best.safetensors").exists()]
 
 
 def _choose() -> Detector | None:

@@ -24,8 +24,7 @@ def recognizer(run_path: str, stamp: float):  # noqa: ARG001 - stamp: reload whe
 
 
 def _faces_runs() -> list:
-    return [p for p in runs.list_runs() if runs.read_json_config(p).get("task") == "faces"
-            and (p / "gallery.json").is_file()]
+    return [p for p in runs.list_runs(task="faces") if (p / "gallery.json").is_file()]
 
 
 found = _faces_runs()

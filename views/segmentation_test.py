@@ -24,8 +24,7 @@ def _export_predictor(path: str, digest: str):  # noqa: ARG001 - digest is the c
 
 
 def _runs() -> list[Path]:
-    return [p for p in runs.list_runs() if (p / "checkpoints" / "best.safetensors").exists()
-            and runs.read_json_config(p).get("task") == "segmentation"]
+    return [p for p in runs.list_runs(task="segmentation") if (p / "checkpoints" / "best.safetensors").exists()]
 
 
 def _choose():

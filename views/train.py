@@ -186,11 +186,12 @@ if c2.button("Start training", key="train_start", type="primary", icon=":materia
     _start(False, train)
 
 run_id = draft("run_id")
-if not run_id:  # a refresh, a second tab or an app restart: show the running job, else the latest run
-    every = runs.list_runs()
-    active = [p for p in every if runs.read_status(p).get("state") in runs.ACTIVE_STATES]
-    if active or every:
-        run_id = (active or every)[0].name
+if not run_id:  # a new session or another task: this task's running job, else its latest run on these photos
+    mine = runs.list_runs(task=TASK.name)
+    active = [p for p in mine if runs.read_status(p).get("state") in runs.ACTIVE_STATES]
+    here = [p for p in mine if runs.read_json_config(p).get("dataset") == dataset_id]
+    if active or here:
+        run_id = (active or here)[0].name
         set_draft("run_id", run_id)
 if not run_id:
     st.caption("Start with the quick model to see how far the pretrained features alone get you.")
@@ -267,7 +268,7 @@ def live() -> None:
 live()
 
 with st.expander("Other runs"):
-    recent = runs.list_runs()[:20]
+    recent = runs.list_runs(task=TASK.name)[:20]
     options = [p.name for p in recent]
     labels = {p.name: f"{json.loads((p / 'config.json').read_text()).get('name') or p.name} — "
                       f"{runs.read_status(p).get('state', '?')} ({p.name})" for p in recent}
