@@ -124,3 +124,18 @@ def test_the_layers_page_measures_the_run_the_train_page_starts(home: Path) -> N
     size = CLASSIFICATION.default_train_size(zoo.get_spec("test_resnet").input_size)  # "Faster epochs", the default
     assert any(f"{size}×{size} training crops" in c.value for c in at.caption)
     assert any(m.label == "Time per epoch" for m in at.metric)
+
+
+def test_the_layers_page_counts_the_head_for_the_chosen_photos(home: Path, sample_textures) -> None:
+    from core import zoo
+
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = "sample:textures"  # brick, grass, gravel
+    at.switch_page("views/layers.py").run()
+    at.radio(key="freeze_preset").set_value("gradual").run()
+    _ok(at)
+    head = sum(p.numel() for p in zoo.create_model("mobilenetv2_100", num_classes=3, pretrained=False)
+               .get_classifier().parameters())
+    assert head == 1280 * 3 + 3
+    assert any(f"Phase 1 trains {head:,} parameters" in c.value for c in at.caption), [c.value for c in at.caption]

@@ -198,6 +198,24 @@ def need_backbone() -> str | None:
 
 
 @st.cache_data(show_spinner=False, ttl=30)
+def class_count(dataset_id: str | None, default: int = 2) -> int:
+    """How many classes the chosen photos have (the size of the new head); `default` without them."""
+    if not dataset_id:
+        return default
+    from core import trainset
+    from core.data.store import load_dataset
+
+    try:
+        return len(load_dataset(dataset_id).classes)
+    except Exception:  # noqa: BLE001 - a folder or the sample: read it as a run would
+        pass
+    try:
+        return len(trainset.resolve(dataset_id)["classes"])
+    except Exception:  # noqa: BLE001 - unreadable photos: the page still shows the layers
+        return default
+
+
+@st.cache_data(show_spinner=False, ttl=30)
 def train_images(dataset_id: str | None, default: int = 1000) -> int:
     """How many training images the chosen dataset has (for estimates); `default` without one."""
     if not dataset_id:

@@ -12,6 +12,7 @@ from core.plots import layer_groups_figure
 from core.tasks import freeze_defaults, get_task
 from views.common import (
     cached_group_rows,
+    class_count,
     current_task,
     draft,
     draft_freeze,
@@ -45,7 +46,8 @@ preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), ke
                   horizontal=True)
 st.caption(PRESET_HELP[preset])
 
-all_rows = cached_group_rows(backbone, json.dumps(FreezeConfig("all").to_dict()), 2)
+n_classes = class_count(draft("dataset_id"))  # the new head's size: 2 until photos are chosen
+all_rows = cached_group_rows(backbone, json.dumps(FreezeConfig("all").to_dict()), n_classes)
 group_names = [r["group"] for r in all_rows]
 body_names = [n for n in group_names if n != "head"]
 
@@ -81,7 +83,7 @@ kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen gro
 freeze = FreezeConfig(**kwargs)
 set_draft("freeze", json.dumps(freeze.to_dict()))
 
-rows = cached_group_rows(backbone, json.dumps(freeze.to_dict()), 2)
+rows = cached_group_rows(backbone, json.dumps(freeze.to_dict()), n_classes)
 trains_keys = [k for k in rows[0] if k.startswith("trains")]
 final_key = trains_keys[-1]
 total = sum(r["params"] for r in rows)
