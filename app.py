@@ -2,11 +2,19 @@
 
 import streamlit as st
 
-from views.common import current_task, draft_to_url, page_file, restore_draft_from_url, sidebar_status
+from views.common import (
+    current_task,
+    draft_to_url,
+    keep_widget_values,
+    page_file,
+    restore_draft_from_url,
+    sidebar_status,
+)
 
 st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
 
 restore_draft_from_url()  # a reload (F5) of any page keeps the chosen task, model, data and run
+keep_widget_values()  # and visiting another page keeps the Train page's settings
 TASK = current_task()
 PAGES = {
     "": [st.Page("views/home.py", title="Home", icon=":material/home:", default=True, url_path="home")],

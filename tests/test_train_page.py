@@ -180,3 +180,14 @@ def test_a_new_session_shows_only_a_run_of_this_task_on_these_photos(home: Path,
     at.switch_page("views/train.py").run()
     assert not at.exception
     assert at.session_state["draft_run_id"] == other.name  # this task, these photos: shown
+
+
+def test_the_settings_stay_while_the_user_visits_other_pages(home: Path) -> None:
+    at = _with_sample()
+    at.number_input(key="train_epochs").set_value(2).run()
+    at.select_slider(key="train_batch").set_value(8).run()
+    at.switch_page("views/test.py").run()
+    at.switch_page("views/layers.py").run()
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    assert at.number_input(key="train_epochs").value == 2 and at.select_slider(key="train_batch").value == 8

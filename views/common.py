@@ -102,6 +102,25 @@ def step_page(step: str) -> str:
     return page_file(step, current_task())
 
 
+# The Train page's settings (widget keys): Streamlit forgets a widget's value as soon as a page without it runs, so
+# a visit to another page reset them to the defaults (a user's 2 epochs became 5 without a word)
+KEPT_WIDGETS = ("train_epochs", "train_batch", "train_seed", "train_own_lr", "train_lr", "train_augment",
+                "train_crop_area", "train_small_crops", "train_image_fit", "train_crop", "train_gpus")
+
+
+def keep_widget_values() -> None:
+    """Called on every page (app.py): writing a kept widget's value back each run keeps it for the session."""
+    for key in KEPT_WIDGETS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def forget_widget_values() -> None:
+    """Back to the defaults (another task has other defaults)."""
+    for key in KEPT_WIDGETS:
+        st.session_state.pop(key, None)
+
+
 def choose_task(key: str) -> str:
     """A task picker (available tasks only); changing it clears the chosen data and run, which belong to a task."""
     from core.tasks import list_tasks
@@ -120,6 +139,7 @@ def choose_task(key: str) -> str:
             set_draft("dataset_id", None)
             set_draft("run_id", None)
             st.session_state.pop("draft_class_weights", None)  # chosen for the old task's data: the new one's default
+            forget_widget_values()
             # the task's own default of what trains (e.g. segmentation: everything)
             set_draft("freeze", json.dumps(freeze_defaults(get_task(new)).to_dict()))
 
