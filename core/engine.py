@@ -113,6 +113,12 @@ class StepGuard:
         self.emit(FitEnded("stopped", epoch, st.best, time.time() - self.t0, msg))
         return FitResult("stopped", st.best, epoch, time.time() - self.t0, self.plan.device, st.history, msg)
 
+    def completed(self, st: LoopState, metric: str) -> FitResult:
+        """The planned end reached: says so with the best `metric` (e.g. "validation accuracy")."""
+        msg = f"Finished {self.epochs} epoch{'' if self.epochs == 1 else 's'}; best {metric} {st.best:.3f}."
+        self.emit(FitEnded("completed", self.epochs, st.best, time.time() - self.t0, msg))
+        return FitResult("completed", st.best, self.epochs, time.time() - self.t0, self.plan.device, st.history, msg)
+
     def step(self, opt: torch.optim.Optimizer, n: int, forward: Callable[..., tuple[torch.Tensor, Any]],
              *inputs: Any, clip: float | None = None) -> tuple[torch.Tensor, Any, bool] | None:
         """One training step on `n` images: `forward(*inputs)` gives (loss, whatever the loop keeps); the
@@ -430,9 +436,7 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
         emit(EpochEnded(epoch + 1, row["train_loss"], row["train_accuracy"], val_loss, val_acc, lr_now,
                         round(row["seconds"], 2), round(len(train_idx) / max(1e-6, row["seconds"]), 2), st.best,
                         is_best))
-    msg = f"Finished {tc.epochs} epochs; best validation accuracy {st.best:.3f}."
-    emit(FitEnded("completed", tc.epochs, st.best, time.time() - t0, msg))
-    return FitResult("completed", st.best, tc.epochs, time.time() - t0, plan.device, st.history, msg)
+    return guard.completed(st, "validation accuracy")
 
 
 def _fail(emit: Subscriber, run_dir: Path, t0: float, plan: DevicePlan, reason: str, epochs_done: int,

@@ -221,6 +221,7 @@ def live() -> None:
         st.progress(min(1.0, progress), text=view.progress_line())
     elif state == "completed":
         st.success(status.get("message", "Finished."))
+        st.page_link(step_page("test"), label="Next: test it on new photos", icon=":material/science:")
     elif state == "stopped":
         st.warning(status.get("message", "Stopped."))
     elif state in ("failed", "crashed"):
@@ -246,7 +247,10 @@ def live() -> None:
         last = view.history[-1]
         m1, m2, m3 = st.columns(3)
         m1.metric(f"Best {label}", f"{best:.1%}" if best is not None else "—")
-        m2.metric("Epochs done", f"{last['epoch']} / {view.config.get('train', {}).get('epochs', '?')}")
+        if view.config.get("quick"):  # one pass over cached features, not epochs
+            m2.metric("Kind", "Quick model", help="A new head on features of the frozen model.")
+        else:
+            m2.metric("Epochs done", f"{last['epoch']} / {view.config.get('train', {}).get('epochs', '?')}")
         m3.metric("Device", f"{status.get('device', '?')} ({status.get('precision', '?')})")
         left, right = st.columns(2)
         left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="train_loss_chart")

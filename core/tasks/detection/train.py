@@ -27,7 +27,6 @@ from core.engine import FitResult, LoopState, StepGuard, lr_at, make_optimizer
 from core.events import (
     EpochEnded,
     Event,
-    FitEnded,
     FitFailed,
     FitStarted,
     Notice,
@@ -298,9 +297,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         emit(EpochEnded(epoch + 1, row["train_loss"], float("nan"), float("nan"), map50, lr_now,
                         round(row["seconds"], 2), round(len(train_idx) / max(1e-6, train_seconds), 2), st.best,
                         is_best, {**{k: round(v, 4) for k, v in terms.items()}, "val_map": round(map_all, 4)}))
-    msg = f"Finished {tc.epochs} epochs; best validation mAP@0.5 {st.best:.3f}."
-    emit(FitEnded("completed", tc.epochs, st.best, time.time() - t0, msg))
-    return FitResult("completed", st.best, tc.epochs, time.time() - t0, plan.device, st.history, msg)
+    return guard.completed(st, "validation mAP@0.5")
 
 
 def _fail(emit: Subscriber, t0: float, plan: DevicePlan, reason: str, epochs_done: int,

@@ -356,9 +356,7 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
         checkpoint()
         emit(EpochEnded(epoch + 1, train_loss, cal.rank1, float("nan"), cal.identification, lr_now, round(seconds, 2),
                         round(len(train_idx) / max(1e-6, seconds), 2), st.best, is_best, row["metrics"]))
-    msg = f"Finished {tc.epochs} epochs; best share of held-back photos named correctly {st.best:.3f}."
-    emit(FitEnded("completed", tc.epochs, st.best, time.time() - t0, msg))
-    return FitResult("completed", st.best, tc.epochs, time.time() - t0, plan.device, st.history, msg)
+    return guard.completed(st, "share of held-back photos named correctly")
 
 
 def _fail(emit: Subscriber, t0: float, device: str, reason: str, epochs: int = 0, best: float | None = None

@@ -28,7 +28,6 @@ from core.engine import FitResult, LoopState, StepGuard, lr_at, make_optimizer
 from core.events import (
     EpochEnded,
     Event,
-    FitEnded,
     FitFailed,
     FitStarted,
     Notice,
@@ -324,9 +323,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         checkpoint()
         emit(EpochEnded(epoch + 1, row["train_loss"], math.nan, val_loss, miou, lr_now, round(row["seconds"], 2),
                         round(len(train_idx) / max(1e-6, train_seconds), 2), st.best, is_best, extras))
-    msg = f"Finished {tc.epochs} epochs; best validation mIoU {st.best:.3f}."
-    emit(FitEnded("completed", tc.epochs, st.best, time.time() - t0, msg))
-    return FitResult("completed", st.best, tc.epochs, time.time() - t0, plan.device, st.history, msg)
+    return guard.completed(st, "validation mIoU")
 
 
 def _fail(emit: Subscriber, t0: float, plan: DevicePlan, reason: str, epochs_done: int,
