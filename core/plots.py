@@ -21,10 +21,32 @@ def layer_groups_figure(rows: list[dict], trains_key: str) -> go.Figure:
     return fig
 
 
-def _phase_lines(fig: go.Figure, phases: list[dict], x_key: str) -> None:
+def _x_range(xs: list[float], pad: float) -> list[float] | None:
+    """An x range holding every point and phase line with `pad` to spare, or None when there is nothing. Set
+    explicitly because plotly's autorange also makes room for annotation text: a long phase label left of its line
+    would stretch an epoch axis to -1 or a step axis below 0."""
+    if not xs:
+        return None
+    lo, hi = min(xs), max(xs)
+    return [lo - pad, hi + pad] if hi > lo else [lo - max(pad, 0.5), hi + max(pad, 0.5)]
+
+
+def _phase_lines(fig: go.Figure, phases: list[dict], x_key: str, x_range: list[float] | None = None) -> None:
+    """A dotted line where each phase after the first begins, its label on the side with more room."""
+    middle = sum(x_range) / 2 if x_range else None
     for ph in phases[1:]:
+        side = "top right" if middle is not None and ph[x_key] < middle else "top left"
         fig.add_vline(x=ph[x_key], line_dash="dot", line_color="#64748b",
-                      annotation_text=ph.get("label", "phase"), annotation_position="top left")
+                      annotation_text=ph.get("label", "phase"), annotation_position=side)
+
+
+def _epoch_axis(fig: go.Figure, epochs: list[int], phase_xs: list[float]) -> list[float] | None:
+    """Whole epochs on the x axis, spanning the epochs and phase lines only."""
+    xs = [*epochs, *phase_xs]
+    span = max(xs) - min(xs) if xs else 0
+    x_range = _x_range(xs, max(0.25, 0.04 * span))
+    fig.update_xaxes(dtick=1, range=x_range)
+    return x_range
 
 
 def _finite(value):
@@ -47,9 +69,9 @@ def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = N
             continue
         name = f"{split} {metric}" if not label else (label if split == "val" else f"train {metric}")
         fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=name, line_color=colour))
-    if phases:
-        _phase_lines(fig, [{"x": p["epoch"] + 0.5, "label": p["label"]} for p in phases], "x")
-    fig.update_xaxes(dtick=1)
+    lines = [{"x": p["epoch"] + 0.5, "label": p["label"]} for p in phases or []]
+    x_range = _epoch_axis(fig, epochs, [ln["x"] for ln in lines[1:]])
+    _phase_lines(fig, lines, "x", x_range)
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=70, b=10), xaxis_title="epoch",
                       yaxis_title=shown, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
                       title=dict(text=shown[:1].upper() + shown[1:], y=0.97))
@@ -66,7 +88,7 @@ def extra_metrics_figure(history: list[dict]) -> go.Figure:
     for key in keys:
         fig.add_trace(go.Scatter(x=epochs, y=[_finite((h.get("metrics") or {}).get(key)) for h in history],
                                  mode="lines+markers", name=key.replace("_", " ")))
-    fig.update_xaxes(dtick=1)
+    _epoch_axis(fig, epochs, [])
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=50, b=10), xaxis_title="epoch",
                       legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
                       title=dict(text="Per-epoch details", y=0.97))
@@ -90,8 +112,10 @@ def batch_loss_figure(steps: list[int], losses: list[float], phase_steps: list[d
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name="batch loss", line_color="#cbd5e1"))
     fig.add_trace(go.Scatter(x=steps, y=smoothed(losses), mode="lines", name="smoothed", line_color="#2563eb"))
-    if phase_steps:
-        _phase_lines(fig, phase_steps, "step")
+    lines = phase_steps or []
+    x_range = _x_range([*steps, *(p["step"] for p in lines[1:])], 0)
+    fig.update_xaxes(range=x_range)
+    _phase_lines(fig, lines, "step", x_range)
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step", yaxis_title="loss",
                       legend=dict(orientation="h", y=1.15), title="Training loss per batch")
     return fig

@@ -349,6 +349,12 @@ class _Run:
         self.ended = next((e for e in reversed(runs.read_events(run_dir, ("fit_ended",)))), None)
 
     @property
+    def training_seconds(self) -> float | None:
+        """Time spent training over all the run's sessions (a stopped and resumed run counts both; the status holds
+        the last session's only)."""
+        return self.view.seconds or self.status.get("seconds") or (self.ended or {}).get("seconds")
+
+    @property
     def primary(self) -> dict | None:
         ev = self.evaluation
         if not ev or not ev.get("splits"):
@@ -423,7 +429,7 @@ def _summary(r: _Run) -> str:
         ("balanced accuracy", _pct(block.get("balanced_accuracy")) if block else "–"),
         ("macro F1", _f(block.get("macro_f1")) if block else "–"),
         ("backbone", _e(r.config.get("backbone", "?"))),
-        ("training time", format_duration(s.get("seconds") or (r.ended or {}).get("seconds"))
+        ("training time", format_duration(r.training_seconds)
          + f" on {_e(started.get('device') or s.get('device') or '?')}"),
     ]))
     message = s.get("message")
@@ -595,7 +601,7 @@ def _training(r: _Run) -> str:
         ("class weights", "yes" if tc.get("class_weights") else "no"),
         ("seed", _e(tc.get("seed", "–"))),
         ("device", _e(f"{started.get('device', '–')} ({started.get('precision', '–')})")),
-        ("time", format_duration(r.status.get("seconds") or (r.ended or {}).get("seconds"))),
+        ("time", format_duration(r.training_seconds)),
     ]
     if r.config.get("task", "classification") == "classification":
         fit = tc.get("image_fit", "crop")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -15,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core import engine, runs, trainset
+from core import engine, report, runs, trainset
 from core.config import FreezeConfig, RunConfig, TrainConfig
 from core.evaluate import evaluate_run, load_evaluation
+from core.events import BatchEnded
 from core.recorder import RunRecorder
 from core.report import REPORT_FILE, build_report, line_chart, needs_evaluation, thumbnail_data_uri, write_report
 from core.tasks import get_task
@@ -242,3 +244,26 @@ def test_line_chart_skips_missing_values_and_draws_nothing_without_data() -> Non
                      x_label="epoch", y_label="loss", integer_x=True, vlines=[(2.5, "<phase>")])
     assert svg.startswith("<svg") and svg.count("<circle") == 2 and "&lt;phase&gt;" in svg and "nan" not in svg
     assert "No data" in line_chart([{"name": "a", "colour": "#000", "points": []}], x_label="x", y_label="y")
+
+
+def test_the_training_time_of_a_stopped_and_resumed_run_counts_both_sessions(tmp_path: Path) -> None:
+    data = make_colour_folders(tmp_path / "data", train=4, val=2)
+    cfg = RunConfig("test_resnet", str(data), FreezeConfig("head"),
+                    TrainConfig(epochs=2, batch_size=4, precision="fp32", device="cpu"), pretrained=False)
+    run_dir = runs.create_run(cfg, trainset.resolve(str(data)), tmp_path / "runs")
+    batches: list[BatchEnded] = []
+    engine.fit(run_dir, [lambda e: batches.append(e) if isinstance(e, BatchEnded) else None, RunRecorder(run_dir)],
+               should_stop=lambda: len(batches) >= 3)  # Stop between the two epochs, then Resume
+    assert engine.fit(run_dir, [RunRecorder(run_dir)]).state == "completed"
+    log = run_dir / "events.jsonl"
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    first_end = next(e for e in events if e["type"] == "fit_ended")
+    first_end["seconds"] += 600  # as if the first session had trained for ten minutes before the stop
+    log.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    total = report.format_duration(sum(e["seconds"] for e in events if e["type"] == "fit_ended"))
+    assert total.startswith("10 min")
+    texts = [t.strip() for t in parse(build_report(run_dir)).text if t.strip()]
+    card = texts.index("training time")  # the summary card: its value, then its name
+    assert texts[card - 1] == f"{total} on cpu"  # the status holds the resumed session's seconds only
+    row = texts.index("time", texts.index("seed"))  # the training settings table: a name, then its value
+    assert texts[row + 1] == total

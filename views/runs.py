@@ -114,9 +114,9 @@ if compare:
     for rid in compare:
         view = read_run(runs_root() / rid)
         if view.history:
-            xs = [h.get("t", 0) - (view.started or {}).get("t", 0) for h in view.history]
+            xs = [h["elapsed"] for h in view.history]  # across stops and resumes, without the time stopped
             fig.add_trace(go.Scatter(x=xs, y=[h["val_accuracy"] for h in view.history], mode="lines+markers",
-                                     name=names[rid]))
+                                     name=f"{names[rid]} ({rid})"))  # names need not be unique
     fig.update_layout(height=320, xaxis_title="seconds of training", yaxis_title="validation accuracy",
                       margin=dict(l=10, r=10, t=30, b=10), title="Validation accuracy over time")
     st.plotly_chart(fig, key="runs_compare_chart")
