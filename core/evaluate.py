@@ -335,6 +335,36 @@ def _split_names(items: Sequence[dict]) -> list[str]:
     return [s for s in ("val", "test", "train") if s in present] + sorted(present - {"val", "test", "train"})
 
 
+def dataset_words(manifest: dict) -> str:
+    """How the user knows the photos a run was trained on: "dataset 'ants'", "the folder /data/ants"."""
+    source = manifest.get("source") or {}
+    if source.get("kind") == "store":
+        return f"dataset '{source.get('name') or source.get('id', '')}'"
+    if source.get("path"):
+        return f"the folder {source['path']}"
+    return "its dataset"
+
+
+def _check_photos_exist(manifest: dict, items: Sequence[dict]) -> None:
+    """Refuse to evaluate when none of the photos to measure on are on this machine any more (e.g. their dataset
+    was deleted): an evaluation of no photos says nothing and must not replace a stored one."""
+    if not items or any(os.path.exists(it["path"]) for it in items):
+        return
+    raise EvaluationError(f"The photos this run was trained on ({dataset_words(manifest)}) are no longer on this "
+                          "machine, so its results cannot be computed. The model can still be tested and exported.")
+
+
+def _check_photos_readable(items: Sequence[dict], splits: Sequence[str], failed: dict[int, str]) -> None:
+    """Refuse to evaluate when not one photo of the chosen splits can be read; the message names one of them."""
+    wanted = [i for i, it in enumerate(items) if it["split"] in splits]
+    if not wanted or any(i not in failed for i in wanted):
+        return
+    first = items[wanted[0]]
+    name = first.get("name") or Path(first["path"]).name
+    raise EvaluationError(f"None of the {len(wanted)} {' and '.join(splits)} photos of this run can be read (e.g. "
+                          f"{name}: {failed[wanted[0]]}), so its results cannot be computed.")
+
+
 def evaluate_run(run_dir: str | os.PathLike, splits: Sequence[str] | None = None,
                  target_accuracy: float = DEFAULT_TARGET_ACCURACY, with_learning_curve: bool = True,
                  on_progress: Progress | None = None, device: str = "auto") -> dict:
@@ -352,9 +382,11 @@ def evaluate_run(run_dir: str | os.PathLike, splits: Sequence[str] | None = None
     unknown = [s for s in chosen if s not in present]
     if unknown:
         raise EvaluationError(f"This run has no {', '.join(unknown)} images (it has {', '.join(present)}).")
+    _check_photos_exist(manifest, [it for it in items if it["split"] in chosen])
     # the same file list as training, so the decoded-image cache written by training is reused
     cache = build_cache([it["path"] for it in items], predictor.prep,
                         (lambda d, t: on_progress("reading images", d, t)) if on_progress else None)
+    _check_photos_readable(items, chosen, cache.failed)
     if _weights_fingerprint(run_dir)["sha256"] != fingerprint["sha256"]:
         raise EvaluationError("The run's weights changed while they were being loaded (is it still training?); "
                               "evaluate again when it has finished.")

@@ -289,3 +289,32 @@ def test_cli_errors_are_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsy
     assert "not a run folder" in capsys.readouterr().err
     assert _cli(["predict", "--run", str(run_dir), str(tmp_path / "nope.jpg")]) == 2
     assert "nope.jpg" in capsys.readouterr().err
+
+
+def test_a_run_whose_dataset_was_deleted_is_not_evaluated(home: Path, tmp_path: Path) -> None:
+    from core.data.store import delete_dataset, import_folder
+    from core.data.validate import ValidationConfig
+    from core.evaluate import EVALUATION_FILE, EvaluationError
+
+    data = make_colour_folders(tmp_path / "data", train=4, val=3)
+    ds = import_folder(data, "up1", config=ValidationConfig(workers=0)).dataset
+    cfg = RunConfig("test_convnext", ds.id, FreezeConfig("head"),
+                    TrainConfig(epochs=1, batch_size=4, precision="fp32", device="cpu"), pretrained=False)
+    run_dir = runs.create_run(cfg, trainset.from_store(ds.id), tmp_path / "runs")
+    net = get_task("classification").build_model("test_convnext", len(CLASSES), pretrained=False)
+    runs.save_weights(run_dir, net.state_dict(), {"epoch": 1, "val_accuracy": 0.5})
+    delete_dataset(ds.id)
+    with pytest.raises(EvaluationError, match=r"\(dataset 'up1'\) are no longer on this machine.*can still be tested"):
+        evaluate_run(run_dir, with_learning_curve=False)
+    assert not (run_dir / EVALUATION_FILE).exists() and load_evaluation(run_dir) is None
+
+
+def test_a_run_whose_photos_cannot_be_read_is_not_evaluated(tmp_path: Path) -> None:
+    from core.evaluate import EVALUATION_FILE, EvaluationError
+
+    run_dir = make_run(tmp_path, train=2, val=2)
+    for item in runs.load_dataset(run_dir)["items"]:
+        Path(item["path"]).write_bytes(b"not a photo any more")
+    with pytest.raises(EvaluationError, match=r"None of the 6 val photos of this run can be read \(e\.g\. "):
+        evaluate_run(run_dir, with_learning_curve=False)
+    assert not (run_dir / EVALUATION_FILE).exists()

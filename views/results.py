@@ -88,21 +88,47 @@ def _gallery(items: list[dict], key: str, caption) -> None:
             st.caption(caption(item))
 
 
+def _number(value: float | None, spec: str) -> str:
+    """A stored metric for a metric card ('–' when it is missing: e.g. measured on no photos)."""
+    return "–" if value is None else format(value, spec)
+
+
+def _has_photos(block: dict | None) -> bool:
+    """True when a stored split was measured on at least one photo (older evaluations may hold none)."""
+    return bool(block) and bool(block.get("n_images")) and block.get("accuracy") is not None
+
+
+def _photos_words(run_dir: Path) -> str:
+    """The photos a run was trained on, as the user knows them (e.g. "dataset 'ants'")."""
+    from core.evaluate import dataset_words
+
+    try:
+        return dataset_words(runs.load_dataset(run_dir))
+    except runs.RunError:
+        return "its dataset"
+
+
 def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
     """Render an evaluation (from core.evaluate) of the run in `run_dir`."""
     split = ev.get("primary_split", "val")
-    block = ev["splits"][split]
-    classes = ev["classes"]
+    block = (ev.get("splits") or {}).get(split)
+    classes = ev.get("classes") or []
     if ev.get("stale"):
         st.warning("These results are for older weights of this run: recompute them.")
+    if not _has_photos(block):
+        st.info(f"These saved results hold no numbers: none of the {esc(split)} photos of this run "
+                f"({esc(_photos_words(run_dir))}) could be read when they were computed; they may have been deleted. "
+                "Recompute them once the photos are back. The model can still be tested and exported.",
+                icon=":material/info:")
+        return
     st.caption(f"All numbers below are on the **{split}** split ({block['n_images']} photos the model never "
                "trained on).")
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric(f"Accuracy ({split})", f"{block['accuracy']:.1%}")
-    c2.metric(f"Balanced accuracy ({split})", f"{block['balanced_accuracy']:.1%}",
+    c1.metric(f"Accuracy ({split})", _number(block.get("accuracy"), ".1%"))
+    c2.metric(f"Balanced accuracy ({split})", _number(block.get("balanced_accuracy"), ".1%"),
               help="The average of the per-class accuracies: honest when classes have different sizes.")
-    c3.metric(f"Macro F1 ({split})", f"{block['macro_f1']:.3f}")
-    c4.metric(f"Calibration error ({split})", f"{(block.get('calibration') or {}).get('ece', 0):.3f}",
+    c3.metric(f"Macro F1 ({split})", _number(block.get("macro_f1"), ".3f"))
+    c4.metric(f"Calibration error ({split})", _number((block.get("calibration") or {}).get("ece"), ".3f"),
               help="Expected calibration error: how far the model's confidence is from its real accuracy.")
     left, right = st.columns([3, 2])
     left.plotly_chart(_confusion(block["confusion_matrix"], classes), key="res_confusion")
