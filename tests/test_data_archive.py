@@ -211,3 +211,50 @@ def test_target_must_be_empty(tmp_path: Path) -> None:
     (tmp_path / "a.zip").write_bytes(zip_bytes([("a/b.jpg", JPG)]))
     with pytest.raises(ArchiveError):
         extract_zip(tmp_path / "a.zip", tmp_path / "t")
+
+
+# --- importing a zip into the store: a zip with no usable photo is refused, named as the user knows it -------------
+
+EMPTY_ZIP = zip_bytes([])
+
+
+@pytest.mark.parametrize(("entries", "reason"), [
+    ([], "empty.zip has no photos in it."),
+    ([("ants/", b""), ("bees/", b"")], "empty.zip has no photos in it."),  # class folders, nothing in them
+    ([("a.jpg", JPG), ("b.jpg", image_bytes(2))], "empty.zip has no photos inside class folders: put the photos in "
+                                                  "one folder per class"),
+    ([("ants/notes.txt", b"x"), ("bees/b.heic", b"x")], "empty.zip has no photos that can be used; for example "),
+    ([("ants/a.jpg", b"broken"), ("bees/b.jpg", JPG[:40])], "None of the 2 files in empty.zip can be used as "
+                                                             "photos (e.g. "),
+])
+def test_a_zip_without_usable_photos_is_refused_and_nothing_is_stored(home: Path, tmp_path: Path, entries: list,
+                                                                       reason: str) -> None:
+    from core.data import store
+    from core.data.validate import ValidationConfig
+
+    spooled = tmp_path / "upload-2df70f82a06aa8ce.zip"  # the app's own name for the upload
+    spooled.write_bytes(zip_bytes(entries) if entries else EMPTY_ZIP)
+    with pytest.raises(store.DatasetError) as refused:
+        store.import_zip(spooled, "empty", config=ValidationConfig(workers=0), display_name="empty.zip")
+    assert refused.value.reason.startswith(reason) and "upload-" not in refused.value.reason
+    assert store.list_datasets() == [] and snapshot(home / "datasets") == set()
+
+
+def test_an_empty_folder_is_refused_by_its_name(home: Path, tmp_path: Path) -> None:
+    from core.data import store
+
+    (tmp_path / "holiday" / "ants").mkdir(parents=True)
+    with pytest.raises(store.DatasetError, match="^the folder 'holiday' has no photos in it.$"):
+        store.import_folder(tmp_path / "holiday", "holiday")
+    assert store.list_datasets() == []
+
+
+def test_an_imported_zip_is_named_by_the_users_file_name(home: Path, tmp_path: Path) -> None:
+    from core.data import store
+    from core.data.validate import ValidationConfig
+
+    spooled = tmp_path / "upload-96060848993cc62b.zip"
+    spooled.write_bytes(zip_bytes([(f"{c}/{i}.jpg", image_bytes(10 * n + i)) for n, c in enumerate(("ants", "bees"))
+                                   for i in range(2)]))
+    ds = store.import_zip(spooled, "bugs", config=ValidationConfig(workers=0), display_name="my bugs.zip").dataset
+    assert ds.source == {"kind": "zip", "name": "my bugs.zip"}

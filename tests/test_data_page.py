@@ -302,3 +302,38 @@ def test_server_folder_path_import_only_when_local(home: Path, tmp_path: Path,
     at = _page()
     _ok(at)
     assert not [t for t in at.text_input if t.key == "data_server_path"]
+
+
+def test_an_empty_zip_is_refused_by_its_name(home: Path) -> None:
+    at = _page()
+    at.file_uploader(key="data_upload_zip").set_value(("empty.zip", b"PK\x05\x06" + b"\0" * 18,
+                                                       "application/zip")).run()
+    at.button(key="data_import_zip").click().run()
+    _ok(at)
+    shown = _messages(at.error).replace("\\", "")  # Markdown escapes
+    assert "empty.zip has no photos in it" in shown and "upload-" not in shown
+    assert not at.success and store.list_datasets() == []  # nothing stored, nothing chosen
+    at.file_uploader(key="data_upload_zip").set_value(("holiday.zip", b"not a zip", "application/zip")).run()
+    at.button(key="data_import_zip").click().run()
+    assert "The zip was not imported: holiday.zip: this file is not a zip archive" in \
+        _messages(at.error).replace("\\", "")
+
+
+def test_an_old_zip_dataset_does_not_show_the_apps_own_upload_name(home: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, label in enumerate(("red", "blue")):
+            for i in range(3):
+                zf.writestr(f"{label}/{i}.png", image_bytes(70 * n + i, "PNG"))
+    at = _page()
+    at.file_uploader(key="data_upload_zip").set_value(("colours.zip", buf.getvalue(), "application/zip")).run()
+    at.button(key="data_import_zip").click().run()
+    _ok(at)
+    assert "Source: zip colours.zip." in _messages(at.caption).replace("\\", "")  # Markdown escapes
+    spooled = home / "upload-2df70f82a06aa8ce.zip"  # how datasets imported before this fix name their zip
+    spooled.write_bytes(buf.getvalue())
+    old = store.import_zip(spooled, "old colours", config=FAST).dataset
+    at = _page(dataset_id=old.id)
+    _ok(at)
+    shown = _messages(at.caption).replace("\\", "")
+    assert "Source: an uploaded zip." in shown and "upload-" not in shown

@@ -47,6 +47,9 @@ KIND_LABELS = {
     "encrypted": "encrypted", "corrupt": "corrupt",
 }
 SEVERITY_ICONS = {"error": "⛔ error", "warning": "⚠️ warning", "info": "ℹ️ note"}
+SPOOL_NAME = re.compile(r"upload-[0-9a-f]{16}\.zip")  # the app's own name for an uploaded zip while it is imported
+
+
 def _flash(kind: str, message: str) -> None:
     """A message shown once at the top of the next run (messages are already escaped)."""
     st.session_state.setdefault("data_flash", []).append((kind, message))
@@ -125,6 +128,12 @@ def _reason(err: Exception) -> str:
     return esc(f"the file system refused ({getattr(err, 'strerror', None) or type(err).__name__})")
 
 
+def _named_reason(name: str, err: Exception) -> str:
+    """The reason of a refused upload, naming the user's file (``name``, shown only) once."""
+    reason = _reason(err)
+    return reason if esc(name) in reason else f"{esc(name)}: {reason}"
+
+
 def _progress(phases: tuple[str, ...]) -> Callable[[int, int], None]:
     """A progress bar for ``on_progress(done, total)``; a new phase starts when ``done`` goes back (unzip, check)."""
     bar = st.progress(0.0, text=phases[0])
@@ -141,6 +150,15 @@ def _progress(phases: tuple[str, ...]) -> Callable[[int, int], None]:
         bar.progress(min(1.0, done / total) if total else 1.0, text=f"{phases[state['phase']]}: {done:,} / {total:,}")
 
     return update
+
+
+def _source_label(source: dict) -> str:
+    """Where a dataset came from, escaped ("zip ants.zip"); the app's own spool name (``upload-<hex>.zip``, kept by
+    datasets imported before the upload's name was recorded) is never shown."""
+    kind, name = str(source.get("kind", "")), str(source.get("name") or "")
+    if kind == "zip" and (not name or SPOOL_NAME.fullmatch(name)):
+        return "an uploaded zip"
+    return esc(f"{kind} {name}".strip())
 
 
 def _imported(result: store.ImportResult, how: str) -> None:
@@ -407,10 +425,11 @@ with st.expander("Add a dataset", expanded=not ids, icon=":material/add_photo_al
                     with open(spool, "xb") as fh:
                         fh.write(zipped.getbuffer())
                     result = store.import_zip(spool, name, split=SplitConfig(val_fraction=val),
-                                              on_progress=_progress(("Unpacking", "Checking images")))
+                                              on_progress=_progress(("Unpacking", "Checking images")),
+                                              display_name=zipped.name)  # shown, never a path
                 except (ArchiveError, store.DatasetError, OSError) as err:
                     _refund(zipped.size)
-                    st.error(f"The zip was not imported: {_reason(err)}")
+                    st.error(f"The zip was not imported: {_named_reason(zipped.name, err)}")
                 else:
                     _release([zipped])
                     _imported(result, "Imported")
@@ -460,8 +479,7 @@ m[1].metric("Classes", len(view["classes"]))
 m[2].metric("Errors", len(errors))
 m[3].metric("Warnings", len(warnings))
 st.caption(f"Train/validation split: {SPLIT_MODES.get(view['split_mode'], view['split_mode'])}. "
-           f"Source: {esc(view['source'].get('kind', ''))}"
-           + (f" {esc(view['source']['name'])}" if view["source"].get("name") else "") + ".")
+           f"Source: {_source_label(view['source'])}.")
 if view["blocking"]:
     st.error("**Training is blocked until these are fixed:**\n\n" +
              "\n".join(f"- {esc(p['message'])}" for p in errors), icon=":material/block:")

@@ -83,7 +83,8 @@ if chosen is None:
             try:
                 spool.write_bytes(zipped.getvalue())
                 result = store.import_zip(spool, zipped.name.removesuffix(".zip") or "People",
-                                          on_progress=_progress("Unpacking and checking"))
+                                          on_progress=_progress("Unpacking and checking"),
+                                          display_name=zipped.name)  # shown, never a path
             except Exception as err:  # ArchiveError, DatasetError, OSError: one clear line
                 st.error(f"The zip was not imported: {esc(getattr(err, 'reason', err))}")
             else:

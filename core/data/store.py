@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,14 +389,53 @@ def _folder_split(item: Item, ds: Dataset) -> str | None:
     return "test" if ds.split_mode == "folders+stratified" and item.split == "test" else None
 
 
+def _source_words(source: Mapping[str, Any]) -> str:
+    """How the user knows where an import came from: their zip's name, their folder's name, or their upload."""
+    name = str(source.get("name") or "")
+    if source.get("kind") == "zip" and name:
+        return name
+    if source.get("kind") == "folder" and name:
+        return f"the folder '{name}'"
+    return "the upload"
+
+
+def _no_photos(source: Mapping[str, Any], notes: Sequence[Problem]) -> str:
+    """Why an import found no file to check as a photo, naming the user's zip or folder."""
+    what = _source_words(source)
+    if any(p.kind == "outside_class_folder" for p in notes):
+        return (f"{what} has no photos inside class folders: put the photos in one folder per class (e.g. ants/, "
+                "bees/), optionally inside train/ and val/.")
+    if notes:
+        return f"{what} has no photos that can be used; for example {notes[0].message.rstrip('.')}."
+    return f"{what} has no photos in it."
+
+
+def _none_usable(source: Mapping[str, Any], skipped: Sequence[Skipped]) -> str:
+    """Why every file of an import was refused, naming the user's zip or folder and one file with its reason."""
+    what = _source_words(source)
+    if not skipped:
+        return f"{what} has no photos in it."
+    first = f"{skipped[0].original_name}: {skipped[0].reason}"
+    if len(skipped) == 1:
+        return f"The only file in {what} cannot be used as a photo ({first})."
+    return f"None of the {len(skipped)} files in {what} can be used as photos (e.g. {first})."
+
+
 def _create(sources: list[_Source], name: str, source: dict[str, Any], classes: Iterable[str], split: SplitConfig,
             config: ValidationConfig, on_progress: ProgressFn | None, notes: Iterable[Problem] = ()) -> ImportResult:
+    """Check and store ``sources`` as a new dataset; refused (``DatasetError``, nothing stored) when no file
+    turns out to be a usable photo."""
+    notes = list(notes)
+    if not sources:
+        raise DatasetError(_no_photos(source, notes))
     root = datasets_root()
     dataset_id = secrets.token_hex(16)
     work = root / f".importing-{dataset_id}"
     work.mkdir()
     try:
         state = _ingest(work, sources, len(sources), set(), config, on_progress)
+        if not state.records:
+            raise DatasetError(_none_usable(source, state.skipped))
         groups = duplicate_groups(state.records, config.near_duplicate_distance,
                                   config.near_duplicate_dhash)
         records, mode = apply_splits(state.records, split, groups)
@@ -450,18 +489,22 @@ def _import_tree(src: Path, name: str, source: dict[str, Any], split: SplitConfi
 
 def import_zip(zip_path: str | os.PathLike[str], name: str, *, split: SplitConfig | None = None,
                config: ValidationConfig | None = None, limits: ArchiveLimits | None = None,
-               on_progress: ProgressFn | None = None) -> ImportResult:
+               on_progress: ProgressFn | None = None, display_name: str | None = None) -> ImportResult:
     """Extract a zip safely (see ``core.data.archive``) and import it. ``on_progress`` runs twice: entries, images.
 
-    Raises ``ArchiveError`` when the archive as a whole is refused; refused entries are listed in the report.
+    ``display_name`` is the name the user knows the zip by (an upload's own name, when ``zip_path`` is our spooled
+    copy): it is recorded as the source and used in messages, never as a path. Raises ``ArchiveError`` when the
+    archive as a whole is refused and ``DatasetError`` when it holds no usable photo; refused entries are listed in
+    the report.
     """
+    shown = clean_label(display_name or "", 255) or Path(zip_path).name
     tmp = datasets_root() / f".extract-{secrets.token_hex(8)}"
     try:
         result = extract_archive(zip_path, tmp, limits=limits or ArchiveLimits(), on_progress=on_progress)
         notes = [Problem(r.kind, "warning", f"{r.name}: {r.reason}. It was not extracted.", (r.name,))
                  for r in result.rejected]
         display = {f.path: f.name for f in result.files}
-        return _import_tree(tmp, name, {"kind": "zip", "name": Path(zip_path).name}, split or SplitConfig(),
+        return _import_tree(tmp, name, {"kind": "zip", "name": shown}, split or SplitConfig(),
                             config or ValidationConfig(), on_progress, move=True, display=display, notes=notes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
