@@ -29,6 +29,7 @@ from core.storage import read_json
 from core.tasks import get_task
 
 NOT_SURE = "not sure"
+SAFETENSORS_EXPORT = "“safetensors” on Runs & export → Export and share"  # the exports the app can load back
 Source = str | os.PathLike | bytes
 
 
@@ -130,11 +131,17 @@ class Predictor:
 
     @classmethod
     def from_export(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "fp32",
-                    threshold: float | None | str = "stored") -> Predictor:
-        """An exported model (folder or zip with model.safetensors + manifest.json), validated before loading."""
-        from core.export import load_export
+                    threshold: float | None | str = "stored", shown_name: str | None = None) -> Predictor:
+        """An exported model (folder or zip with model.safetensors + manifest.json), validated before loading.
 
-        loaded = load_export(path)
+        `shown_name` is the name the user knows the file by (an upload's own name, when `path` is the app's stored
+        copy): refusals name it instead of the stored file. It is only ever shown, never used as a path."""
+        from core.export import ExportError, load_export
+
+        try:
+            loaded = load_export(path)
+        except ExportError as err:
+            raise ExportError(export_refusal(Path(path), str(err), shown_name)) from None
         m = loaded.manifest
         if threshold == "stored":
             threshold = m.get("threshold")
@@ -235,6 +242,49 @@ class Predictor:
                 "backbone": self.backbone, "architecture": self.architecture, "classes": list(self.classes),
                 "threshold": self.threshold, "device": self.plan.device, "precision": self.plan.precision,
                 "input_size": self.prep.size}
+
+
+def export_refusal(path: Path, message: str, shown_name: str | None = None) -> str:
+    """Why an export cannot be loaded, in the user's words: the file is named as the user knows it (`shown_name`,
+    never a path) and an ONNX or TorchScript export, made for use outside the app, is said to be one."""
+    from core.data.names import clean_label
+
+    shown_name = clean_label(shown_name or "", 255) or None
+    shown = shown_name or path.name
+    other = _other_export_format(path)
+    if other:
+        article = "an" if other == "ONNX" else "a"
+        return (f"{shown} is {article} {other} export: it is for running the model outside this app. To test the "
+                f"model here, upload the zip exported as {SAFETENSORS_EXPORT}.")
+    if shown_name:
+        message = message.replace(str(path), shown_name).replace(path.name, shown_name)
+    return message
+
+
+def _other_export_format(path: Path) -> str | None:
+    """'ONNX' or 'TorchScript' when `path` (a folder or a zip) holds that export of ours and no model.safetensors.
+    Reads only file names (a zip's directory), never a file's contents."""
+    import zipfile
+
+    from core.export import FILES, MAX_ZIP_ENTRIES
+
+    try:
+        if path.is_dir():
+            names = {p.name for p in path.iterdir()}
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+                if len(infos) > MAX_ZIP_ENTRIES:
+                    return None
+                names = {i.filename.replace("\\", "/").rsplit("/", 1)[-1] for i in infos}
+        else:
+            return None
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if FILES["safetensors"] in names:
+        return None
+    return next((label for label, key in (("ONNX", "onnx"), ("TorchScript", "torchscript"))
+                 if FILES[key] in names), None)
 
 
 def _name_of(source: Source, i: int) -> str:

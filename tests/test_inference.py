@@ -211,3 +211,34 @@ def test_predictions_run_through_a_folded_copy_and_leave_the_model_as_it_was() -
 def test_a_model_without_batchnorm_predicts_as_it_is() -> None:
     model = get_task("classification").build_model("test_vit", 3, pretrained=False)
     assert zoo.inference_copy(model, 32) is model and not model.training  # nothing to fold: no copy
+
+
+def _zip(path: Path, files: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_refused_export_is_named_as_the_user_knows_it(tmp_path: Path) -> None:
+    from core.export import ExportError
+
+    stored = tmp_path / "4513051f279f1051.zip"  # the app's copy of an upload, named by its hash
+    _zip(stored, {"model.onnx": b"onnx bytes", "manifest.json": b"{}", "predict_example.py": b""})
+    with pytest.raises(ExportError) as refused:
+        Predictor.from_export(stored, shown_name="cats onnx.zip")
+    message = str(refused.value)
+    assert message.startswith("cats onnx.zip is an ONNX export: it is for running the model outside this app.")
+    assert "“safetensors” on Runs & export" in message and "4513051f" not in message
+    _zip(stored, {"model.torchscript.pt": b"x", "manifest.json": b"{}"})
+    with pytest.raises(ExportError, match="^cats.zip is a TorchScript export: it is for running the model outside"):
+        Predictor.from_export(stored, shown_name="cats.zip")
+    stored.write_bytes(b"not a zip")
+    with pytest.raises(ExportError, match=r"^cats\.zip is not a readable zip file") as refused:
+        Predictor.from_export(stored, shown_name="cats.zip\x00")
+    assert "4513051f" not in str(refused.value)
+    _zip(stored, {"model.onnx": b"onnx bytes", "manifest.json": b"{}"})
+    with pytest.raises(ExportError, match="^4513051f279f1051.zip is an ONNX export"):  # no name given: the file's
+        Predictor.from_export(stored)

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core import runs
+from core.inference import export_refusal
 from core.settings import subdir
 from core.tasks.detection.draw import detections_image
 from core.tasks.detection.predict import Detector
@@ -52,7 +53,7 @@ def _choose() -> Detector | None:
         try:
             return _export_detector(str(path), digest)
         except Exception as err:  # noqa: BLE001 - ExportError and friends: a message, never a traceback
-            st.error(f"This file cannot be used: {esc(err)}")
+            st.error(f"This file cannot be used: {esc(export_refusal(path, str(err), upload.name))}")
             return None
     done = _detection_runs()
     if not done:

@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import runs
+from core.inference import export_refusal
 from core.settings import runs_root, subdir
 from views.common import draft, esc, set_draft, step_page
 from views.segmentation_results import jpeg, legend, run_predictor
@@ -44,7 +45,7 @@ def _choose():
         try:
             return _export_predictor(str(path), digest)
         except Exception as err:  # noqa: BLE001 - ExportError and friends: a message
-            st.error(f"This file cannot be used: {err}")
+            st.error(f"This file cannot be used: {esc(export_refusal(path, str(err), upload.name))}")
             return None
     done = _runs()
     if not done:

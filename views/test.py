@@ -22,8 +22,9 @@ def _run_predictor(run_dir: str, stamp: float) -> Predictor:  # noqa: ARG001 - s
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _export_predictor(path: str, digest: str) -> Predictor:  # noqa: ARG001 - digest is the cache key
-    return Predictor.from_export(path)
+def _export_predictor(path: str, digest: str, _shown: str) -> Predictor:  # noqa: ARG001 - digest is the cache key
+    """The uploaded export stored at `path`; refusals name it `_shown` (the upload's own name, never a path)."""
+    return Predictor.from_export(path, shown_name=_shown)
 
 
 def _finished_runs() -> list[Path]:
@@ -34,10 +35,11 @@ def _choose_model() -> Predictor | None:
     source = st.radio("Model", ["A run trained here", "An exported model (.zip)"], key="test_source",
                       horizontal=True)
     if source.startswith("An exported"):
-        upload = st.file_uploader("Exported model (zip with model.safetensors + manifest.json)", type=["zip"],
-                                  key="test_export_zip")
-        st.caption("Only models exported by Transfer Studio are accepted (safetensors + manifest); other files "
-                   "are refused without being opened as code.")
+        upload = st.file_uploader("Exported model: the .zip downloaded from Runs & export with the format "
+                                  "“safetensors”", type=["zip"], key="test_export_zip")
+        st.caption("Only the safetensors export of Transfer Studio (model.safetensors + manifest.json) can be tested "
+                   "here. ONNX and TorchScript exports are for running the model outside this app. Other files are "
+                   "refused without being opened as code.")
         if upload is None:
             return None
         data = upload.getvalue()
@@ -46,9 +48,9 @@ def _choose_model() -> Predictor | None:
         if not path.exists():
             path.write_bytes(data)
         try:
-            return _export_predictor(str(path), digest)
+            return _export_predictor(str(path), digest, upload.name)
         except Exception as err:  # ExportError and friends: a message, never a traceback
-            st.error(f"This file cannot be used: {err}")
+            st.error(f"This file cannot be used: {esc(str(err))}")
             return None
     done = _finished_runs()
     if not done:
