@@ -106,3 +106,70 @@ def test_report_button_writes_a_self_contained_report(trained: Path) -> None:
     html = (trained / "report.html").read_text()
     assert "<html" in html.lower() and "https://" not in html
     assert any(b.label == "Download report.html" for b in at.get("download_button"))
+
+
+def _results_without_photos(run_dir: Path) -> dict:
+    """What evaluation.json held when a run was evaluated after its photos were deleted: no photos, no numbers."""
+    import torch
+
+    from core.evaluate import evaluate_probs
+
+    classes = runs.load_dataset(run_dir)["classes"]
+    block = evaluate_probs(torch.zeros(0, len(classes)), torch.zeros(0, dtype=torch.long), classes, [], "val")
+    return {"version": 1, "run_id": run_dir.name, "classes": classes, "splits": {"val": block},
+            "primary_split": "val", "unknown_threshold": {"threshold": None, "curve": []}, "learning_curve": None}
+
+
+def test_a_run_whose_photos_are_gone_still_opens_and_says_why(trained: Path) -> None:
+    saved = _results_without_photos(trained)
+    (trained / "evaluation.json").write_text(json.dumps(saved))  # saved by an older version: it used to crash
+    shutil.rmtree(runs.load_config(trained).dataset)  # the photos the run was trained on are deleted
+    at = _app("views/runs.py").run()
+    _ok(at)
+    assert any("hold no numbers" in i.value for i in at.info)
+    assert at.button(key="runs_delete")  # the Manage tab is reachable
+    at.button(key="runs_evaluate").click().run()
+    _ok(at)
+    assert any("no longer on this machine" in e.value and "can still be tested" in e.value for e in at.error)
+    assert json.loads((trained / "evaluation.json").read_text()) == saved  # nothing empty was saved over it
+
+
+def test_test_page_names_the_uploaded_export_and_says_what_it_can_load(home: Path) -> None:
+    import hashlib
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # what Runs & export gives for the format ONNX
+        for name, data in (("model.onnx", b"onnx"), ("manifest.json", b"{}"), ("export.json", b"{}")):
+            zf.writestr(name, data)
+    at = _app("views/test.py").run()
+    _ok(at)
+    at.radio(key="test_source").set_value("An exported model (.zip)").run()
+    assert any("ONNX and TorchScript exports are for running the model outside" in c.value for c in at.caption)
+    at.file_uploader(key="test_export_zip").set_value(("my cats.zip", buf.getvalue(), "application/zip")).run()
+    _ok(at)
+    shown = "\n".join(e.value for e in at.error).replace("\\", "")  # Markdown escapes
+    assert "my cats.zip is an ONNX export" in shown and "outside this app" in shown and "safetensors" in shown
+    stored = hashlib.sha256(buf.getvalue()).hexdigest()[:16]  # the app's own name for its copy of the upload
+    assert stored not in shown
+
+
+def test_compare_counts_a_resumed_runs_seconds_from_its_first_start(home: Path, tmp_path: Path) -> None:
+    from core.events import BatchEnded
+    from core.recorder import RunRecorder
+
+    data = make_colour_folders(tmp_path / "data", train=6, val=3)
+    cfg = RunConfig("test_resnet", str(data), FreezeConfig("all"),
+                    TrainConfig(epochs=2, batch_size=6, precision="fp32", device="cpu"), pretrained=False)
+    run_dir = runs.create_run(cfg, trainset.resolve(str(data)), runs_root())
+    batches: list[BatchEnded] = []
+    engine.fit(run_dir, [lambda e: batches.append(e) if isinstance(e, BatchEnded) else None, RunRecorder(run_dir)],
+               should_stop=lambda: len(batches) >= 3)  # Stop after the first epoch, then Resume
+    engine.fit(run_dir, [RunRecorder(run_dir)])
+    at = _app("views/runs.py").run()
+    _ok(at)
+    at.multiselect(key="runs_compare").set_value([run_dir.name]).run()
+    _ok(at)
+    chart = next(c for c in at.get("plotly_chart") if "Validation accuracy over time" in c.proto.spec)
+    xs = json.loads(chart.proto.spec)["data"][0]["x"]
+    assert len(xs) == 2 and 0 < xs[0] < xs[1]  # the first epoch was at -seconds: counted from the resumed start

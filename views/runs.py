@@ -17,6 +17,7 @@ from core.evaluate import load_evaluation, set_threshold
 from core.progress import read_run
 from core.settings import PROJECT_ROOT, runs_root
 from core.storage import read_json, write_json_atomic
+from core.tasks import list_tasks
 from views.common import draft, esc, set_draft, step_page
 
 st.title("6 · Runs, results and export")
@@ -60,11 +61,15 @@ def _is_zoo_backbone(name: str) -> bool:
     return True
 
 
+TASK_TITLES = {t.name: t.title for t in list_tasks()}
+
+
 def _row(run_dir) -> dict:
     cfg, status, meta = runs.read_json_config(run_dir), runs.read_status(run_dir), _meta(run_dir)
     train = cfg.get("train", {})
     created = status.get("created") or run_dir.stat().st_mtime
     return {"run": run_dir.name, "name": meta.get("name") or cfg.get("name") or run_dir.name,
+            "task": TASK_TITLES.get(runs.run_task(run_dir), runs.run_task(run_dir)),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
             "dataset": _dataset_name(cfg.get("dataset", "")),
             "freeze": "quick" if cfg.get("quick") else cfg.get("freeze", {}).get("preset"),
@@ -100,10 +105,14 @@ if not all_runs:
 
 table = pd.DataFrame([_row(p) for p in all_runs])
 st.dataframe(table, hide_index=True, key="runs_table",
-             column_order=["name", "date", "status", "best_val_accuracy", "backbone", "dataset", "freeze",
+             column_order=["name", "task", "date", "status", "best_val_accuracy", "backbone", "dataset", "freeze",
                            "pretrained", "epochs", "batch", "lr", "seconds", "device", "note", "run"],
-             column_config={"best_val_accuracy": st.column_config.ProgressColumn("best val acc", min_value=0,
-                                                                                  max_value=1, format="%.3f")})
+             column_config={"best_val_accuracy": st.column_config.ProgressColumn(
+                 "best score", min_value=0, max_value=1, format="%.3f",
+                 help="On the validation photos: accuracy (classification), mAP@0.5 (detection), mean IoU "
+                      "(segmentation), share named correctly (faces)."),
+                 "seconds": st.column_config.NumberColumn(
+                 "seconds", help="Of the latest training session (a resumed run's total is in its report).")})
 
 ids = [p.name for p in all_runs]
 names = dict(zip(table["run"], table["name"], strict=True))
