@@ -139,3 +139,20 @@ def test_the_layers_page_counts_the_head_for_the_chosen_photos(home: Path, sampl
                .get_classifier().parameters())
     assert head == 1280 * 3 + 3
     assert any(f"Phase 1 trains {head:,} parameters" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+def test_home_describes_the_chosen_tasks_steps() -> None:
+    from core.tasks import freeze_defaults, get_task
+
+    at = _app()
+    at.session_state["draft_task"] = "detection"
+    at.session_state["draft_freeze"] = json.dumps(freeze_defaults(get_task("detection")).to_dict())  # its default
+    at.run()
+    _ok(at)
+    assert any("Bring photos with boxes" in m.value for m in at.markdown)
+    assert not any("one per class" in m.value for m in at.markdown)
+    links = [link.proto.label for link in at.get("page_link")]
+    assert links.count("done ✓ — change") == 0  # neither Layers (the task's default, not a choice) nor others
+    at.session_state["draft_freeze"] = json.dumps({**json.loads(at.session_state["draft_freeze"]), "preset": "all"})
+    at.run()
+    assert [link.proto.label for link in at.get("page_link")].count("done ✓ — change") == 1  # a choice made

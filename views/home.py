@@ -39,13 +39,21 @@ samples_ready = (sample_data_root() / "textures").is_dir()
 if not samples_ready:
     st.warning("The sample data is not there yet: run the setup command from the README once.")
 
+DATA_STEP = {  # what the Data step asks of each task's user
+    "classification": "Bring folders of photos, one per class.",
+    "detection": "Bring photos with boxes (COCO, VOC or YOLO files), or draw the boxes here.",
+    "segmentation": "Bring photos with their masks (one colour or number per class).",
+    "faces": "Bring one folder of photos per person to enrol.",
+}
 STEPS = [
     ("1 · Model", "Pick a pretrained backbone.", step_page("model"), bool(draft("backbone"))),
-    ("2 · Data", "Bring folders of photos, one per class.", step_page("data"), bool(draft("dataset_id"))),
-    ("3 · Layers", "Choose which layers to freeze.", step_page("layers"), bool(draft("freeze"))),
+    ("2 · Data", DATA_STEP.get(task_name, task.description), step_page("data"), bool(draft("dataset_id"))),
+    # done once the choice differs from the task's default (which the sample and a task switch set) or a run used it
+    ("3 · Layers", "Choose which layers to freeze.", step_page("layers"),
+     draft("freeze") not in (None, json.dumps(freeze_defaults(task).to_dict())) or bool(draft("run_id"))),
     ("4 · Train", "Watch it learn, live.", step_page("train"), bool(draft("run_id"))),
     ("5 · Test", "Try it on new pictures.", step_page("test"), False),
-    ("6 · Export", "Results, comparison, export and a report.", step_page("runs"), False),
+    ("6 · Runs & export", "Results, comparison, export and a report.", step_page("runs"), False),
 ]
 for title, what, page, done in STEPS:
     cols = st.columns([1, 4, 2])
