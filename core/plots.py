@@ -72,6 +72,8 @@ def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = N
     lines = [{"x": p["epoch"] + 0.5, "label": p["label"]} for p in phases or []]
     x_range = _epoch_axis(fig, epochs, [ln["x"] for ln in lines[1:]])
     _phase_lines(fig, lines, "x", x_range)
+    if metric == "accuracy":  # scores in [0, 1]: a flat 100 % must not draw an axis up to 2
+        fig.update_yaxes(autorangeoptions=dict(maxallowed=1.02))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=70, b=10), xaxis_title="epoch",
                       yaxis_title=shown, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
                       title=dict(text=shown[:1].upper() + shown[1:], y=0.97))

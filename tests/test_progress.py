@@ -71,6 +71,8 @@ def test_a_resumed_run_draws_its_curves_on_the_axes_of_an_uninterrupted_one(resu
         assert 0.5 <= lo < 1 and 3 < hi <= 3.5
     lo, hi = batch_loss_figure(view.steps, view.losses, view.phases).layout.xaxis.range
     assert (lo, hi) == (1, 18)
+    accuracy = epoch_curves(view.history, "accuracy", view.phases).layout.yaxis.autorangeoptions.maxallowed
+    assert accuracy is not None and 1 <= accuracy < 1.1  # a flat 100 % used to get an axis up to 2
     elapsed = [h["elapsed"] for h in view.history]  # seconds of training, from the first start
     assert 0 < elapsed[0] < elapsed[1] < elapsed[2] <= view.seconds
 

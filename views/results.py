@@ -74,7 +74,8 @@ def _learning(points: list[dict]) -> go.Figure:
                                                                                   p["val_accuracy"])
                                                         for p in points])))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="training images",
-                      yaxis_title="validation accuracy", title="Learning curve (quick model)")
+                      yaxis_title="validation accuracy", title="Learning curve (quick model)",
+                      yaxis_autorangeoptions=dict(maxallowed=1.02))  # all at 100 %: not an axis up to 2
     return fig
 
 

@@ -126,7 +126,8 @@ if compare:
             xs = [h["elapsed"] for h in view.history]  # across stops and resumes, without the time stopped
             fig.add_trace(go.Scatter(x=xs, y=[h["val_accuracy"] for h in view.history], mode="lines+markers",
                                      name=f"{names[rid]} ({rid})"))  # names need not be unique
-    fig.update_layout(height=320, xaxis_title="seconds of training", yaxis_title="validation accuracy",
+    fig.update_layout(height=320, xaxis_title="seconds of training", yaxis_title="validation score",
+                      yaxis_autorangeoptions=dict(maxallowed=1.02, minallowed=0),
                       margin=dict(l=10, r=10, t=30, b=10), title="Validation accuracy over time")
     st.plotly_chart(fig, key="runs_compare_chart")
     st.dataframe(_side_by_side(table, compare), key="runs_compare_table")
