@@ -147,6 +147,22 @@ def test_blocking_errors_are_stated(home: Path, tmp_path: Path) -> None:
     assert {m.label: m.value for m in at.metric}["Errors"] != "0"
 
 
+def test_a_class_that_blocks_training_can_be_removed_from_the_page(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "tiny"
+    make_tree(src, {"ants": 5, "bees": 5, "wasps": 1})
+    ds = store.import_folder(src, "tiny", config=FAST).dataset
+    at = _page(dataset_id=ds.id)
+    assert "wasps" in _messages(at.error)  # one photo of wasps blocks training
+    at.selectbox(key="data_remove_class").set_value("wasps").run()
+    assert at.button(key="data_remove").disabled  # not without the confirmation
+    at.checkbox(key="data_remove_confirm").check().run()
+    at.button(key="data_remove").click().run()
+    _ok(at)
+    after = store.load_dataset(ds.id)
+    assert after.classes == ("ants", "bees") and not after.report["blocking"]
+    assert "Training is blocked" not in _messages(at.error)
+
+
 def test_class_weights_are_stored_in_the_draft(planted: store.Dataset) -> None:
     at = _page(dataset_id=planted.id)
     at.button(key="data_fix_weights").click().run()

@@ -297,6 +297,17 @@ def _rename_class(dataset_id: str) -> None:
     _flash("success", f"Renamed **{esc(old)}** to **{esc(new.strip())}**.")
 
 
+def _remove_class(dataset_id: str) -> None:
+    name = st.session_state.get("data_remove_class")
+    try:
+        store.remove_class(dataset_id, name)
+    except store.DatasetError as err:
+        _flash("error", esc(err.reason))
+        return
+    st.session_state["data_remove_confirm"] = False
+    _flash("success", f"Removed the class **{esc(name)}** and its stored photos.")
+
+
 def _delete(dataset_id: str) -> None:
     try:
         store.delete_dataset(dataset_id)
@@ -563,6 +574,14 @@ with st.expander("Edit classes, add photos (camera or files)", icon=":material/e
         st.selectbox("Rename class", view["classes"], key="data_rename_from")
         st.text_input("New name", key="data_rename_to", max_chars=100)
         st.button("Rename", key="data_rename", on_click=_rename_class, args=(chosen,))
+    c3, _ = st.columns(2)
+    with c3:  # e.g. a class with too few photos that blocks training
+        gone = st.selectbox("Remove class", view["classes"], key="data_remove_class",
+                            format_func=lambda c: f"{c} ({view['totals'].get(c, 0)} photos)")
+        sure = st.checkbox("Yes, remove it with its stored photos (your originals are not affected)",
+                           key="data_remove_confirm")
+        st.button(f"Remove {gone}" if gone else "Remove", key="data_remove", disabled=not sure,
+                  on_click=_remove_class, args=(chosen,))
     st.divider()
     target = st.selectbox("Add photos to class", view["classes"], key="data_photo_class")
     files_col, camera_col = st.columns(2)
