@@ -80,7 +80,8 @@ threshold = st.slider("Show boxes scoring at least", 0.05, 0.95, 0.5, 0.05, key=
                       help="Lower finds more objects but also more false boxes.")
 files = st.file_uploader("Photos", type=["jpg", "jpeg", "png", "webp", "bmp"], accept_multiple_files=True,
                          key="dtest_files")
-shot = st.camera_input("Or take a photo", key="dtest_camera")
+shot = st.camera_input("Or take a photo", key="dtest_camera") if st.toggle("Use the camera",
+                                                                         key="dtest_camera_on") else None
 inputs = [(f.name, f.getvalue()) for f in files or []] + ([("camera photo", shot.getvalue())] if shot else [])
 for n, (name, data) in enumerate(inputs):
     result = detector.detect(data, name=name, threshold=0.05)
