@@ -58,14 +58,14 @@ def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = N
     """Train and validation `metric` ('loss' or 'accuracy') per epoch, with phase changes marked.
 
     For tasks whose primary metric is not accuracy (mAP, mIoU), `label` names it; a split with no values (e.g. no
-    train mAP) is left out."""
+    train mAP, or a detector's validation loss) is left out once the run has epochs."""
     fig = go.Figure()
     epochs = [h["epoch"] for h in history]
     shown = label or metric
     for split, colour in (("train", "#94a3b8"), ("val", "#2563eb")):
         key = f"{split}_{metric}"
         values = [_finite(h.get(key)) for h in history]
-        if metric != "loss" and all(v is None for v in values):
+        if (metric != "loss" or history) and all(v is None for v in values):
             continue
         name = f"{split} {metric}" if not label else (label if split == "val" else f"train {metric}")
         fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=name, line_color=colour))

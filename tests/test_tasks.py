@@ -53,6 +53,8 @@ def test_epoch_curves_label_and_missing_train_metric():
                 "metrics": {"val_map": 0.3, "loss_box": 0.4}}]
     fig = epoch_curves(history, "accuracy", label="mAP@0.5")
     assert [t.name for t in fig.data] == ["mAP@0.5"]  # no all-NaN train trace
+    detector = [{**h, "val_loss": float("nan")} for h in history]  # a detector has no validation loss
+    assert [t.name for t in epoch_curves(detector, "loss").data] == ["train loss"]  # no empty legend entry
     extra = extra_metrics_figure(history)
     assert sorted(t.name for t in extra.data) == ["loss box", "val map"]
 
