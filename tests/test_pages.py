@@ -156,3 +156,17 @@ def test_home_describes_the_chosen_tasks_steps() -> None:
     at.session_state["draft_freeze"] = json.dumps({**json.loads(at.session_state["draft_freeze"]), "preset": "all"})
     at.run()
     assert [link.proto.label for link in at.get("page_link")].count("done ✓ — change") == 1  # a choice made
+
+
+def test_the_model_pages_next_step_is_data_until_photos_are_chosen(home: Path) -> None:
+    at = _app()
+    at.switch_page("views/model.py").run()
+    at.button(key="model_use").click().run()
+    _ok(at)
+    assert at.title[0].value.startswith("2 ·")  # the Data page, not Layers (step 3)
+    at = _app()
+    at.session_state["draft_dataset_id"] = "sample:textures"
+    at.switch_page("views/model.py").run()
+    at.button(key="model_use").click().run()
+    _ok(at)
+    assert at.title[0].value.startswith("3 ·")

@@ -79,9 +79,11 @@ st.caption(f"Preprocessing: resize with {spec.interpolation}, centre crop {spec.
            f"mean {spec.mean}, std {spec.std}. {spec.notes}")
 if row and row["latency_ms"]:
     st.caption(f"About {1000 / row['latency_ms']:.0f} images per second for predictions on this machine.")
-if st.button("Next: choose the layers to train →", key="model_use", type="primary", icon=":material/layers:"):
+has_data = bool(draft("dataset_id"))  # the steps in order: photos first, unless they are chosen already
+if st.button("Next: choose the layers to train →" if has_data else "Next: bring your photos →", key="model_use",
+             type="primary", icon=":material/layers:" if has_data else ":material/photo_library:"):
     set_draft("backbone", choice)
-    st.switch_page(step_page("layers"))
+    st.switch_page(step_page("layers" if has_data else "data"))
 
 with st.expander("Use your own weights (safetensors)"):
     st.write("Have a `.safetensors` file for a timm architecture? It is checked (names and shapes) before it is "

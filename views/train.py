@@ -3,8 +3,6 @@ live curves and progress read from the run folder (so a refresh or restart finds
 
 from __future__ import annotations
 
-import json
-
 import streamlit as st
 
 from core import jobs, runs, trainset, zoo
@@ -274,8 +272,9 @@ live()
 with st.expander("Other runs"):
     recent = runs.list_runs(task=TASK.name)[:20]
     options = [p.name for p in recent]
-    labels = {p.name: f"{json.loads((p / 'config.json').read_text()).get('name') or p.name} — "
-                      f"{runs.read_status(p).get('state', '?')} ({p.name})" for p in recent}
+    # no state in the label: this part of the page is drawn once, so a state here would go stale (a finished
+    # run still said "queued")
+    labels = {p.name: f"{runs.read_json_config(p).get('name') or p.name} ({p.name})" for p in recent}
     if options:
         picked = st.selectbox("Show run", options, index=options.index(run_id) if run_id in options else 0,
                               format_func=lambda n: labels.get(n, n), key="train_pick_run")

@@ -46,8 +46,11 @@ def test_choose_model_then_layers(page, app_url, st_helpers):
     expect(st.main(page).get_by_text(
         "Pretrained weights are on this machine: TF EfficientNet-Lite0 ImageNet checkpoint.")).to_be_visible()
 
-    # Layers page (from the page link at the bottom of the Model page).
-    st.main(page).get_by_role("button", name="Next: choose the layers to train").click()
+    # No photos chosen yet: the Model page's Next leads to step 2, Data; from there the sidebar to Layers.
+    st.main(page).get_by_role("button", name="Next: bring your photos").click()
+    expect(page).to_have_url(st.page_url(app_url, "data"), timeout=st.SLOW_MS)
+    st.wait_idle(page)
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="3 · Layers", exact=True).click()
     expect(page).to_have_url(st.page_url(app_url, "layers"), timeout=st.SLOW_MS)
     expect(st.main(page).get_by_text(f"Model: {LITE0}")).to_be_visible(timeout=st.SLOW_MS)
     st.wait_idle(page)
