@@ -153,6 +153,15 @@ class _Reader:
         self.view.seconds = round(self.clock.total, 3)
 
 
+def training_seconds(run_dir: Path) -> float:
+    """Seconds spent training over all of a run's sessions (stopped, then resumed: both count)."""
+    reader = _Reader(RunView(Path(run_dir), {}, {}))
+    for ev in runs.read_events(Path(run_dir)):
+        reader.read(ev)
+    reader.finish()
+    return reader.view.seconds
+
+
 def read_run(run_dir: Path) -> RunView:
     """Everything the Train page shows, from the run folder alone (liveness checked: a dead worker = crashed)."""
     run_dir = Path(run_dir)

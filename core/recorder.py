@@ -42,7 +42,10 @@ class RunRecorder:
             runs.write_status(self.run_dir, best_val_accuracy=event.best_val_accuracy, epochs_done=event.epoch,
                               last_val_accuracy=event.val_accuracy)
         elif isinstance(event, FitEnded):
-            runs.write_status(self.run_dir, state=event.state, message=event.message, seconds=event.seconds,
+            from core.progress import training_seconds  # (progress reads what this writes)
+
+            runs.write_status(self.run_dir, state=event.state, message=event.message,
+                              seconds=max(event.seconds, training_seconds(self.run_dir)),  # every session's
                               best_val_accuracy=event.best_val_accuracy, epochs_done=event.epochs_done,
                               progress=1.0 if event.state == "completed" else None, ended=time.time())
         elif isinstance(event, FitFailed):

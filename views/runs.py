@@ -111,8 +111,7 @@ st.dataframe(table, hide_index=True, key="runs_table",
                  "best score", min_value=0, max_value=1, format="%.3f",
                  help="On the validation photos: accuracy (classification), mAP@0.5 (detection), mean IoU "
                       "(segmentation), share named correctly (faces)."),
-                 "seconds": st.column_config.NumberColumn(
-                 "seconds", help="Of the latest training session (a resumed run's total is in its report).")})
+                 "seconds": st.column_config.NumberColumn("seconds", help="Spent training (all sessions).")})
 
 ids = [p.name for p in all_runs]
 names = dict(zip(table["run"], table["name"], strict=True))
