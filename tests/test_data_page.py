@@ -232,15 +232,24 @@ def test_loose_files_go_to_the_chosen_class(home: Path) -> None:
     assert "Training is blocked" in _messages(at.error)  # one class cannot train
 
 
-def test_zip_upload(home: Path) -> None:
+def _colours_zip(top: str = "") -> bytes:
+    """red/ and blue/ with three PNGs each (inside `top` when given)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for n, label in enumerate(("red", "blue")):
             for i in range(3):
-                zf.writestr(f"colours/{label}/{i}.png", image_bytes(70 * n + i, "PNG"))
-    at = _page()
-    at.file_uploader(key="data_upload_zip").set_value(("colours.zip", buf.getvalue(), "application/zip")).run()
+                zf.writestr(f"{top}{label}/{i}.png", image_bytes(70 * n + i, "PNG"))
+    return buf.getvalue()
+
+
+def _import_zip(at: AppTest, name: str, data: bytes) -> None:
+    at.file_uploader(key="data_upload_zip").set_value((name, data, "application/zip")).run()
     at.button(key="data_import_zip").click().run()
+
+
+def test_zip_upload(home: Path) -> None:
+    at = _page()
+    _import_zip(at, "colours.zip", _colours_zip("colours/"))
     _ok(at)
     ds = store.load_dataset(at.session_state["draft_dataset_id"])
     assert ds.name == "colours" and ds.classes == ("blue", "red") and ds.source["kind"] == "zip"
@@ -322,32 +331,24 @@ def test_server_folder_path_import_only_when_local(home: Path, tmp_path: Path,
 
 def test_an_empty_zip_is_refused_by_its_name(home: Path) -> None:
     at = _page()
-    at.file_uploader(key="data_upload_zip").set_value(("empty.zip", b"PK\x05\x06" + b"\0" * 18,
-                                                       "application/zip")).run()
-    at.button(key="data_import_zip").click().run()
+    _import_zip(at, "empty.zip", b"PK\x05\x06" + b"\0" * 18)
     _ok(at)
     shown = _messages(at.error).replace("\\", "")  # Markdown escapes
     assert "empty.zip has no photos in it" in shown and "upload-" not in shown
     assert not at.success and store.list_datasets() == []  # nothing stored, nothing chosen
-    at.file_uploader(key="data_upload_zip").set_value(("holiday.zip", b"not a zip", "application/zip")).run()
-    at.button(key="data_import_zip").click().run()
+    _import_zip(at, "holiday.zip", b"not a zip")
     assert "The zip was not imported: holiday.zip: this file is not a zip archive" in \
         _messages(at.error).replace("\\", "")
 
 
 def test_an_old_zip_dataset_does_not_show_the_apps_own_upload_name(home: Path) -> None:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for n, label in enumerate(("red", "blue")):
-            for i in range(3):
-                zf.writestr(f"{label}/{i}.png", image_bytes(70 * n + i, "PNG"))
+    data = _colours_zip()
     at = _page()
-    at.file_uploader(key="data_upload_zip").set_value(("colours.zip", buf.getvalue(), "application/zip")).run()
-    at.button(key="data_import_zip").click().run()
+    _import_zip(at, "colours.zip", data)
     _ok(at)
     assert "Source: zip colours.zip." in _messages(at.caption).replace("\\", "")  # Markdown escapes
     spooled = home / "upload-2df70f82a06aa8ce.zip"  # how datasets imported before this fix name their zip
-    spooled.write_bytes(buf.getvalue())
+    spooled.write_bytes(data)
     old = store.import_zip(spooled, "old colours", config=FAST).dataset
     at = _page(dataset_id=old.id)
     _ok(at)
