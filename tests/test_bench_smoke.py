@@ -100,3 +100,14 @@ def test_recipe_probe_runs_a_recipe_on_two_processes(tmp_path: Path) -> None:
     assert lines[0]["train"]["nproc"] == 2
     assert [r["epoch"] for r in lines[1:-1]] == [1, 2] and lines[-1]["state"] == "completed"
     assert all(0 < r["seconds"] <= lines[-1]["seconds"] for r in lines[1:-1])
+
+
+def test_step_profile_times_the_model_and_its_frozen_view(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import step_profile
+
+    out = step_profile.main(["--model", "test_efficientnet", "--size", "32", "--batch", "4", "--steps", "1",
+                             "--repeats", "2", "--phase", "0", "--json", str(tmp_path / "step.json")])
+    assert out["phase"] and set(out["median"]) == {"model", "frozen view"}  # the head-only phase folds
+    assert all(len(v) == 2 and min(v) > 0 for v in out["images_per_second"].values())
+    assert (tmp_path / "step.json").exists()
