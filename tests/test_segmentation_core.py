@@ -153,6 +153,29 @@ def test_store_import_keeps_masks_and_split(home: Path, tmp_path: Path) -> None:
     assert new.names == ("ground", "disc", "box")
 
 
+def _zip_folder(folder: Path, target: Path, top: str = "") -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(target, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"{top}{f.relative_to(folder).as_posix()}")
+    return target
+
+
+def test_zip_imports_speak_of_the_zip_never_of_a_temporary_folder(home: Path, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    (wrong / "pictures").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(wrong / "pictures" / "a.jpg")
+    spooled = _zip_folder(wrong, tmp_path / "tmpab12cd.zip")
+    with pytest.raises(SegDataError) as err:
+        data.import_zip(spooled, "x", display_name="street scenes.zip")
+    assert "street scenes.zip" in str(err.value) and ".extract-" not in str(err.value)
+    good = _zip_folder(make_set(tmp_path / "ds", n_train=4, n_val=2), tmp_path / "spool.zip", top="shapes/")
+    dataset_id, _ = data.import_zip(good, "shapes", display_name="my shapes.zip")
+    assert data.read_side(dataset_id)["source"] == {"kind": "zip", "name": "my shapes.zip: shapes"}
+
+
 # --- augmentation --------------------------------------------------------------------------------------------------
 
 def _derived_pair(size: int = 96) -> tuple[np.ndarray, np.ndarray]:

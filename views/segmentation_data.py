@@ -106,7 +106,7 @@ def _import_section() -> None:
                     fh.write(zipped.getvalue())
                 try:
                     dataset_id, report = segdata.import_zip(fh.name, os.path.splitext(zipped.name)[0][:80] or "zip",
-                                                            **opts)
+                                                            display_name=zipped.name, **opts)
                 except Exception as err:  # ArchiveError, SegDataError…
                     st.error(f"Could not import: {getattr(err, 'reason', None) or err}")
                 else:

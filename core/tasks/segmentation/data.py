@@ -342,11 +342,15 @@ def _pair_folder(images: Path, masks: Path | None, split: str | None, root: Path
     return pairs, extra, notes
 
 
-def scan_folder(folder: str | Path) -> FolderScan:
-    """Find image/mask pairs: ``train/`` and ``val/`` each with images/ + masks/, or images/ + masks/."""
+def scan_folder(folder: str | Path, shown: str | None = None) -> FolderScan:
+    """Find image/mask pairs: ``train/`` and ``val/`` each with images/ + masks/, or images/ + masks/.
+
+    ``shown`` is the name the user knows the folder by (a zip's or an upload's name), used in messages instead of a
+    temporary folder's name."""
     root = Path(folder).expanduser()
+    label = shown or root.name or str(root)
     if not root.is_dir():
-        raise SegDataError(f"{folder} is not a folder")
+        raise SegDataError(f"{shown or folder} is not a folder")
     pairs: list[Pair] = []
     extra: list[str] = []
     notes: list[str] = []
@@ -367,10 +371,10 @@ def scan_folder(folder: str | Path) -> FolderScan:
         p, e, n = _pair_folder(_sub(root, IMAGE_DIRS), _sub(root, MASK_DIRS), None, root)
         pairs, extra, notes = p, e, n
     else:
-        raise SegDataError(f"{root.name or root} has no images/ folder (expected images/ + masks/, or train/ and "
+        raise SegDataError(f"{label} has no images/ folder (expected images/ + masks/, or train/ and "
                            "val/ each holding images/ and masks/)")
     if not pairs:
-        raise SegDataError(f"{root.name or root} holds no images")
+        raise SegDataError(f"{label} holds no images")
     classes_file = next((c / "classes.txt" for c in (root, root.parent) if (c / "classes.txt").is_file()), None)
     return FolderScan(root, pairs, extra, classes_file, layout, notes)
 
@@ -655,7 +659,7 @@ def import_folder(folder: str | Path, name: str, *, ignore: int | None = None, v
     from core.data import store
     from core.data.splits import SplitConfig
 
-    scan = scan_folder(folder)
+    scan = scan_folder(folder, (source or {}).get("name"))
     values, kind, palette = scan_values(scan.pairs)
     table, notes = table_from(values, kind, scan.classes_file, ignore, palette)
     if classes:
@@ -709,16 +713,22 @@ def import_folder(folder: str | Path, name: str, *, ignore: int | None = None, v
     return ds.id, stored_report(ds.id)
 
 
-def import_zip(zip_path: str | Path, name: str, **kwargs) -> tuple[str, SegReport]:
-    """Extract a zip safely (core.data.archive) and import it like a folder (a single top folder is entered)."""
+def import_zip(zip_path: str | Path, name: str, display_name: str | None = None,
+               **kwargs) -> tuple[str, SegReport]:
+    """Extract a zip safely (core.data.archive) and import it like a folder (a single top folder is entered).
+
+    ``display_name`` is the zip's name as the user knows it (an upload spooled under another name): it is recorded
+    as the source and used in messages."""
     from core.data.archive import extract_archive
     from core.settings import datasets_root
 
+    shown = display_name or Path(zip_path).name
     tmp = datasets_root() / f".extract-{secrets.token_hex(8)}"
     try:
         extract_archive(zip_path, tmp)
         root = _single_top(tmp)
-        return import_folder(root, name, **kwargs)
+        inner = shown if root == tmp else f"{shown}: {root.relative_to(tmp).as_posix()}"
+        return import_folder(root, name, source={"kind": "zip", "name": inner}, **kwargs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -741,7 +751,9 @@ def import_uploads(files: Iterable[tuple[str, bytes]], name: str, **kwargs) -> t
             target = tmp.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        return import_folder(_single_top(tmp), name, **kwargs)
+        root = _single_top(tmp)
+        shown = root.relative_to(tmp).as_posix() if root != tmp else "the uploaded folder"
+        return import_folder(root, name, source={"kind": "upload", "name": shown}, **kwargs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
