@@ -292,7 +292,21 @@ def test_zip_import_finds_the_annotations_inside(home: Path, coco_folder: Path, 
         for path in coco_folder.rglob("*"):
             if path.is_file():
                 zf.write(path, f"pets/{path.relative_to(coco_folder).as_posix()}")
-    dataset_id, ds = S.import_zip(archive, "zipped pets")
+    dataset_id, ds = S.import_zip(archive, "zipped pets", display_name="My pets.zip")
     assert ds.format == "coco"
     assert {a.name: a.labels for a in ds.images}["a.jpg"] == ["cat", "dog"]
     assert any(p.kind == "unreadable" and "broken.jpg" in p.message for p in ds.problems)
+    assert ds.source.startswith("My pets.zip: pets") and ".extract-" not in json.dumps(ds.to_dict())
+
+
+def test_a_zip_without_photos_is_refused_by_its_own_name(home: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    from core.tasks.detection import dataset as S
+
+    archive = tmp_path / "tmp81x.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("notes/readme.txt", "no photos here")
+    with pytest.raises(D.AnnotationError) as err:
+        S.import_zip(archive, "empty", display_name="holiday boxes.zip")
+    assert "holiday boxes.zip" in str(err.value) and ".extract-" not in str(err.value)

@@ -55,7 +55,7 @@ with st.expander("Bring new photos", expanded=not ids):
                 path = Path(tmp) / "upload.zip"
                 path.write_bytes(up.getvalue())
                 try:
-                    new_id, _ = dstore.import_zip(path, name)
+                    new_id, _ = dstore.import_zip(path, name, display_name=up.name)
                 except Exception as err:  # noqa: BLE001 - archive, annotation or store errors: say them plainly
                     _import_error(err)
                 else:

@@ -86,11 +86,22 @@ def _match(items: Iterable[store.Item], images: Sequence[ImageAnn]) -> dict[int,
 
 
 def import_folder(folder: str | Path, name: str, annotations: str | Path | None = None, seed: int = 0,
-                  val_fraction: float = 0.2, on_progress: ProgressFn | None = None) -> tuple[str, DetectionSet]:
-    """Import a folder of images with COCO / VOC / YOLO annotations (found automatically) into the store."""
-    ds = load_folder(folder, annotations, seed, val_fraction)
+                  val_fraction: float = 0.2, on_progress: ProgressFn | None = None,
+                  shown: str | None = None) -> tuple[str, DetectionSet]:
+    """Import a folder of images with COCO / VOC / YOLO annotations (found automatically) into the store.
+
+    ``shown`` is the name the user knows the folder by (a zip's name when ``folder`` is where it was extracted): it
+    stands for the folder's path in messages and in the recorded source."""
+    try:
+        ds = load_folder(folder, annotations, seed, val_fraction)
+    except AnnotationError as err:
+        raise AnnotationError(_as_shown(str(err), folder, shown)) from None
+    if shown:
+        ds = replace(ds, source=_as_shown(ds.source, folder, shown),
+                     problems=[replace(p, message=_as_shown(p.message, folder, shown),
+                                       file=_as_shown(p.file, folder, shown)) for p in ds.problems])
     if not ds.images:
-        raise AnnotationError(f"{Path(folder).name}: no readable images.")
+        raise AnnotationError(f"{shown or Path(folder).name}: no readable images.")
     stored, items, skipped = _store_images([(a.name, a.path) for a in ds.images], name, on_progress)
     matched = _match(items, ds.images)
     kept = []
@@ -106,12 +117,21 @@ def import_folder(folder: str | Path, name: str, annotations: str | Path | None 
     return stored.id, load_set(stored.id)
 
 
+def _as_shown(text: str, folder: str | Path, shown: str | None) -> str:
+    """``text`` with the path of ``folder`` written as ``shown`` (the user's name for it), when one is given."""
+    return text.replace(str(folder), shown) if shown and text else text
+
+
 def import_zip(zip_path: str | Path, name: str, annotations_name: str | None = None, seed: int = 0,
-               on_progress: ProgressFn | None = None) -> tuple[str, DetectionSet]:
-    """Extract a zip safely (`core.data.archive`) and import it like a folder."""
+               on_progress: ProgressFn | None = None, display_name: str | None = None) -> tuple[str, DetectionSet]:
+    """Extract a zip safely (`core.data.archive`) and import it like a folder.
+
+    ``display_name`` is the zip's name as the user knows it (an upload spooled under another name): messages and
+    the recorded source speak of it, never of the temporary folder it was extracted to."""
     from core.data.archive import ArchiveLimits, extract_archive
     from core.settings import datasets_root
 
+    shown = display_name or Path(zip_path).name
     tmp = datasets_root() / f".extract-{secrets.token_hex(8)}"
     try:
         extract_archive(zip_path, tmp, limits=ArchiveLimits())
@@ -120,7 +140,8 @@ def import_zip(zip_path: str | Path, name: str, annotations_name: str | None = N
         if len(entries) == 1 and entries[0].is_dir():  # a zip of one folder
             root = entries[0]
         ann = root / annotations_name if annotations_name else None
-        return import_folder(root, name, ann, seed)
+        inner = shown if root == tmp else f"{shown}: {root.name}"
+        return import_folder(root, name, ann, seed, on_progress=on_progress, shown=inner)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
