@@ -84,9 +84,22 @@ class LoopState:
     best: float | None = None
     loss_sum: float = 0.0
     seen: int = 0
+    epoch_seconds: float = 0.0  # time the current epoch took before a stop: a resumed epoch counts all of it
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def epoch_clock(self) -> float:
+        """When the current epoch would have begun had it run without a stop (its seconds count from here)."""
+        return time.time() - self.epoch_seconds
+
+    def pause_epoch(self, clock: float) -> None:
+        """Keep the current epoch's seconds so far (from `epoch_clock`) for the checkpoint a stop saves."""
+        self.epoch_seconds = time.time() - clock
+
+    def next_epoch(self) -> None:
+        """The epoch ended: the next one starts at its first image with no time spent."""
+        self.epoch, self.pos, self.loss_sum, self.seen, self.epoch_seconds = self.epoch + 1, 0, 0.0, 0, 0.0
 
 
 @dataclass
@@ -361,9 +374,10 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
             current = phase
         set_train_mode(model, groups, phase, cfg.freeze.train_bn)  # validation left it in eval mode
         order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
-        epoch_t0 = time.time()
+        epoch_t0 = st.epoch_clock()
         while st.pos < len(train_idx):
             if dist.any(dist.is_main and should_stop()):
+                st.pause_epoch(epoch_t0)
                 checkpoint()
                 return guard.stopped(st, epoch)
             positions = order[st.pos:st.pos + st.batch_size * dist.world_size]
@@ -431,7 +445,8 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
                st.correct / max(1, st.seen), "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr_now,
                "seconds": time.time() - epoch_t0}
         st.history.append(row)
-        st.epoch, st.pos, st.loss_sum, st.correct, st.seen = epoch + 1, 0, 0.0, 0, 0
+        st.next_epoch()
+        st.correct = 0
         checkpoint()
         emit(EpochEnded(epoch + 1, row["train_loss"], row["train_accuracy"], val_loss, val_acc, lr_now,
                         round(row["seconds"], 2), round(len(train_idx) / max(1e-6, row["seconds"]), 2), st.best,

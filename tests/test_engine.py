@@ -113,6 +113,30 @@ def test_resume_after_interruption_gives_the_same_weights_on_cpu(colours: Path, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_an_epoch_resumed_mid_way_counts_its_time_before_the_stop(colours: Path, tmp_path: Path) -> None:
+    """The epoch a resume finishes reports all its seconds (and so honest images/s), not only the resumed part."""
+    import time
+
+    run_dir = _run(colours, tmp_path, epochs=1)
+    batches = []
+
+    def slow(event) -> None:  # three slow batches before the stop: 1.5 s of the epoch spent before it
+        if isinstance(event, BatchEnded):
+            batches.append(event)
+            time.sleep(0.5)
+
+    engine.fit(run_dir, [slow], should_stop=lambda: len(batches) >= 3)
+    ckpt, _ = runs.load_checkpoint(run_dir)
+    before = ckpt["state"]["epoch_seconds"]
+    assert before >= 1.5
+    resumed = []
+    engine.fit(run_dir, [resumed.append])
+    ended = next(e for e in resumed if isinstance(e, EpochEnded))
+    assert ended.seconds >= before
+    assert ended.images_per_second <= 24 / before
+    assert runs.load_checkpoint(run_dir)[0]["state"]["epoch_seconds"] == 0.0
+
+
 def test_a_damaged_checkpoint_falls_back_and_is_named(colours: Path, tmp_path: Path) -> None:
     run_dir = _run(colours, tmp_path, epochs=2)
     engine.fit(run_dir)

@@ -245,9 +245,10 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
             current = phase
         model.train()
         order = grouped_by_orientation(epoch_order(len(train_idx), tc.seed, epoch).tolist(), wide, tc.batch_size)
-        epoch_t0 = time.time()
+        epoch_t0 = st.epoch_clock()
         while st.pos < len(train_idx):
             if should_stop():
+                st.pause_epoch(epoch_t0)
                 checkpoint()
                 return guard.stopped(st, epoch)
             idx = [train_idx[j] for j in order[st.pos:st.pos + st.batch_size]]
@@ -292,7 +293,8 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         row = {"epoch": epoch + 1, "train_loss": st.loss_sum / max(1, st.seen), "val_map50": map50,
                "val_map": map_all, "lr": lr_now, "seconds": time.time() - epoch_t0, **terms}
         st.history.append(row)
-        st.epoch, st.pos, st.loss_sum, st.terms, st.seen = epoch + 1, 0, 0.0, {}, 0
+        st.next_epoch()
+        st.terms = {}
         checkpoint()
         emit(EpochEnded(epoch + 1, row["train_loss"], float("nan"), float("nan"), map50, lr_now,
                         round(row["seconds"], 2), round(len(train_idx) / max(1e-6, train_seconds), 2), st.best,

@@ -295,9 +295,10 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
             emit(PhaseChanged(epoch, phase.label, trainable, frozen))
             current = phase
         order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
-        epoch_t0 = time.time()
+        epoch_t0 = st.epoch_clock()
         while st.pos < len(train_idx):
             if should_stop():
+                st.pause_epoch(epoch_t0)
                 checkpoint()
                 return guard.stopped(st, epoch)
             set_train_mode(model, groups, phase, cfg.freeze.train_bn)
@@ -352,7 +353,7 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
             _save_gallery(run_dir, full, cal, scores, {"epoch": epoch + 1, "input_size": size, "mean": list(mean),
                                                        "std": list(std)})
         st.history.append(row)
-        st.epoch, st.pos, st.loss_sum, st.seen = epoch + 1, 0, 0.0, 0
+        st.next_epoch()
         checkpoint()
         emit(EpochEnded(epoch + 1, train_loss, cal.rank1, float("nan"), cal.identification, lr_now, round(seconds, 2),
                         round(len(train_idx) / max(1e-6, seconds), 2), st.best, is_best, row["metrics"]))

@@ -269,9 +269,10 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
             current = phase
         set_train_mode(model, groups, phase, cfg.freeze.train_bn)
         order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
-        epoch_t0 = time.time()
+        epoch_t0 = st.epoch_clock()
         while st.pos < len(train_idx):
             if should_stop():
+                st.pause_epoch(epoch_t0)
                 checkpoint()
                 return guard.stopped(st, epoch)
             idx = [train_idx[j] for j in order[st.pos:st.pos + st.batch_size]]
@@ -319,7 +320,8 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
                "val_loss": val_loss, "val_accuracy": miou, "val_miou": miou, "lr": lr_now,
                "seconds": time.time() - epoch_t0, "metrics": extras}
         st.history.append(row)
-        st.epoch, st.pos, st.loss_sum, st.seen, st.correct_px, st.total_px = epoch + 1, 0, 0.0, 0, 0, 0
+        st.next_epoch()
+        st.correct_px, st.total_px = 0, 0
         checkpoint()
         emit(EpochEnded(epoch + 1, row["train_loss"], math.nan, val_loss, miou, lr_now, round(row["seconds"], 2),
                         round(len(train_idx) / max(1e-6, train_seconds), 2), st.best, is_best, extras))
