@@ -130,7 +130,8 @@ def test_a_run_whose_photos_are_gone_still_opens_and_says_why(trained: Path) -> 
     assert at.button(key="runs_delete")  # the Manage tab is reachable
     at.button(key="runs_evaluate").click().run()
     _ok(at)
-    assert any("no longer on this machine" in e.value and "can still be tested" in e.value for e in at.error)
+    refusal = next(e.value for e in at.error if "no longer on this machine" in e.value)
+    assert "can still be tested" in refusal and "the results below are the ones computed before" in refusal
     assert json.loads((trained / "evaluation.json").read_text()) == saved  # nothing empty was saved over it
 
 

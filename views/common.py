@@ -246,3 +246,9 @@ def train_images(dataset_id: str | None, default: int = 1000) -> int:
         return max(10, sum(1 for it in load_dataset(dataset_id).items if it.split == "train"))
     except Exception:  # not a stored dataset: keep the default
         return default
+
+
+def results_not_computed(err: object, earlier_shown: bool) -> None:
+    """Say that computing a run's results failed, and that the results still shown (if any) are the earlier ones."""
+    kept = " Nothing was replaced: the results below are the ones computed before." if earlier_shown else ""
+    st.error(f"Could not compute results: {esc(err)}{kept}")

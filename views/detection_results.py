@@ -16,7 +16,7 @@ from core.tasks.detection import figures
 from core.tasks.detection.draw import comparison_image
 from core.tasks.detection.evaluate import load_evaluation
 from core.tasks.detection.metrics import match_image
-from views.common import esc
+from views.common import esc, results_not_computed
 
 PAGE = 12
 
@@ -42,9 +42,9 @@ def show(run_dir: Path) -> None:
     if st.button(label, key="det_results_evaluate", type="primary" if ev is None or ev.get("stale") else "secondary"):
         with st.spinner("Running the detector on the validation photos…"):
             err = _evaluate(run_dir)
-        if err:
-            st.error(f"Could not compute results: {esc(err)}")
         ev = load_evaluation(run_dir)
+        if err:
+            results_not_computed(err, ev is not None)
     if ev is None:
         st.caption("Results are computed on the run's validation photos.")
         return

@@ -18,7 +18,7 @@ from core.progress import read_run
 from core.settings import PROJECT_ROOT, runs_root
 from core.storage import read_json, write_json_atomic
 from core.tasks import list_tasks
-from views.common import draft, esc, set_draft, step_page
+from views.common import draft, esc, results_not_computed, set_draft, step_page
 
 st.title("6 · Runs, results and export")
 
@@ -160,9 +160,9 @@ with results:
         if st.button(label, key="runs_evaluate", type="primary" if ev is None or ev.get("stale") else "secondary"):
             with st.spinner("Measuring the model on its validation photos…"):
                 _, err = _cli(["evaluate", "--run", str(RUN), "--quiet", "--json"])
-            if err:
-                st.error(f"Could not compute results: {err}")
             ev = load_evaluation(RUN)
+            if err:
+                results_not_computed(err, ev is not None)
         if ev is not None:
             from views.results import show_results
 

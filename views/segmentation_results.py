@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from views.common import esc
+from views.common import esc, results_not_computed
 
 
 def legend(names: list[str], colours: list, shares: dict[str, float] | None = None, key: str = "seg_legend") -> None:
@@ -65,9 +65,9 @@ def show(run_dir: Path) -> None:
     if st.button(label, key="seg_results_evaluate", type="primary" if ev is None or ev.get("stale") else "secondary"):
         with st.spinner("Measuring the model on its validation images…"):
             err = _cli_evaluate(run_dir)
-        if err:
-            st.error(f"Could not compute results: {err}")
         ev = load_evaluation(run_dir)
+        if err:
+            results_not_computed(err, ev is not None)
     if ev is None:
         st.caption("Results are measured on the run's validation images (full size, void ignored).")
         return

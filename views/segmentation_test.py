@@ -34,7 +34,9 @@ def _choose():
     if source.startswith("An exported"):
         upload = st.file_uploader("Exported model (zip with model.safetensors + manifest.json)", type=["zip"],
                                   key="seg_test_export_zip")
-        st.caption("Only segmentation models exported by Transfer Studio are accepted (safetensors + manifest).")
+        st.caption("Only the safetensors export of a Transfer Studio segmentation model (model.safetensors + "
+                   "manifest.json) can be tested here. ONNX and TorchScript exports are for running the model outside "
+                   "this app. Other files are refused without being opened as code.")
         if upload is None:
             return None
         data = upload.getvalue()
