@@ -78,6 +78,22 @@ def test_data_page_imports_a_folder_and_shows_the_report(home: Path, rects: Path
     assert "blue <b>box</b>" in load_set(at.session_state["draft_dataset_id"]).classes
 
 
+def test_a_refused_zip_is_named_as_the_user_uploaded_it(home: Path) -> None:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("notes/readme.txt", "no photos here")
+    at = _app("views/detection_data.py").run()
+    for upload, data in (("holiday boxes.zip", buf.getvalue()), ("torn.zip", b"PK not really a zip")):
+        at.file_uploader(key="det_zip").set_value((upload, data, "application/zip")).run()
+        at.button(key="det_zip_import").click().run()
+        _ok(at)
+        shown = "\n".join(e.value for e in at.error).replace("\\", "")
+        assert upload in shown and "upload.zip" not in shown and ".extract-" not in shown, shown
+
+
 def test_data_page_lists_detection_datasets_only(home: Path, rects: Path) -> None:
     from core.tasks.detection.dataset import import_folder
 

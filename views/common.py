@@ -252,3 +252,14 @@ def results_not_computed(err: object, earlier_shown: bool) -> None:
     """Say that computing a run's results failed, and that the results still shown (if any) are the earlier ones."""
     kept = " Nothing was replaced: the results below are the ones computed before." if earlier_shown else ""
     st.error(f"Could not compute results: {esc(err)}{kept}")
+
+
+def refusal_reason(err: Exception, name: str | None = None) -> str:
+    """Plain-English reason of a refused import (escaped), naming the user's file (``name``, shown only) once.
+    Store and archive errors carry a ``reason``; OS errors get a short text; others say themselves."""
+    reason = getattr(err, "reason", None)
+    if not reason:
+        reason = (f"the file system refused ({err.strerror or type(err).__name__})" if isinstance(err, OSError)
+                  else str(err) or type(err).__name__)
+    text = esc(reason)
+    return text if not name or esc(name) in text else f"{esc(name)}: {text}"

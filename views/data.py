@@ -23,7 +23,7 @@ from core.data.archive import ArchiveError
 from core.data.samples import ensure_sample_dataset
 from core.data.splits import SplitConfig
 from core.settings import datasets_root, subdir
-from views.common import draft, esc, set_draft, step_page
+from views.common import draft, esc, refusal_reason, set_draft, step_page
 
 QUOTA_ENV = "TRANSFER_STUDIO_UPLOAD_QUOTA_MB"
 SERVER_PATHS_ENV = "TRANSFER_STUDIO_SERVER_PATHS"  # "1" / "0" overrides the local-only rule
@@ -118,20 +118,6 @@ def _charge(n_bytes: int) -> bool:
 def _refund(n_bytes: int) -> None:
     """Give quota back for an upload that was not imported."""
     st.session_state["data_upload_used"] = max(0, int(st.session_state.get("data_upload_used", 0)) - n_bytes)
-
-
-def _reason(err: Exception) -> str:
-    """Plain-English reason of a refused import (store/archive errors carry one; OS errors get a short text)."""
-    reason = getattr(err, "reason", None)
-    if reason:
-        return esc(reason)
-    return esc(f"the file system refused ({getattr(err, 'strerror', None) or type(err).__name__})")
-
-
-def _named_reason(name: str, err: Exception) -> str:
-    """The reason of a refused upload, naming the user's file (``name``, shown only) once."""
-    reason = _reason(err)
-    return reason if esc(name) in reason else f"{esc(name)}: {reason}"
 
 
 def _progress(phases: tuple[str, ...]) -> Callable[[int, int], None]:
@@ -415,7 +401,7 @@ with st.expander("Add a dataset", expanded=not ids, icon=":material/add_photo_al
                                                   on_progress=_progress(("Checking images",)))
                 except (store.DatasetError, OSError) as err:
                     _refund(size)
-                    st.error(f"The photos were not imported: {_reason(err)}")
+                    st.error(f"The photos were not imported: {refusal_reason(err)}")
                 else:
                     _release(uploads)
                     _imported(result, "Imported")
@@ -440,7 +426,7 @@ with st.expander("Add a dataset", expanded=not ids, icon=":material/add_photo_al
                                               display_name=zipped.name)  # shown, never a path
                 except (ArchiveError, store.DatasetError, OSError) as err:
                     _refund(zipped.size)
-                    st.error(f"The zip was not imported: {_named_reason(zipped.name, err)}")
+                    st.error(f"The zip was not imported: {refusal_reason(err, zipped.name)}")
                 else:
                     _release([zipped])
                     _imported(result, "Imported")
@@ -466,7 +452,7 @@ with st.expander("Add a dataset", expanded=not ids, icon=":material/add_photo_al
                                                      split=SplitConfig(val_fraction=val),
                                                      on_progress=_progress(("Checking images",)))
                     except (store.DatasetError, OSError) as err:
-                        st.error(f"The folder was not imported: {_reason(err)}")
+                        st.error(f"The folder was not imported: {refusal_reason(err)}")
                     else:
                         _imported(result, "Imported")
                         st.rerun()
@@ -595,7 +581,7 @@ with st.expander("Edit classes, add photos (camera or files)", icon=":material/e
                                        on_progress=_progress(("Checking images",)))
             except (store.DatasetError, OSError) as err:
                 _refund(sum(f.size for f in photos))
-                st.error(f"The photos were not added: {_reason(err)}")
+                st.error(f"The photos were not added: {refusal_reason(err)}")
             else:
                 _release(photos)
                 skipped = f" ({len(res.skipped)} skipped: see the problems)" if res.skipped else ""
@@ -611,7 +597,7 @@ with st.expander("Edit classes, add photos (camera or files)", icon=":material/e
                                                              shot.getvalue())])
                 except (store.DatasetError, OSError) as err:
                     _refund(shot.size)
-                    st.error(f"The photo was not added: {_reason(err)}")
+                    st.error(f"The photo was not added: {refusal_reason(err)}")
                 else:
                     _release([shot])
                     if res.imported:

@@ -13,7 +13,7 @@ from core.data import store
 from core.tasks.detection import dataset as dstore
 from core.tasks.detection import figures
 from core.tasks.detection.data import AnnotationError, summary
-from views.common import draft, esc, set_draft, step_page
+from views.common import draft, esc, refusal_reason, set_draft, step_page
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 
@@ -28,8 +28,8 @@ def _choose(dataset_id: str) -> None:
     st.session_state.pop("det_image", None)
 
 
-def _import_error(err: Exception) -> None:
-    st.error(f"Could not import: {esc(getattr(err, 'reason', err))}")
+def _import_error(err: Exception, name: str | None = None) -> None:
+    st.error(f"Could not import: {refusal_reason(err, name)}")
 
 
 sets = dstore.list_sets()
@@ -57,7 +57,7 @@ with st.expander("Bring new photos", expanded=not ids):
                 try:
                     new_id, _ = dstore.import_zip(path, name, display_name=up.name)
                 except Exception as err:  # noqa: BLE001 - archive, annotation or store errors: say them plainly
-                    _import_error(err)
+                    _import_error(err, up.name)
                 else:
                     _choose(new_id)
                     st.rerun()

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from core.data import store
 from core.settings import subdir
-from views.common import draft, esc, set_draft, step_page
+from views.common import draft, esc, refusal_reason, set_draft, step_page
 
 st.title("2 · People")
 st.write("Enrol the people the model should recognise: **one folder per person** (the folder name is the person's "
@@ -72,7 +72,7 @@ if chosen is None:
                 result = store.import_uploads(((f.name, f.getvalue()) for f in uploads), name,
                                               on_progress=_progress("Checking photos"))
             except (store.DatasetError, OSError) as err:
-                st.error(f"The photos were not imported: {esc(getattr(err, 'reason', err))}")
+                st.error(f"The photos were not imported: {refusal_reason(err)}")
             else:
                 _imported(result)
                 st.rerun()
@@ -86,7 +86,7 @@ if chosen is None:
                                           on_progress=_progress("Unpacking and checking"),
                                           display_name=zipped.name)  # shown, never a path
             except Exception as err:  # ArchiveError, DatasetError, OSError: one clear line
-                st.error(f"The zip was not imported: {esc(getattr(err, 'reason', err))}")
+                st.error(f"The zip was not imported: {refusal_reason(err, zipped.name)}")
             else:
                 _imported(result)
                 st.rerun()
@@ -104,7 +104,7 @@ if chosen is None:
                     result = store.import_folder(folder, os.path.basename(folder) or "People",
                                                  on_progress=_progress("Checking photos"))
                 except (store.DatasetError, OSError) as err:
-                    st.error(f"The folder was not imported: {esc(getattr(err, 'reason', err))}")
+                    st.error(f"The folder was not imported: {refusal_reason(err)}")
                 else:
                     _imported(result)
                     st.rerun()
@@ -118,7 +118,7 @@ if chosen is None:
                     result = store.import_files([(f"camera-{time.strftime('%Y%m%d-%H%M%S')}.jpg", shot.getvalue(),
                                                   first)], "Camera people")
                 except (store.DatasetError, OSError) as err:
-                    st.error(f"The photo was not enrolled: {esc(getattr(err, 'reason', err))}")
+                    st.error(f"The photo was not enrolled: {refusal_reason(err)}")
                 else:
                     _imported(result)
                     st.rerun()
@@ -196,7 +196,7 @@ with files_col:
         try:
             res = store.add_images(chosen, target, [(f.name, f.getvalue()) for f in files])
         except (store.DatasetError, OSError) as err:
-            st.error(f"The photos were not added: {esc(getattr(err, 'reason', err))}")
+            st.error(f"The photos were not added: {refusal_reason(err)}")
         else:
             st.session_state["faces_upload_gen"] = int(st.session_state.get("faces_upload_gen", 0)) + 1
             st.session_state["faces_flash"] = f"Added {res.imported} photo(s) to {target}."
@@ -209,7 +209,7 @@ with camera_col:
             try:
                 store.add_images(chosen, target, [(f"camera-{time.strftime('%Y%m%d-%H%M%S')}.jpg", shot.getvalue())])
             except (store.DatasetError, OSError) as err:
-                st.error(f"The photo was not added: {esc(getattr(err, 'reason', err))}")
+                st.error(f"The photo was not added: {refusal_reason(err)}")
             else:
                 st.session_state["faces_upload_gen"] = int(st.session_state.get("faces_upload_gen", 0)) + 1
                 st.session_state["faces_flash"] = f"Added a camera shot to {target}."

@@ -17,7 +17,7 @@ from core.data import store
 from core.settings import datasets_root
 from core.tasks import get_task
 from core.tasks.segmentation import data as segdata
-from views.common import draft, esc, set_draft, step_page
+from views.common import draft, esc, refusal_reason, set_draft, step_page
 from views.segmentation_results import jpeg, legend
 
 QUOTA_ENV = "TRANSFER_STUDIO_UPLOAD_QUOTA_MB"
@@ -92,8 +92,8 @@ def _import_section() -> None:
                     try:
                         dataset_id, report = segdata.import_uploads(((f.name, f.getvalue()) for f in uploads), name,
                                                                     **opts)
-                    except Exception as err:  # SegDataError, DatasetError: a message, never a traceback
-                        st.error(f"Could not import: {getattr(err, 'reason', None) or err}")
+                    except Exception as err:  # noqa: BLE001 - SegDataError, DatasetError: a message, never a traceback
+                        st.error(f"Could not import: {refusal_reason(err)}")
                     else:
                         _chosen(dataset_id, report)
                         st.rerun()
@@ -107,8 +107,8 @@ def _import_section() -> None:
                 try:
                     dataset_id, report = segdata.import_zip(fh.name, os.path.splitext(zipped.name)[0][:80] or "zip",
                                                             display_name=zipped.name, **opts)
-                except Exception as err:  # ArchiveError, SegDataError…
-                    st.error(f"Could not import: {getattr(err, 'reason', None) or err}")
+                except Exception as err:  # noqa: BLE001 - ArchiveError, SegDataError…: a message, never a traceback
+                    st.error(f"Could not import: {refusal_reason(err, zipped.name)}")
                 else:
                     _chosen(dataset_id, report)
                     st.rerun()
@@ -132,7 +132,7 @@ def _import_section() -> None:
                             dataset_id, report = segdata.import_folder(folder, os.path.basename(folder.rstrip("/"))
                                                                        or "folder", **opts)
                         except Exception as err:  # noqa: BLE001
-                            st.error(f"Could not import: {getattr(err, 'reason', None) or err}")
+                            st.error(f"Could not import: {refusal_reason(err)}")
                         else:
                             _chosen(dataset_id, report)
                             st.rerun()
