@@ -191,3 +191,17 @@ def test_the_settings_stay_while_the_user_visits_other_pages(home: Path) -> None
     at.switch_page("views/train.py").run()
     assert not at.exception
     assert at.number_input(key="train_epochs").value == 2 and at.select_slider(key="train_batch").value == 8
+
+
+def test_the_settings_come_back_after_a_timed_fragment_dropped_them(home: Path) -> None:
+    """The Train page's live view reruns every second; when it fires after the user has gone to another page,
+    Streamlit drops that page's widget keys (issue 10805): the settings must still come back."""
+    at = _with_sample()
+    at.number_input(key="train_epochs").set_value(3).run()
+    at.number_input(key="train_seed").set_value(9).run()
+    at.switch_page("views/data.py").run()
+    for key in ("train_epochs", "train_seed"):
+        del at.session_state[key]  # what the fragment's run does to keys of a page no longer shown
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    assert at.number_input(key="train_epochs").value == 3 and at.number_input(key="train_seed").value == 9

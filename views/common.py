@@ -108,17 +108,27 @@ KEPT_WIDGETS = ("train_epochs", "train_batch", "train_seed", "train_own_lr", "tr
                 "train_crop_area", "train_small_crops", "train_image_fit", "train_crop", "train_gpus")
 
 
+KEPT_STORE = "kept_widget_values"  # a plain session value: Streamlit never cleans it up
+
+
 def keep_widget_values() -> None:
-    """Called on every page (app.py): writing a kept widget's value back each run keeps it for the session."""
+    """Called on every page (app.py): each kept widget's value is copied into a plain session value and written back
+    to the widget's key, so it lasts the session. The copy matters: a fragment that reruns on a timer (the Train
+    page's live view) drops widget keys of another page when it fires after the user has left (Streamlit issue
+    10805), and the value comes back from the copy."""
+    kept = st.session_state.setdefault(KEPT_STORE, {})
     for key in KEPT_WIDGETS:
         if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
+            kept[key] = st.session_state[key]
+        if key in kept:
+            st.session_state[key] = kept[key]
 
 
 def forget_widget_values() -> None:
     """Back to the defaults (another task has other defaults)."""
     for key in KEPT_WIDGETS:
         st.session_state.pop(key, None)
+    st.session_state.pop(KEPT_STORE, None)
 
 
 def choose_task(key: str) -> str:
