@@ -35,8 +35,8 @@ def _choose():
         upload = st.file_uploader("Exported model (zip with model.safetensors + manifest.json)", type=["zip"],
                                   key="seg_test_export_zip")
         st.caption("Only the safetensors export of a Transfer Studio segmentation model (model.safetensors + "
-                   "manifest.json) can be tested here. ONNX and TorchScript exports are for running the model outside "
-                   "this app. Other files are refused without being opened as code.")
+                   "manifest.json) can be tested here. ONNX exports are for running the model outside this app. "
+                   "Other files are refused without being opened as code.")
         if upload is None:
             return None
         data = upload.getvalue()
