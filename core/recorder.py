@@ -16,6 +16,7 @@ class RunRecorder:
 
     def __init__(self, run_dir: Path, min_interval: float = 0.5) -> None:
         self.run_dir, self.min_interval, self._last = Path(run_dir), min_interval, 0.0
+        self._epochs, self._n_train = 0, 0  # from FitStarted: the progress line counts images within the epoch
 
     def __call__(self, event: Event) -> None:
         now = time.time()
@@ -27,6 +28,7 @@ class RunRecorder:
             return
         runs.append_event(self.run_dir, event.to_dict())
         if isinstance(event, FitStarted):
+            self._epochs, self._n_train = event.epochs, event.n_train
             runs.write_status(self.run_dir, state="running", phase="training", epochs=event.epochs,
                               device=event.device, precision=event.precision, device_note=event.device_note,
                               metric=event.metric, metric_label=event.metric_label,
@@ -37,7 +39,7 @@ class RunRecorder:
                 runs.write_status(self.run_dir, state="running", epoch=event.epoch, step=event.step,
                                   total_steps=event.total_steps, progress=event.step / max(1, event.total_steps),
                                   images_per_second=event.images_per_second, eta_seconds=event.eta_seconds,
-                                  message=f"Epoch {event.epoch + 1}, step {event.step}/{event.total_steps}")
+                                  message=self._where(event))
         elif isinstance(event, EpochEnded):
             runs.write_status(self.run_dir, best_val_accuracy=event.best_val_accuracy, epochs_done=event.epoch,
                               last_val_accuracy=event.val_accuracy)
@@ -50,6 +52,13 @@ class RunRecorder:
                               progress=1.0 if event.state == "completed" else None, ended=time.time())
         elif isinstance(event, FitFailed):
             runs.write_status(self.run_dir, state="failed", message=event.reason, ended=time.time())
+
+
+    def _where(self, event: BatchEnded) -> str:
+        """'Epoch 2 of 3, image 96 of 245': within the epoch, as a stop names it (steps count over all epochs)."""
+        of = f" of {self._epochs}" if self._epochs else ""
+        images = f", image {event.pos} of {self._n_train}" if self._n_train else f", step {event.step}"
+        return f"Epoch {event.epoch + 1}{of}{images}"
 
 
 class TextProgress:

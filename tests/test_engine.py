@@ -47,6 +47,18 @@ def test_events_come_in_order_and_the_run_folder_is_complete(colours: Path, tmp_
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.safetensors").exists()
 
 
+def test_the_live_status_counts_images_within_the_epoch(colours: Path, tmp_path: Path) -> None:
+    run_dir = _run(colours, tmp_path)  # 2 epochs of 24 images, batch 4
+    lines = []
+
+    def read(event) -> None:
+        if isinstance(event, BatchEnded):
+            lines.append(runs.read_status(run_dir)["message"])
+
+    engine.fit(run_dir, [RunRecorder(run_dir, min_interval=0.0), read])
+    assert lines[0] == "Epoch 1 of 2, image 4 of 24" and lines[-1] == "Epoch 2 of 2, image 24 of 24"
+
+
 def test_gradual_changes_phase_on_the_planned_epoch(colours: Path, tmp_path: Path) -> None:
     run_dir = _run(colours, tmp_path, model="test_efficientnet", freeze="gradual", epochs=3)
     phases = []
