@@ -180,6 +180,12 @@ def test_a_new_session_shows_only_a_run_of_this_task_on_these_photos(home: Path,
     at.switch_page("views/train.py").run()
     assert not at.exception
     assert at.session_state["draft_run_id"] == other.name  # this task, these photos: shown
+    notes = [i.value for i in at.info if "other choices" in i.value]
+    assert len(notes) == 1 and "model **test_resnet**" in notes[0] and "photos" not in notes[0]
+    at.session_state["draft_dataset_id"] = "sample:textures"  # e.g. "Try it with sample data" on Home
+    at.run()
+    notes = [i.value for i in at.info if "other choices" in i.value]
+    assert len(notes) == 1 and "photos **" in notes[0]
 
 
 def test_the_settings_stay_while_the_user_visits_other_pages(home: Path) -> None:

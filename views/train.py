@@ -198,6 +198,24 @@ if not run_id:
 RUN_DIR = runs_root() / run_id
 
 
+def _other_choice_note(run_config: dict) -> str | None:
+    """Why the run shown is not what the choices above would train (other photos or model), or None."""
+    theirs = []
+    if run_config.get("dataset") and run_config["dataset"] != dataset_id:
+        theirs.append(f"photos **{dataset_label(run_config['dataset'])}**")
+    if run_config.get("backbone") and run_config["backbone"] != backbone:
+        theirs.append(f"model **{run_config['backbone']}**")
+    if not theirs:
+        return None
+    return (f"The run below was trained on other choices ({' and '.join(theirs)}) than the ones above. Press a "
+            "button above to train on your choices, or pick another run under *Other runs*.")
+
+
+_differs = _other_choice_note(runs.read_json_config(RUN_DIR))
+if _differs:
+    st.info(_differs, icon=":material/swap_horiz:")
+
+
 @st.fragment(run_every=1.0)
 def live() -> None:
     """Re-read the run folder every second; nothing here holds training state."""
@@ -207,8 +225,7 @@ def live() -> None:
     view = read_run(RUN_DIR)
     status = view.status
     state = view.state
-    name = view.config.get("name") or run_id
-    st.subheader(name)
+    st.subheader(runs.display_name(RUN_DIR))
     if state == "queued":
         pos = view.queue_position
         waiting = "Waiting" in status.get("message", "")
@@ -274,7 +291,7 @@ with st.expander("Other runs"):
     options = [p.name for p in recent]
     # no state in the label: this part of the page is drawn once, so a state here would go stale (a finished
     # run still said "queued")
-    labels = {p.name: f"{runs.read_json_config(p).get('name') or p.name} ({p.name})" for p in recent}
+    labels = {p.name: f"{runs.display_name(p)} ({p.name})" for p in recent}
     if options:
         picked = st.selectbox("Show run", options, index=options.index(run_id) if run_id in options else 0,
                               format_func=lambda n: labels.get(n, n), key="train_pick_run")
