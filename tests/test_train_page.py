@@ -211,3 +211,22 @@ def test_the_settings_come_back_after_a_timed_fragment_dropped_them(home: Path) 
     at.switch_page("views/train.py").run()
     assert not at.exception
     assert at.number_input(key="train_epochs").value == 3 and at.number_input(key="train_seed").value == 9
+
+
+def test_a_run_cancelled_while_queued_offers_to_start_not_to_resume(home: Path, tmp_path: Path) -> None:
+    from core import trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from tests.synthetic import make_colour_folders
+
+    colours = str(make_colour_folders(tmp_path / "colours", train=4, val=2))
+    queued = runs.create_run(RunConfig("test_resnet", colours, FreezeConfig("all"), TrainConfig(epochs=1),
+                                       pretrained=False, name="never ran"), trainset.resolve(colours))
+    runs.write_status(queued, state="cancelled", message="Cancelled.")
+    at = _app()
+    at.session_state["draft_backbone"] = "test_resnet"
+    at.session_state["draft_dataset_id"] = colours
+    at.session_state["draft_run_id"] = queued.name
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    assert any("Cancelled before it started" in w.value for w in at.warning)
+    assert at.button(key="train_resume").label == "Start it"

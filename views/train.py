@@ -225,6 +225,7 @@ def live() -> None:
     view = read_run(RUN_DIR)
     status = view.status
     state = view.state
+    started = (RUN_DIR / "checkpoints" / "last.pt").exists()  # something to resume from
     st.subheader(runs.display_name(RUN_DIR))
     if state == "queued":
         pos = view.queue_position
@@ -242,7 +243,9 @@ def live() -> None:
     elif state in ("failed", "crashed"):
         st.error(status.get("message", "Training failed."))
     elif state == "cancelled":
-        st.warning("Cancelled. The last saved checkpoint is kept.")
+        st.warning("Cancelled. The last saved checkpoint is kept." if started else
+                   "Cancelled before its first checkpoint: it would start from the beginning." if view.started else
+                   "Cancelled before it started: nothing was trained.")
 
     c1, c2, c3 = st.columns(3)
     if state in ("running", "queued"):
@@ -252,8 +255,9 @@ def live() -> None:
         if c2.button("Cancel now", key="train_cancel", icon=":material/cancel:"):
             jobs.cancel(RUN_DIR)
     if state in ("stopped", "crashed", "cancelled", "failed") and not view.config.get("quick"):
-        if c1.button("Resume", key="train_resume", icon=":material/play_arrow:",
-                     help="Continues from the last complete checkpoint to the planned end."):
+        if c1.button("Resume" if started else "Start it", key="train_resume", icon=":material/play_arrow:",
+                     help="Continues from the last complete checkpoint to the planned end." if started else
+                     "Trains this run with its settings from the beginning."):
             jobs.start(RUN_DIR)
 
     if view.history:
