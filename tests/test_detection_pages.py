@@ -66,6 +66,9 @@ def test_data_page_imports_a_folder_and_shows_the_report(home: Path, rects: Path
     _ok(at)
     labels = {m.label: m.value for m in at.metric}
     assert labels["Photos"] == "12" and labels["Classes"] == "1"
+    from core.tasks.detection.dataset import list_sets
+
+    assert [d.name for d in list_sets()] == ["rects"]  # no name typed: the folder's, as on the other tasks
     assert at.session_state["draft_dataset_id"]
     tables = [d.value for d in at.dataframe]
     assert any("broken.png" in " ".join(map(str, t.get("file", []))) for t in tables)

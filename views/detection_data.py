@@ -45,7 +45,8 @@ if ids:
         current = picked
 
 with st.expander("Bring new photos", expanded=not ids):
-    name = st.text_input("Name of the new dataset", value="My boxes", key="det_new_name", max_chars=100)
+    typed = st.text_input("Name of the new dataset", key="det_new_name", max_chars=100,
+                          placeholder="the zip's or folder's name, else “My boxes”").strip()
     zip_tab, images_tab, folder_tab, sample_tab = st.tabs(["Zip with annotations", "Photos only (draw boxes)",
                                                            "Folder on this computer", "Sample"])
     with zip_tab:
@@ -55,7 +56,8 @@ with st.expander("Bring new photos", expanded=not ids):
                 path = Path(tmp) / "upload.zip"
                 path.write_bytes(up.getvalue())
                 try:
-                    new_id, _ = dstore.import_zip(path, name, display_name=up.name)
+                    new_id, _ = dstore.import_zip(path, typed or Path(up.name).stem or "My boxes",
+                                                  display_name=up.name)
                 except Exception as err:  # noqa: BLE001 - archive, annotation or store errors: say them plainly
                     _import_error(err, up.name)
                 else:
@@ -69,7 +71,8 @@ with st.expander("Bring new photos", expanded=not ids):
             classes = [c.strip() for c in first.split(",") if c.strip()]
             with st.spinner("Checking every photo…"):
                 try:
-                    new_id, _ = dstore.import_images([(p.name, p.getvalue()) for p in photos], name, classes)
+                    new_id, _ = dstore.import_images([(p.name, p.getvalue()) for p in photos], typed or "My boxes",
+                                                     classes)
                 except Exception as err:  # noqa: BLE001
                     _import_error(err)
                 else:
@@ -81,7 +84,7 @@ with st.expander("Bring new photos", expanded=not ids):
         if folder and st.button("Import the folder", key="det_folder_import"):
             with st.spinner("Checking every photo and box…"):
                 try:
-                    new_id, _ = dstore.import_folder(folder, name, ann or None)
+                    new_id, _ = dstore.import_folder(folder, typed or Path(folder).name or "My boxes", ann or None)
                 except (AnnotationError, store.DatasetError, OSError) as err:
                     _import_error(err)
                 else:
