@@ -551,7 +551,10 @@ for c in view["classes"][:MAX_THUMB_CLASSES]:
 if len(view["classes"]) > MAX_THUMB_CLASSES:
     st.caption(f"…and {len(view['classes']) - MAX_THUMB_CLASSES} more classes.")
 
-with st.expander("Edit classes, add photos (camera or files)", icon=":material/edit:"):
+# a key and tracked state keep the panel open across the reruns its own buttons cause (without them a message
+# shown above it moved it, and the browser drew it anew, closed, at the user's next click)
+with st.expander("Edit classes, add photos (camera or files)", icon=":material/edit:", key="data_edit_panel",
+                 on_change="rerun"):
     c1, c2 = st.columns(2)
     with c1:
         st.text_input("New class", key="data_new_class", max_chars=100, placeholder="e.g. wasps")
