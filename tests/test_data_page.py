@@ -84,6 +84,16 @@ def test_sample_button_creates_the_dataset_once_and_sets_the_draft(home: Path, s
     assert len(store.list_datasets()) == 1
 
 
+def test_an_edited_sample_becomes_the_users_and_the_sample_comes_back_fresh(home: Path, sample_textures: Path) -> None:
+    sample_id = ensure_sample_dataset("textures")
+    edited = store.remove_class(sample_id, "brick")
+    assert edited.name == "Edited sample: textures (grass, gravel)"  # named for what it holds now
+    assert store.add_class(sample_id, "sand").name == "Edited sample: textures (grass, gravel, sand)"
+    fresh = ensure_sample_dataset("textures")  # "Use the sample dataset" again
+    assert fresh != sample_id and store.load_dataset(fresh).classes == ("brick", "grass", "gravel")
+    assert store.load_dataset(sample_id).classes == ("grass", "gravel", "sand")  # the user's copy is kept
+
+
 def test_sample_chosen_on_home_becomes_the_stored_copy(home: Path, sample_textures: Path) -> None:
     at = _page(dataset_id="sample:textures")
     _ok(at)

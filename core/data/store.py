@@ -660,8 +660,23 @@ def dataset_report(dataset: Dataset, config: ValidationConfig | None = None) -> 
                    extra=dataset.notes, layout="stored", split_mode=dataset.split_mode)
 
 
+def _as_edited(ds: Dataset) -> Dataset:
+    """A built-in sample the user edits becomes theirs: named for the classes it now holds, and no longer found as
+    the sample, so using the sample again gives a fresh copy (it used to bring back the edited one, still called
+    'Sample: textures (brick, grass, gravel)')."""
+    source = ds.source or {}
+    if source.get("kind") not in ("sample", "edited sample"):
+        return ds
+    if source["kind"] == "edited sample" and ds.name != source.get("title"):
+        return ds  # a name the user chose stays
+    shown = ", ".join(ds.classes[:6]) + (", …" if len(ds.classes) > 6 else "")
+    title = clean_label(f"Edited sample: {source.get('name', 'sample')} ({shown})", 100)
+    return replace(ds, name=title, source={**source, "kind": "edited sample", "title": title})
+
+
 def _save(ds: Dataset, config: ValidationConfig | None, *, resplit: bool = True) -> Dataset:
     config = config or ValidationConfig()
+    ds = _as_edited(ds)
     if resplit:
         ds, _ = _finish(ds, config)
     else:
