@@ -5,6 +5,9 @@ always labelled with the split they were measured on. `evaluate_run` measures a 
 images and stores everything in the run folder, so pages show it without recomputing:
 
     <run>/evaluation.json          metrics per split, calibration, "not sure" threshold, learning curve
+
+The "not sure" threshold chosen on the validation photos is stored as `unknown_threshold.suggested`; it changes
+answers and exports (`unknown_threshold.threshold`) only once the user chooses it (`set_threshold`).
     <run>/predictions_<split>.json every image of the split with its label, prediction and probabilities
 
 `evaluate_folder` measures a run or an export on a separate labelled folder (one sub-folder per class).
@@ -39,7 +42,8 @@ from core.pipeline import build_cache, eval_batch, load_square
 from core.storage import read_json, write_json_atomic
 
 EVALUATION_FILE = "evaluation.json"
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2  # 2: the chosen "not sure" threshold is only a suggestion until the user picks one
+SUGGESTION_NOTE = "Suggested only: not in use until you choose it (Runs page → Results)."
 DEFAULT_TARGET_ACCURACY = 0.95
 DEFAULT_MIN_COVERAGE = 0.5
 LEARNING_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
@@ -62,12 +66,16 @@ def _r(x: float | torch.Tensor | None, nd: int = 6) -> float | None:
 def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str],
                            split: str) -> dict:
     """Accuracy (micro), balanced accuracy (mean recall over the classes that have images), macro F1, loss,
-    per-class precision/recall/F1/support and the confusion matrix (rows = true class, columns = predicted)."""
+    per-class precision/recall/F1/support and the confusion matrix (rows = true class, columns = predicted).
+
+    `unchecked_classes` names the classes without a single image in the split: nothing says how well they are
+    recognised, and balanced accuracy leaves them out."""
     c = len(classes)
     n = int(len(targets))
     base = {"split": split, "n_images": n}
     if n == 0:
-        return {**base, "accuracy": None, "balanced_accuracy": None, "macro_f1": None, "loss": None,
+        return {**base, "unchecked_classes": list(classes), "accuracy": None, "balanced_accuracy": None,
+                "macro_f1": None, "loss": None,
                 "per_class": [{"class": k, "precision": None, "recall": None, "f1": None, "support": 0}
                               for k in classes], "confusion_matrix": [[0] * c for _ in range(c)]}
     targets = targets.long()
@@ -86,6 +94,7 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: 
                           "support": int(support[k])})
     nll = -torch.log(probs[torch.arange(n), targets].clamp(min=1e-12))
     return {**base,
+            "unchecked_classes": [name for k, name in enumerate(classes) if support[k] == 0],
             "accuracy": _r(multiclass_accuracy(preds, targets, num_classes=c, average="micro")),
             "balanced_accuracy": _r(recall[support > 0].mean()),
             "macro_f1": _r(multiclass_f1_score(preds, targets, num_classes=c, average="macro")),
@@ -294,6 +303,8 @@ def load_evaluation(run_dir: str | os.PathLike) -> dict | None:
     ev = read_json(run_dir / EVALUATION_FILE)
     if not isinstance(ev, dict):
         return None
+    if isinstance(ev.get("unknown_threshold"), dict):
+        ev["unknown_threshold"] = as_suggestion(ev["unknown_threshold"])
     w = ev.get("weights") or {}
     path = run_dir / "checkpoints" / f"{w.get('name', 'best')}.safetensors"
     try:
@@ -313,6 +324,29 @@ def load_predictions(run_dir: str | os.PathLike, split: str = "val") -> dict | N
     return read_json(Path(run_dir) / f"predictions_{split}.json")
 
 
+def as_suggestion(th: dict) -> dict:
+    """A stored threshold the user did not choose, as a suggestion only: `suggested` holds it and `threshold` (the one
+    in use) is None. Evaluations of earlier versions stored the suggestion as the threshold in use."""
+    if th.get("chosen_by") == "user" or "suggested" in th:
+        return th
+    out = {**th, "suggested": th.get("threshold"), "threshold": None, "chosen_by": None}
+    if out["suggested"] is not None and SUGGESTION_NOTE not in str(out.get("reason", "")):
+        out["reason"] = f"{out.get('reason', '')} {SUGGESTION_NOTE}".strip()
+    return out
+
+
+def _users_choice(run_dir: Path, sha256: str) -> dict:
+    """The threshold the user chose for these same weights in the stored evaluation ({} when none): computing the
+    results again keeps it."""
+    ev = read_json(run_dir / EVALUATION_FILE)
+    if not isinstance(ev, dict) or (ev.get("weights") or {}).get("sha256") != sha256:
+        return {}
+    th = ev.get("unknown_threshold") or {}
+    if th.get("chosen_by") != "user":
+        return {}
+    return {k: th.get(k) for k in ("threshold", "chosen_by", "reason")}
+
+
 def set_threshold(run_dir: str | os.PathLike, value: float | None) -> dict:
     """Replace the stored "not sure" threshold by the user's choice (None = always answer)."""
     if value is not None and not 0.0 <= float(value) <= 1.0:
@@ -321,7 +355,7 @@ def set_threshold(run_dir: str | os.PathLike, value: float | None) -> dict:
     ev = read_json(run_dir / EVALUATION_FILE)
     if not isinstance(ev, dict):
         raise EvaluationError("Evaluate the run first; there is no evaluation.json yet.")
-    th = dict(ev.get("unknown_threshold") or {})
+    th = as_suggestion(dict(ev.get("unknown_threshold") or {}))
     th.update(threshold=None if value is None else float(value), chosen_by="user",
               reason="Set by you." if value is not None else "Set by you: always answer.")
     ev["unknown_threshold"] = th
@@ -413,8 +447,8 @@ def evaluate_run(run_dir: str | os.PathLike, splits: Sequence[str] | None = None
                        "predicted": classes[int(probs[k].argmax())], "confidence": _r(probs[k].max()),
                        "probs": [_r(v) for v in probs[k].tolist()]} for k in range(len(pos))]})
         if split == ("val" if "val" in chosen else chosen[0]):
-            result["unknown_threshold"] = {**choose_threshold(probs, targets, target_accuracy), "split": split,
-                                           "chosen_by": "validation"}
+            suggestion = as_suggestion({**choose_threshold(probs, targets, target_accuracy), "split": split})
+            result["unknown_threshold"] = {**suggestion, **_users_choice(run_dir, fingerprint["sha256"])}
     result["primary_split"] = "val" if "val" in chosen else chosen[0]
     result["learning_curve"] = None
     if with_learning_curve:
@@ -432,7 +466,8 @@ def summary(result: dict, split: str | None = None) -> dict:
     block = result
     if "splits" in result:
         block = result["splits"][split or result.get("primary_split", "val")]
-    keys = ("split", "n_images", "accuracy", "balanced_accuracy", "macro_f1", "loss", "per_class")
+    keys = ("split", "n_images", "accuracy", "balanced_accuracy", "macro_f1", "loss", "per_class",
+            "unchecked_classes")
     out = {k: block.get(k) for k in keys}
     out["ece"] = (block.get("calibration") or {}).get("ece")
     return out
@@ -632,6 +667,15 @@ def _cross_val_probs(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: flo
     return probs
 
 
+def unchecked_sentence(classes: Sequence[str], split_word: str = "validation") -> str:
+    """One sentence naming the classes that have no photos in a split, so nothing says how well they are
+    recognised."""
+    names = ", ".join(f"'{c}'" for c in classes)
+    if len(classes) == 1:
+        return f"Class {names} has no {split_word} photos, so it was not checked."
+    return f"Classes {names} have no {split_word} photos, so they were not checked."
+
+
 def read_learning_curve(points: Sequence[dict], n_val: int) -> tuple[str, list[dict]]:
     """A few plain sentences about a learning curve, and the weakest classes (lowest recall with all images)."""
     pts = sorted(points, key=lambda p: p["fraction"])
@@ -660,8 +704,12 @@ def read_learning_curve(points: Sequence[dict], n_val: int) -> tuple[str, list[d
         sentences.append("Weakest classes: " + ", ".join(f"{w['class']} ({w['recall']:.0%} found, "
                                                           f"{w['train_images']} training images)" for w in weak)
                          + "; more and clearer photos of these would help most.")
-    elif per_class:
-        sentences.append("Every class is recognised on all its validation images.")
+    unchecked = [k for k, v in full["per_class_recall"].items() if v is None]
+    if not weak and per_class:
+        sentences.append("Every class with validation images is recognised on all of them." if unchecked
+                         else "Every class is recognised on all its validation images.")
+    if unchecked:
+        sentences.append(unchecked_sentence(unchecked, "validation"))
     if n_val < 50:
         sentences.append(f"With only {n_val} validation images, differences of a few points are noise.")
     return " ".join(sentences), weak

@@ -27,6 +27,8 @@ from core.evaluate import (
     misclassified,
     most_confused,
     read_learning_curve,
+    set_threshold,
+    summary,
 )
 from core.tasks import get_task
 from tests.synthetic import make_colour_folders
@@ -174,7 +176,8 @@ def test_evaluate_run_stores_metrics_threshold_and_predictions(run_dir: Path) ->
                                                   "most_confused", "label_issues", "skipped"}
     assert sum(map(sum, val["confusion_matrix"])) == 9
     th = stored["unknown_threshold"]
-    assert th["split"] == "val" and th["reason"] and 0 <= th["threshold"] <= 1 and th["curve"]
+    assert th["split"] == "val" and th["reason"] and 0 <= th["suggested"] <= 1 and th["curve"]
+    assert th["threshold"] is None  # a suggestion: nothing is applied until the user chooses it
     assert stored["learning_curve"]["available"] is False and "pretrained" in stored["learning_curve"]["reason"]
     preds = load_predictions(run_dir, "val")
     assert len(preds["items"]) == 9 and preds["classes"] == sorted(CLASSES)
@@ -318,3 +321,67 @@ def test_a_run_whose_photos_cannot_be_read_is_not_evaluated(tmp_path: Path) -> N
     with pytest.raises(EvaluationError, match=r"None of the 6 val photos of this run can be read \(e\.g\. "):
         evaluate_run(run_dir, with_learning_curve=False)
     assert not (run_dir / EVALUATION_FILE).exists()
+
+
+# --- classes without validation photos ------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_a_class_without_photos_in_the_split_is_named_unchecked() -> None:
+    y = torch.tensor([0, 0, 1, 1])
+    m = classification_metrics(one_hot_probs([0, 0, 1, 1], 3), y, ["ants", "bees", "owls"], "val")
+    assert m["unchecked_classes"] == ["owls"] and m["balanced_accuracy"] == 1.0
+    full = classification_metrics(one_hot_probs([0, 1, 2], 3), torch.tensor([0, 1, 2]), ["a", "b", "c"], "val")
+    assert full["unchecked_classes"] == []
+    assert summary({"splits": {"val": m}, "primary_split": "val"})["unchecked_classes"] == ["owls"]
+
+
+def test_the_learning_curve_reading_does_not_claim_a_class_it_could_not_check() -> None:
+    point = {"fraction": 1.0, "n_train": 30, "images_per_class": {"ants": 10, "bees": 10, "owls": 10},
+             "val_accuracy": 1.0, "per_class_recall": {"ants": 1.0, "bees": 1.0, "owls": None}}
+    text, weak = read_learning_curve([point], 8)
+    assert weak == [] and "Every class is recognised" not in text
+    assert "Every class with validation images is recognised" in text
+    assert "Class 'owls' has no validation photos, so it was not checked." in text
+    point["per_class_recall"]["owls"] = 1.0
+    assert "Every class is recognised on all its validation images." in read_learning_curve([point], 8)[0]
+
+
+# --- the "not sure" threshold is applied only once the user chooses it ----------------------------------------------
+
+def test_the_suggested_threshold_changes_nothing_until_the_user_chooses_it(tmp_path: Path) -> None:
+    from core.export import build_manifest
+    from core.inference import Predictor
+
+    run_dir = make_run(tmp_path)
+    th = evaluate_run(run_dir, with_learning_curve=False)["unknown_threshold"]
+    assert th["threshold"] is None and th["suggested"] is not None and th["chosen_by"] is None
+    assert "not in use until you choose it" in th["reason"]
+    assert Predictor.from_run(run_dir).threshold is None and build_manifest(run_dir)["threshold"] is None
+    chosen = set_threshold(run_dir, 0.42)
+    assert chosen["threshold"] == 0.42 and chosen["suggested"] == th["suggested"]
+    assert Predictor.from_run(run_dir).threshold == pytest.approx(0.42)
+    assert build_manifest(run_dir)["threshold"] == pytest.approx(0.42)
+    again = evaluate_run(run_dir, with_learning_curve=False)["unknown_threshold"]  # the same weights: kept
+    assert again["threshold"] == pytest.approx(0.42) and again["chosen_by"] == "user"
+    assert set_threshold(run_dir, None)["threshold"] is None and Predictor.from_run(run_dir).threshold is None
+
+
+def test_an_evaluation_saved_by_an_earlier_version_only_suggests_its_threshold(tmp_path: Path) -> None:
+    from core.inference import Predictor
+
+    run_dir = make_run(tmp_path)
+    evaluate_run(run_dir, with_learning_curve=False)
+    path = run_dir / "evaluation.json"
+    old = json.loads(path.read_text())
+    old["version"] = 1  # version 1 stored the suggestion as the threshold in use
+    old["unknown_threshold"] = {k: v for k, v in old["unknown_threshold"].items() if k != "suggested"}
+    old["unknown_threshold"].update(threshold=0.61, chosen_by="validation", reason="Answering only when…")
+    path.write_text(json.dumps(old))
+    th = load_evaluation(run_dir)["unknown_threshold"]
+    assert th["threshold"] is None and th["suggested"] == 0.61 and "not in use" in th["reason"]
+    assert Predictor.from_run(run_dir).threshold is None
+    assert set_threshold(run_dir, 0.61)["suggested"] == 0.61
+    assert Predictor.from_run(run_dir).threshold == pytest.approx(0.61)
+    old["unknown_threshold"].update(threshold=0.3, chosen_by="user")  # chosen by the user in an earlier version
+    path.write_text(json.dumps(old))
+    assert Predictor.from_run(run_dir).threshold == pytest.approx(0.3)

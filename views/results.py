@@ -51,14 +51,16 @@ def _reliability(cal: dict) -> go.Figure:
     return fig
 
 
-def _tradeoff(curve: list[dict], chosen: float | None) -> go.Figure:
+def _tradeoff(curve: list[dict], in_use: float | None, suggested: float | None = None) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[c["threshold"] for c in curve], y=[c["accuracy"] for c in curve],
                              name="accuracy of answers", line_color="#2563eb"))
     fig.add_trace(go.Scatter(x=[c["threshold"] for c in curve], y=[c["coverage"] for c in curve],
                              name="share answered", line_color="#f59e0b"))
-    if chosen is not None:
-        fig.add_vline(x=chosen, line_dash="dash", line_color="#16a34a", annotation_text=f"{chosen:.0%}")
+    if suggested is not None and suggested != in_use:
+        fig.add_vline(x=suggested, line_dash="dot", line_color="#94a3b8", annotation_text=f"suggested {suggested:.0%}")
+    if in_use is not None:
+        fig.add_vline(x=in_use, line_dash="dash", line_color="#16a34a", annotation_text=f"in use {in_use:.0%}")
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="confidence threshold",
                       title="“Not sure” threshold: accuracy vs share answered", yaxis_range=[0, 1.02])
     return fig
@@ -99,6 +101,53 @@ def _has_photos(block: dict | None) -> bool:
     return bool(block) and bool(block.get("n_images")) and block.get("accuracy") is not None
 
 
+def _split_word(split: str) -> str:
+    return {"val": "validation"}.get(split, split)
+
+
+def unchecked_classes(block: dict) -> list[str]:
+    """The classes without a photo in a stored split (computed from the per-class supports for evaluations saved
+    before `unchecked_classes` was recorded)."""
+    if "unchecked_classes" in block:
+        return list(block["unchecked_classes"])
+    return [row["class"] for row in block.get("per_class") or [] if not row.get("support")]
+
+
+def threshold_status(thr: dict, stale: bool = False) -> str:
+    """What the "not sure" threshold does now, in one or two sentences (markdown)."""
+    in_use, suggested = thr.get("threshold"), thr.get("suggested")
+    hint = (f" Suggested: **{suggested:.0%}**; click “Use this threshold” to apply it."
+            if suggested and in_use is None else "")
+    if stale and in_use is not None:
+        return (f"**Not applied:** the {in_use:.0%} you chose was for older weights of this run, so the model "
+                "always answers. Recompute the results and choose again.")
+    if in_use is not None:
+        return (f"**In use:** answers below {in_use:.0%} confidence are shown as “not sure” on the Test page and in "
+                "new exports (chosen by you).")
+    if thr.get("chosen_by") == "user":
+        return "**Not in use:** you chose to always answer." + hint
+    return "**Not in use:** the model always answers on the Test page and in exports." + hint
+
+
+def _show_threshold(run_dir: Path, thr: dict, stale: bool, chart, set_threshold) -> None:
+    """The "not sure" threshold: its status, a slider, and buttons to apply it or to always answer."""
+    start = thr.get("threshold") if thr.get("threshold") is not None else thr.get("suggested")
+    value = st.slider("“Not sure” below this confidence", 0.0, 1.0, float(start or 0.0), 0.01, key="res_threshold",
+                      help="Nothing changes until you click “Use this threshold”.")
+    left, right = st.columns(2)
+    if left.button("Use this threshold", key="res_threshold_set"):
+        thr = set_threshold(run_dir, value if value > 0 else None)
+        stale = False
+        st.success(f"Saved: the Test page and new exports answer “not sure” below {value:.0%}." if value > 0
+                   else "Saved: the model always answers.")
+    if thr.get("threshold") is not None and right.button("Always answer", key="res_threshold_clear"):
+        thr = set_threshold(run_dir, None)
+        st.success("Saved: the model always answers.")
+    st.markdown(threshold_status(thr, stale))
+    chart.plotly_chart(_tradeoff(thr["curve"], None if stale else thr.get("threshold"), thr.get("suggested")),
+                       key="res_tradeoff")
+
+
 def _photos_words(run_dir: Path) -> str:
     """The photos a run was trained on, as the user knows them (e.g. "dataset 'ants'")."""
     from core.evaluate import dataset_words
@@ -126,11 +175,20 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
                "trained on).")
     c1, c2, c3, c4 = st.columns(4)
     c1.metric(f"Accuracy ({split})", _number(block.get("accuracy"), ".1%"))
+    unchecked = unchecked_classes(block)
     c2.metric(f"Balanced accuracy ({split})", _number(block.get("balanced_accuracy"), ".1%"),
-              help="The average of the per-class accuracies: honest when classes have different sizes.")
+              help="The average of the per-class accuracies: honest when classes have different sizes."
+              + (f" Over the {len(classes) - len(unchecked)} classes with {_split_word(split)} photos."
+                 if unchecked else ""))
     c3.metric(f"Macro F1 ({split})", _number(block.get("macro_f1"), ".3f"))
     c4.metric(f"Calibration error ({split})", _number((block.get("calibration") or {}).get("ece"), ".3f"),
               help="Expected calibration error: how far the model's confidence is from its real accuracy.")
+    if unchecked:
+        from core.evaluate import unchecked_sentence
+
+        st.warning(f"{esc(unchecked_sentence(unchecked, _split_word(split)))} Balanced accuracy and the per-class "
+                   f"numbers are over the {len(classes) - len(unchecked)} classes that have {_split_word(split)} "
+                   "photos: give it some to know how well it is recognised.", icon=":material/warning:")
     left, right = st.columns([3, 2])
     left.plotly_chart(_confusion(block["confusion_matrix"], classes), key="res_confusion")
     per_class = pd.DataFrame(block["per_class"])
@@ -181,13 +239,9 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
     left, right = st.columns(2)
     left.plotly_chart(_reliability(cal), key="res_reliability")
     if thr.get("curve"):
-        right.plotly_chart(_tradeoff(thr["curve"], thr.get("threshold")), key="res_tradeoff")
+        chart = right.container()
         right.caption(esc(thr.get("reason", "")))
-        value = st.slider("“Not sure” below this confidence (used on the Test page)", 0.0, 1.0,
-                          float(thr.get("threshold") or 0.0), 0.01, key="res_threshold")
-        if st.button("Use this threshold", key="res_threshold_set"):
-            set_threshold(run_dir, value if value > 0 else None)
-            st.success("Saved: the Test page now answers “not sure” below it.")
+        _show_threshold(run_dir, thr, bool(ev.get("stale")), chart, set_threshold)
 
     if lc.get("available"):
         st.subheader("Should I collect more photos?")
