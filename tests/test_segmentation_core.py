@@ -347,3 +347,39 @@ def test_a_pickle_disguised_as_export_is_refused(tmp_path: Path) -> None:
 def test_class_table_rejects_duplicates() -> None:
     with pytest.raises(SegDataError):
         ClassTable(("a", "b"), (1, 1), ((0, 0, 0), (1, 1, 1)))
+
+
+# --- imports that miss images/ or masks/ name what is missing ----------------------------------------------------
+
+def _photos(folder: Path, names: tuple[str, ...] = ("a.jpg", "b.jpg")) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (32, 32), (120, 90, 60)).save(folder / name)
+    return folder
+
+
+def test_an_import_without_images_or_masks_folder_says_which_is_missing(home: Path, tmp_path: Path) -> None:
+    flat = _photos(tmp_path / "flat")  # photos, but no images/ folder
+    with pytest.raises(SegDataError, match=r"^flat has no images/ folder"):
+        data.import_folder(flat, "x")
+    with pytest.raises(SegDataError, match=r"^street\.zip has no images/ folder"):
+        data.import_zip(_zip_folder(flat, tmp_path / "spool1.zip"), "x", display_name="street.zip")
+    only_images = tmp_path / "only_images"
+    _photos(only_images / "images")
+    with pytest.raises(SegDataError, match=r"^only_images has no masks/ folder: put one beside images/") as err:
+        data.import_folder(only_images, "x")
+    assert "no classes" not in str(err.value)
+    with pytest.raises(SegDataError, match=r"^street\.zip: scenes has no masks/ folder"):
+        data.import_zip(_zip_folder(only_images, tmp_path / "spool2.zip", top="scenes/"), "x",
+                        display_name="street.zip")
+    split = tmp_path / "split"
+    _photos(split / "train" / "images")
+    _photos(split / "val" / "images", ("c.jpg",))
+    with pytest.raises(SegDataError, match=r"has no masks/ folder: put one beside train/images/"):
+        data.import_folder(split, "x")
+    (only_images / "masks").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(only_images / "masks" / "other.png")
+    with pytest.raises(SegDataError, match=r"none of the 2 images has a mask in masks/ .*a\.png for a\.jpg"):
+        data.import_folder(only_images, "x")
+    (only_images / "classes.txt").write_text("background\nroad\n")  # masks can then be painted in the app
+    assert len(data.scan_folder(only_images).pairs) == 2

@@ -354,6 +354,7 @@ def scan_folder(folder: str | Path, shown: str | None = None) -> FolderScan:
     pairs: list[Pair] = []
     extra: list[str] = []
     notes: list[str] = []
+    folders: list[tuple[Path, Path | None]] = []  # (images/, masks/ beside it)
     splits = [(s, root / s) for s in ("train", "val") if (root / s).is_dir()]
     if splits and any(_sub(d, IMAGE_DIRS) for _, d in splits):
         layout = "train/val"
@@ -362,13 +363,15 @@ def scan_folder(folder: str | Path, shown: str | None = None) -> FolderScan:
             if images is None:
                 notes.append(f"{split}/ has no images/ folder; it is skipped.")
                 continue
-            p, e, n = _pair_folder(images, _sub(d, MASK_DIRS), split, root)
+            folders.append((images, _sub(d, MASK_DIRS)))
+            p, e, n = _pair_folder(images, folders[-1][1], split, root)
             pairs += p
             extra += e
             notes += n
     elif _sub(root, IMAGE_DIRS):
         layout = "images/masks"
-        p, e, n = _pair_folder(_sub(root, IMAGE_DIRS), _sub(root, MASK_DIRS), None, root)
+        folders.append((_sub(root, IMAGE_DIRS), _sub(root, MASK_DIRS)))
+        p, e, n = _pair_folder(*folders[0], None, root)
         pairs, extra, notes = p, e, n
     else:
         raise SegDataError(f"{label} has no images/ folder (expected images/ + masks/, or train/ and "
@@ -376,7 +379,22 @@ def scan_folder(folder: str | Path, shown: str | None = None) -> FolderScan:
     if not pairs:
         raise SegDataError(f"{label} holds no images")
     classes_file = next((c / "classes.txt" for c in (root, root.parent) if (c / "classes.txt").is_file()), None)
+    if classes_file is None and not any(p.mask for p in pairs):
+        raise SegDataError(_no_masks_message(label, root, folders, pairs))
     return FolderScan(root, pairs, extra, classes_file, layout, notes)
+
+
+def _no_masks_message(label: str, root: Path, folders: list[tuple[Path, Path | None]], pairs: list[Pair]) -> str:
+    """Why a folder with images has not one mask: no masks/ folder beside images/, or no mask named like an image.
+    (With a classes.txt the images can still be imported, to paint their masks in the app.)"""
+    images, masks = next(((i, m) for i, m in folders if m is not None), folders[0])
+    if masks is None:
+        return (f"{label} has no masks/ folder: put one beside {images.relative_to(root).as_posix()}/ holding a mask "
+                "PNG named like each image (expected images/ + masks/, or train/ and val/ each holding images/ and "
+                "masks/)")
+    example = Path(pairs[0].name)
+    return (f"{label}: none of the {len(pairs)} images has a mask in {masks.relative_to(root).as_posix()}/ (a mask is "
+            f"a PNG named like its image: {example.stem}.png for {example.name})")
 
 
 # --- validation ------------------------------------------------------------------------------------------------------
