@@ -22,6 +22,14 @@ from views.common import (
     train_images,
 )
 
+
+def epoch_time(seconds: float) -> str:
+    """A measured time per epoch for a metric: "< 1 s" under a second, one decimal under ten, whole seconds above."""
+    if seconds < 1:
+        return "< 1 s"
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
 st.title("3 · Choose what to train")
 backbone = need_backbone()
 if backbone is None:
@@ -120,7 +128,7 @@ if st.button("Measure", key="estimate_run"):
 est = st.session_state.get("estimate")
 if est and est["model"] == backbone and est["freeze_config"] == freeze.to_dict() and est["batch_size"] == batch:
     c1, c2, c3 = st.columns(3)
-    c1.metric("Time per epoch", f"{est['seconds_per_step'] * -(-int(n_images) // int(batch)):.0f} s")
+    c1.metric("Time per epoch", epoch_time(est["seconds_per_step"] * -(-int(n_images) // int(batch))))
     c2.metric("Images / second", f"{est['images_per_second']:.0f}")
     c3.metric("Peak memory", f"{est['peak_memory_mb'] / 1024:.2f} GB")
     st.caption(est["note"])
