@@ -202,7 +202,7 @@ def sidebar_status(slot) -> None:
         st.caption(f"Model: **{backbone}**" if backbone else "Model: not chosen yet")
         dataset_id = draft("dataset_id")
         st.caption(f"Data: **{dataset_label(dataset_id)}**" if dataset_id else "Data: not chosen yet")
-        st.caption(f"Freeze: **{draft_freeze().preset}**")
+        st.caption(f"Layers: **{freeze_words(draft_freeze().preset)}**")
 
 
 @st.cache_data(show_spinner=False, ttl=30)
@@ -273,3 +273,12 @@ def refusal_reason(err: Exception, name: str | None = None) -> str:
                   else str(err) or type(err).__name__)
     text = esc(reason)
     return text if not name or esc(name) in text else f"{esc(name)}: {text}"
+
+
+def freeze_words(preset: str) -> str:
+    """A freeze preset in the Layers page's words ('gradual' → 'Head first, then the rest')."""
+    words = {"head": "Head only", "all": "Everything", "gradual": "Head first, then the rest",
+             "custom": "Chosen per group"}
+    if preset.startswith("last-"):
+        return f"Head + last {preset.removeprefix('last-')} groups"
+    return words.get(preset, preset)

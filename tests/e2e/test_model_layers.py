@@ -110,4 +110,4 @@ def test_sidebar_follows_the_current_choice(page, app_url, st_helpers):
     page.get_by_test_id("stRadio").get_by_text("Everything", exact=True).click()
     expect(st.metric_value(page, "Frozen parameters")).to_have_text("0")
     st.wait_idle(page)
-    expect(page.get_by_test_id("stSidebar").get_by_text("Freeze: all")).to_be_visible(timeout=10_000)
+    expect(page.get_by_test_id("stSidebar").get_by_text("Layers: Everything")).to_be_visible(timeout=10_000)
