@@ -50,6 +50,16 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
     return float(min(lrs[steep], lrs[low] / 10))
 
 
+def diverged(losses: list[float], beta: float = 0.8) -> bool:
+    """Whether the sweep should stop at the last loss: it is not finite, or the smoothed loss has risen above 4× its
+    lowest (fastai's rule). The smoothing matters on small, easy sets: their best loss is tiny, and one noisy batch
+    above 4× the raw best used to end the sweep while the loss was still falling."""
+    if not losses or not math.isfinite(losses[-1]):
+        return bool(losses)
+    sm = smoothed(losses, beta)
+    return len(sm) > 1 and sm[-1] > 4 * min(sm[:-1])
+
+
 def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfig, steps: int = 60,
             start: float = 1e-5, end: float = 1.0, pretrained: bool = True) -> LrFindResult:
     """Run the range test on the dataset's training images with the given model and freeze choice."""
@@ -73,7 +83,7 @@ def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfi
     factor = (end / start) ** (1 / max(1, steps - 1))
     lrs, losses = [], []
     order, pos, epoch = epoch_order(len(train_idx), train.seed, 0).tolist(), 0, 0
-    best = float("inf")
+    stopped = False
     for k in range(steps):
         lr = start * factor**k
         for g in opt.param_groups:
@@ -93,17 +103,19 @@ def find_lr(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfi
         loss.backward()
         opt.step()
         value = float(loss.detach())
-        if not math.isfinite(value) or value > 4 * best:
+        if diverged([*losses, value]):
+            stopped = True
             break
-        best = min(best, value)
         lrs.append(lr)
         losses.append(value)
     if len(lrs) < 5:
         return LrFindResult(lrs, losses, smoothed(losses), train.effective_lr(freeze),
                             "Too few steps to suggest a value; keep the default.")
     value = suggest(lrs, losses)
+    where = ("before it rises" if stopped or min(range(len(losses)), key=losses.__getitem__) < len(losses) - 1
+             else f"well below {lrs[-1]:.2g}, where the sweep ended with the loss still falling")
     return LrFindResult(lrs, losses, smoothed(losses, 0.8), value,
-                        f"Suggested {value:.2g}: where the loss falls fastest, before it rises.")
+                        f"Suggested {value:.2g}: where the loss falls fastest, {where}.")
 
 
 def find_lr_isolated(backbone: str, dataset: str, freeze: FreezeConfig, train: TrainConfig,

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from core.config import FreezeConfig, TrainConfig
-from core.lrfind import find_lr, suggest
+from core.lrfind import diverged, find_lr, suggest
 from tests.synthetic import make_colour_folders
 
 
@@ -31,3 +31,12 @@ def test_range_test_runs_on_a_tiny_model(tmp_path: Path) -> None:
                                                                                 device="cpu", image_fit="auto"),
                    steps=5, pretrained=False)
     assert auto.lrs and len(auto.losses) == len(auto.lrs)
+
+
+def test_one_noisy_batch_on_an_easy_set_does_not_end_the_sweep() -> None:
+    falling = [2.0 * 0.8**i for i in range(30)]  # down to ~0.003: an easy set's tiny best loss
+    noisy = [*falling, 0.05]  # one batch 15× the best, as a small batch of harder photos gives
+    assert not diverged(noisy)
+    exploding = [*falling] + [0.5 * 2**i for i in range(6)]  # the loss really blows up
+    assert diverged(exploding)
+    assert diverged([*falling, float("nan")])
