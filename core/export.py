@@ -153,7 +153,7 @@ def build_manifest(run_dir: str | os.PathLike) -> dict:
         "versions": {"torch": torch.__version__, "timm": _version("timm"), "safetensors": _version("safetensors"),
                      "transfer_studio": _version("transfer-studio")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"run_id": run_dir.name, "run_name": cfg.name,
+        "source": {"run_id": run_dir.name, "run_name": runs.display_name(run_dir, fallback=""),
                    "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
         "files": {},
     }
@@ -714,8 +714,9 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
         args += ["--device", tc.device]
     if tc.precision != "auto":
         args += ["--precision", tc.precision]
-    if cfg.name:
-        args += ["--name", cfg.name]
+    name = runs.display_name(run_dir, fallback="")  # a rename on the Runs page is the name to reproduce
+    if name:
+        args += ["--name", name]
     defaults_f = FreezeConfig()
     settable = ("label_smoothing",) if cfg.task == "classification" and not cfg.quick else ()
     for key in ("weight_decay", "momentum", "warmup_fraction", "label_smoothing", "max_bad_steps"):

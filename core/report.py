@@ -342,7 +342,7 @@ class _Run:
         self.evaluation = load_evaluation(run_dir) if self.has_weights else None
         source = self.dataset.get("source") or {}
         data_name = source.get("name") or Path(str(source.get("path") or self.config.get("dataset") or "")).name
-        self.name = str(self.config.get("name") or "") or " on ".join(
+        self.name = runs.display_name(run_dir, fallback="") or " on ".join(
             str(v) for v in (self.config.get("backbone"), data_name) if v) or run_dir.name
         self.train_cfg: dict = dict(self.config.get("train") or {})
         self.freeze_cfg: dict = dict(self.config.get("freeze") or {})

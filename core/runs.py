@@ -5,6 +5,7 @@
   dataset.json       classes and the exact split manifest (absolute file paths, label, split)
   events.jsonl       append-only event log (one JSON object per line)
   status.json        current state, written atomically
+  meta.json          name and note the user gave on the Runs page (the name wins over config.json's)
   checkpoints/       last.pt (resume), best.safetensors + best.json (best weights), manifest.json
   exports/           exported models
   STOP               present = stop requested (the worker finishes its batch, saves and stops)
@@ -78,6 +79,15 @@ def load_config(run_dir: Path) -> RunConfig:
 def read_json_config(run_dir: Path) -> dict:
     """config.json as a plain dict ({} when unreadable)."""
     return read_json(Path(run_dir) / "config.json", {}) or {}
+
+
+def display_name(run_dir: Path, fallback: str | None = None) -> str:
+    """The run's name as the user last gave it: meta.json's (a rename on the Runs page), else config.json's, else
+    `fallback` (the run id when not given)."""
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "meta.json", {}) or {}
+    name = str(meta.get("name") or "").strip() or str(read_json_config(run_dir).get("name") or "").strip()
+    return name or (run_dir.name if fallback is None else fallback)
 
 
 def load_dataset(run_dir: Path) -> dict:

@@ -20,7 +20,7 @@ def from_store(dataset_id: str) -> dict:
 
     ds = load_dataset(dataset_id)
     if ds.report.get("blocking"):
-        errors = [p.message for p in dataset_report(ds).problems if p.severity == ERROR]
+        errors = [p.message.strip().removesuffix(".") for p in dataset_report(ds).problems if p.severity == ERROR]
         raise DatasetProblem(f"The dataset '{ds.name}' cannot be trained on until these are fixed (Data page): "
                              + "; ".join(errors or ["its check found errors"]) + ".")
     items = [{"path": str(ds.path(it)), "label": it.label, "split": it.split, "name": it.original_name}

@@ -17,6 +17,7 @@ from core.tasks.detection.draw import comparison_image
 from core.tasks.detection.evaluate import load_evaluation
 from core.tasks.detection.metrics import match_image
 from views.common import esc, results_not_computed
+from views.results import cli_error
 
 PAGE = 12
 
@@ -25,7 +26,7 @@ def _evaluate(run_dir: Path) -> str:
     """Run `transfer-studio evaluate` in its own process (as the other buttons do); '' or the error line."""
     out = subprocess.run([sys.executable, "-m", "core.cli", "evaluate", "--run", str(run_dir), "--quiet", "--json"],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800, check=False)
-    return "" if out.returncode == 0 else (out.stderr.strip().splitlines() or ["failed"])[-1]
+    return "" if out.returncode == 0 else cli_error(out.stderr)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -64,7 +64,7 @@ def _choose() -> Detector | None:
         return None
     names = [p.name for p in done]
     current = draft("run_id")
-    labels = {p.name: f"{runs.read_json_config(p).get('name') or p.name} ({p.name})" for p in done}
+    labels = {p.name: f"{runs.display_name(p)} ({p.name})" for p in done}
     chosen = st.selectbox("Run", names, index=names.index(current) if current in names else 0, key="dtest_run",
                           format_func=lambda n: labels.get(n, n))
     set_draft("run_id", chosen)

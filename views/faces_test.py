@@ -35,7 +35,7 @@ if not found:
 ids = [p.name for p in found]
 current = draft("run_id")
 run_id = st.selectbox("Model", ids, index=ids.index(current) if current in ids else 0, key="faces_test_run",
-                      format_func=lambda r: f"{runs.read_json_config(runs_root() / r).get('name') or r} ({r})")
+                      format_func=lambda r: f"{runs.display_name(runs_root() / r)} ({r})")
 set_draft("run_id", run_id)
 RUN = runs_root() / run_id
 rec = recognizer(str(RUN), (RUN / "gallery.json").stat().st_mtime)

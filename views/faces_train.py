@@ -79,7 +79,7 @@ RUN_DIR = runs_root() / run_id
 def live() -> None:
     view = read_run(RUN_DIR)
     status, state = view.status, view.state
-    st.subheader(view.config.get("name") or run_id)
+    st.subheader(runs.display_name(RUN_DIR))
     if state in ("queued", "running", "stopping"):
         st.progress(min(1.0, float(status.get("progress") or 0.0)), text=status.get("message", "Starting…"))
     elif state == "completed":

@@ -3,6 +3,7 @@ mistakes, possible label errors, calibration and the "not sure" threshold, and t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,18 @@ import streamlit as st
 
 from core import runs
 from views.common import esc
+
+
+def cli_error(stderr: str) -> str:
+    """The last line a `transfer-studio` command wrote to stderr, as a sentence for a page: without the
+    "error: " (or argparse's "<prog>: error: ") prefix meant for a terminal."""
+    line = (stderr.strip().splitlines() or ["no output"])[-1]
+    return re.sub(r"^(\S+: )?error: ", "", line.strip())
+
+
+def times(n: int) -> str:
+    """'1 time', '3 times'."""
+    return f"{n} time{'s' * (n != 1)}"
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -197,7 +210,7 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
     if pairs:
         right.markdown("**Most confused**")
         for p in pairs[:5]:
-            right.caption(f"{esc(p['true'])} taken for {esc(p['predicted'])}: {p['count']} times")
+            right.caption(f"{esc(p['true'])} taken for {esc(p['predicted'])}: {times(p['count'])}")
 
     st.subheader(f"Mistakes ({len(block.get('misclassified', []))})")
     _gallery(block.get("misclassified", []), "res_mistakes",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,6 +21,7 @@ from core.settings import PROJECT_ROOT, runs_root
 from core.storage import read_json, write_json_atomic
 from core.tasks import list_tasks
 from views.common import draft, esc, results_not_computed, set_draft, step_page
+from views.results import cli_error
 
 st.title("6 · Runs, results and export")
 
@@ -30,7 +33,7 @@ def _cli(args: list[str], timeout: float = 1800) -> tuple[dict | None, str]:
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line), ""
-    return None, (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return None, cli_error(proc.stderr)
 
 
 def _meta(run_dir) -> dict:
@@ -38,16 +41,39 @@ def _meta(run_dir) -> dict:
 
 
 @st.cache_data(show_spinner=False, ttl=60)
-def _dataset_name(dataset: str) -> str:
-    """A stored dataset's name, or the folder's name (tables show it as plain text)."""
-    from pathlib import Path
-
+def _stored_name(dataset: str) -> str | None:
+    """A stored dataset's name; None for a folder path or a dataset deleted since."""
     from core.data.store import load_dataset
 
     try:
         return load_dataset(dataset).name
     except Exception:  # a folder path or a dataset deleted since
-        return Path(dataset).name or dataset
+        return None
+
+
+@st.cache_data(show_spinner=False)
+def _recorded_source(run_dir: str, stamp: float) -> dict:
+    """What the run recorded about its photos (dataset.json's "source"), read again when the file changes."""
+    try:
+        return runs.load_dataset(Path(run_dir)).get("source") or {}
+    except runs.RunError:
+        return {}
+
+
+def _dataset_cell(run_dir: Path, dataset: str) -> str:
+    """The runs table's dataset: its name; "(deleted) <name the run recorded>" for a stored dataset deleted since;
+    else the folder's name (tables show it as plain text)."""
+    stored = _stored_name(dataset)
+    if stored is not None:
+        return stored
+    try:
+        stamp = (run_dir / "dataset.json").stat().st_mtime
+    except OSError:
+        stamp = 0.0
+    source = _recorded_source(str(run_dir), stamp)
+    if source.get("kind") in ("store", "stored") or re.fullmatch(r"[0-9a-f]{32}", dataset):
+        return f"(deleted) {source['name']}" if source.get("name") else "(deleted)"
+    return Path(dataset).name or dataset
 
 
 def _is_zoo_backbone(name: str) -> bool:
@@ -68,10 +94,10 @@ def _row(run_dir) -> dict:
     cfg, status, meta = runs.read_json_config(run_dir), runs.read_status(run_dir), _meta(run_dir)
     train = cfg.get("train", {})
     created = status.get("created") or run_dir.stat().st_mtime
-    return {"run": run_dir.name, "name": meta.get("name") or cfg.get("name") or run_dir.name,
+    return {"run": run_dir.name, "name": runs.display_name(run_dir),
             "task": TASK_TITLES.get(runs.run_task(run_dir), runs.run_task(run_dir)),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
-            "dataset": _dataset_name(cfg.get("dataset", "")),
+            "dataset": _dataset_cell(run_dir, str(cfg.get("dataset") or "")),
             "freeze": "quick" if cfg.get("quick") else cfg.get("freeze", {}).get("preset"),
             "pretrained": cfg.get("pretrained", True), "epochs": train.get("epochs"),
             "batch": train.get("batch_size"), "lr": f"{train['lr']:.3g}" if train.get("lr") else "auto",
@@ -115,6 +141,9 @@ st.dataframe(table, hide_index=True, key="runs_table",
 
 ids = [p.name for p in all_runs]
 names = dict(zip(table["run"], table["name"], strict=True))
+# Runs to compare chosen by a button lower down (it cannot write the widget's key once the widget is drawn)
+if preset := [r for r in st.session_state.pop("runs_compare_next", []) if r in ids]:
+    st.session_state["runs_compare"] = preset
 compare = st.multiselect("Compare runs (curves and metrics side by side)", ids, key="runs_compare",
                          format_func=lambda r: f"{names[r]} ({r})", max_selections=6)
 if compare:
@@ -216,11 +245,13 @@ with export:
 
 with manage:
     meta = _meta(RUN)
-    new_name = st.text_input("Name", value=meta.get("name") or runs.read_json_config(RUN).get("name", ""),
-                             key="runs_name", max_chars=120)
+    new_name = st.text_input("Name", value=runs.display_name(RUN, fallback=""), key="runs_name", max_chars=120)
     note = st.text_area("Note", value=meta.get("note", ""), key="runs_note", max_chars=2000)
     if st.button("Save name and note", key="runs_save_meta"):
-        write_json_atomic(RUN / "meta.json", {**meta, "name": new_name, "note": note})
+        write_json_atomic(RUN / "meta.json", {**meta, "name": new_name.strip(), "note": note})
+        st.session_state["runs_meta_saved"] = run_id
+        st.rerun()  # the table, the pickers and the labels above show the new name at once
+    if st.session_state.pop("runs_meta_saved", None) == run_id:
         st.success("Saved.")
     state = status.get("state")
     cfg = runs.read_json_config(RUN)
@@ -235,11 +266,11 @@ with manage:
             new_cfg = runs.load_config(RUN)
             from dataclasses import replace
 
-            scratch = replace(new_cfg, pretrained=False, name=f"{new_cfg.name or run_id} · from scratch")
+            scratch = replace(new_cfg, pretrained=False, name=f"{runs.display_name(RUN)} · from scratch")
             new_dir = runs.create_run(scratch, runs.load_dataset(RUN))
             jobs.start(new_dir)
             set_draft("run_id", new_dir.name)
-            st.session_state["runs_compare"] = [run_id, new_dir.name]
+            st.session_state["runs_compare_next"] = [run_id, new_dir.name]  # compared when the user comes back
             st.switch_page(step_page("train"))
     st.divider()
     confirm = st.checkbox(f"Yes, delete {esc(names[run_id])} and its files", key="runs_delete_confirm")

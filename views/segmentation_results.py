@@ -47,10 +47,11 @@ def _cli_evaluate(run_dir: Path) -> str:
     import sys
 
     from core.settings import PROJECT_ROOT
+    from views.results import cli_error
 
     proc = subprocess.run([sys.executable, "-m", "core.cli", "evaluate", "--run", str(run_dir), "--json"],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=3600, check=False)
-    return "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return "" if proc.returncode == 0 else cli_error(proc.stderr)
 
 
 def show(run_dir: Path) -> None:

@@ -56,7 +56,7 @@ def _choose():
         return None
     names = [p.name for p in done]
     current = draft("run_id")
-    labels = {p.name: f"{runs.read_json_config(p).get('name') or p.name} · mIoU "
+    labels = {p.name: f"{runs.display_name(p)} · mIoU "
                       f"{(runs.read_status(p).get('best_val_accuracy') or 0):.1%} ({p.name})" for p in done}
     run_id = st.selectbox("Run", names, index=names.index(current) if current in names else 0,
                           format_func=lambda n: labels[n], key="seg_test_run")

@@ -132,7 +132,7 @@ def build_report(run_dir: Path) -> str:
     status = runs.read_status(run_dir)
     g, meta = gal.load(run_dir)
     model = cfg.get("backbone", "")
-    title = f"Face recognition — {cfg.get('name') or run_dir.name}"
+    title = f"Face recognition — {runs.display_name(run_dir)}"
     how = ("a pretrained face model used frozen" if is_face_model(model)
            else "an ImageNet backbone fine-tuned with ArcFace")
     seconds = round(float(status.get("seconds") or 0), 1)

@@ -90,7 +90,7 @@ def write_report(run_dir: Path, out: Path | None = None, n_worst: int = 6) -> Pa
 </title><style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:1em}}
 figure{{display:inline-block;margin:.5em}} figure img{{width:240px;margin-right:4px}}
 .chip{{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 .8em;border-radius:2px}}</style></head><body>
-<h1>Segmentation: {html.escape(cfg.get('name') or run_dir.name)}</h1>
+<h1>Segmentation: {html.escape(runs.display_name(run_dir))}</h1>
 <p>{html.escape(arch)} on {html.escape(str(cfg.get('backbone')))}; evaluated on {ev['n_images']} validation images:
 <b>mIoU {_pct(ev['miou'])}</b>, pixel accuracy {_pct(ev['pixel_accuracy'])}. {html.escape(ev['notes'][0])}</p>
 <p>Classes: {legend}</p>{plots}<h2>Worst validation images</h2>{''.join(gallery)}
