@@ -137,10 +137,13 @@ def test_report_names_duplicate_and_broken_file_and_fixes_drop_them(planted: sto
     problems = _problems(at)  # the report was re-run
     assert "duplicate" not in set(problems["reason"]) and "unreadable" in set(problems["reason"])
 
+    # the broken file was never imported: the fix only clears its note, and says so (it said "Drop bad files (1)")
+    assert at.button(key="data_fix_bad").label == "Clear the notes about files never imported (1)"
     at.button(key="data_fix_bad").click().run()
     _ok(at)
     ds = store.load_dataset(planted.id)
     assert ds.skipped == () and len(ds.items) == 24  # nothing good was lost
+    assert "Dropped the notes about 1 file that were never imported" in _messages(at.success)
     assert not [df for df in at.dataframe if "details" in df.value.columns]
     assert "Ready to train: no problems found." in _messages(at.success)
     assert at.session_state["draft_dataset_id"] == planted.id

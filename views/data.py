@@ -194,7 +194,8 @@ def _cached_view(dataset_id: str, stamp: int) -> dict:  # noqa: ARG001 - stamp i
     names = {it.file: it.original_name or it.file for it in ds.items}
     problems = [{"severity": p.severity, "kind": p.kind, "message": p.message,
                  "files": [names.get(f, f) for f in p.files], "raw_files": list(p.files),
-                 "fix_files": list(p.fix_files), "classes": list(p.classes)} for p in report.problems]
+                 "fix_files": list(p.fix_files), "classes": list(p.classes),
+                 "stored": [f for f in p.files if f in names]} for p in report.problems]
     per_class: dict[str, list[str]] = {c: [] for c in ds.classes}
     for it in ds.items:
         per_class.setdefault(it.label, []).append(it.file)
@@ -244,13 +245,32 @@ def counts_figure(classes: list[str], counts: dict[str, dict[str, int]]) -> go.F
 
 # ------------------------------------------------------------------------------------------------ actions (callbacks)
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _bad_label(stored: int, notes: int) -> str:
+    """The fix button: files in the dataset are dropped, notes about files never imported are only cleared."""
+    if not stored:
+        return f"Clear the notes about files never imported ({notes})"
+    return f"Drop bad files ({stored})" + (f" and clear {_plural(notes, 'note')}" if notes else "")
+
+
+def _bad_done(stored: int, notes: int) -> str:
+    """What the fix did, for the message after it ('Dropped …')."""
+    parts = [f"{_plural(stored, 'bad or unusable file')}"] if stored else []
+    if notes:
+        parts.append(f"the notes about {_plural(notes, 'file')} that were never imported")
+    return " and ".join(parts)
+
+
 def _drop(dataset_id: str, files: list[str], what: str) -> None:
     try:
         store.drop_files(dataset_id, files)
     except store.DatasetError as err:
         _flash("error", f"Could not drop the files: {esc(err.reason)}")
         return
-    _flash("success", f"Dropped {len(files)} {what}. The report below is up to date.")
+    _flash("success", f"Dropped {what}. The report below is up to date.")
     _cached_list.clear()
 
 
@@ -509,20 +529,24 @@ if view["problems"]:
                                 "details": st.column_config.TextColumn("Details", width="large")})
 
     dup_files = sorted({f for p in view["problems"] if p["kind"] in DUPLICATE_KINDS for f in p["fix_files"]})
-    bad_files = sorted({f for p in view["problems"] if p["kind"] in BAD_KINDS
-                        for f in (p["fix_files"] or p["raw_files"])})
+    bad = [p for p in view["problems"] if p["kind"] in BAD_KINDS]
+    bad_files = sorted({f for p in bad for f in (p["fix_files"] or p["raw_files"])})
+    stored_bad = {f for p in bad for f in p.get("stored", ())}  # files in the dataset: removed
+    never_imported = set(bad_files) - stored_bad  # notes about files that were never imported: cleared
     if dup_files or bad_files:
         st.markdown("**One-click fixes** (only the files named above are removed; everything else stays)")
         fixes = st.container(horizontal=True)
         if dup_files:
             fixes.button(f"Drop duplicates ({len(dup_files)} file{'s' * (len(dup_files) != 1)})",
                       key="data_fix_duplicates", icon=":material/content_copy:", on_click=_drop,
-                      args=(chosen, dup_files, "duplicate copies (one of each picture is kept)"),
+                      args=(chosen, dup_files, f"{len(dup_files)} duplicate "
+                            f"{'copy' if len(dup_files) == 1 else 'copies'} (one of each picture is kept)"),
                       help="Removes the extra copies of identical or nearly identical pictures, and the training "
                            "copies of pictures that are also in validation.")
         if bad_files:
-            fixes.button(f"Drop bad files ({len(bad_files)})", key="data_fix_bad", icon=":material/delete_sweep:",
-                      on_click=_drop, args=(chosen, bad_files, "bad or unusable files"),
+            fixes.button(_bad_label(len(stored_bad), len(never_imported)), key="data_fix_bad",
+                      icon=":material/delete_sweep:", on_click=_drop,
+                      args=(chosen, bad_files, _bad_done(len(stored_bad), len(never_imported))),
                       help="Removes files that could not be used or do not look like photos, and clears the "
                            "notes about files that were never imported.")
 
