@@ -64,6 +64,16 @@ def _process(run_dir: Path) -> psutil.Process | None:
         return None
 
 
+def seconds_since_start(run_dir: Path, until: float) -> float | None:
+    """Seconds from the job's start (the user's click, the worker's own start-up included) to ``until``; None when
+    the run has no job record."""
+    try:
+        started = float(json.loads((Path(run_dir) / JOB_FILE).read_text())["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return max(0.0, until - started)
+
+
 def is_alive(run_dir: Path) -> bool:
     return _process(run_dir) is not None
 

@@ -53,6 +53,8 @@ def test_quick_model_from_the_page_trains_in_a_worker_and_shows_its_result(home:
     assert not at.exception
     assert any(m.label == "Best validation accuracy" for m in at.metric)
     assert any("Quick model ready" in s.value for s in at.success)
+    waited = next(c.value for c in at.caption if "from the click to the answer" in c.value)
+    assert float(waited.split(" s ")[0]) >= status["seconds"]  # the worker's start-up is counted too
 
 
 def test_without_two_gpus_the_page_says_why_it_trains_on_one_device(home: Path, sample_textures) -> None:

@@ -237,6 +237,9 @@ def live() -> None:
         st.progress(min(1.0, progress), text=view.progress_line())
     elif state == "completed":
         st.success(status.get("message", "Finished."))
+        total = jobs.seconds_since_start(RUN_DIR, float(status.get("ended") or 0)) if status.get("ended") else None
+        if view.config.get("quick") and total is not None:
+            st.caption(f"{total:.1f} s from the click to the answer, starting the training process included.")
         st.page_link(step_page("test"), label="Next: test it on new photos", icon=":material/science:")
     elif state == "stopped":
         st.warning(status.get("message", "Stopped."))
