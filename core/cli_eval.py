@@ -98,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"{_pct(out['ece'])}")
     print(_per_class_table(out["per_class"]))
     for pair in (out.get("most_confused") or [])[:3]:
-        print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']} times")
+        print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']} time{'s' * (pair['count'] != 1)}")
     for note in out.get("notes", []):
         print(note)
     for bad in out.get("bad_images", [])[:20]:

@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"TAR at FAR 1e-2: {_pct(res['tar_at_far_1e-2'])}; at 1e-3: {_pct(res['tar_at_far_1e-3'])}; "
           f"{res['n_no_face']} photos without a face; {1000 * (res['seconds_per_image'] or 0):.0f} ms per photo")
     for pair in res["most_confused"][:5]:
-        print(f"  {pair['true']} answered {pair['predicted']}: {pair['count']} times")
+        print(f"  {pair['true']} answered {pair['predicted']}: {pair['count']} time{'s' * (pair['count'] != 1)}")
     return 0
 
 

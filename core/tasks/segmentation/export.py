@@ -96,7 +96,8 @@ def build_manifest(run_dir: Path, arch: str) -> dict:
         "versions": {"torch": torch.__version__, "timm": _version("timm"),
                      "segmentation_models_pytorch": _version("segmentation-models-pytorch")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"run_id": run_dir.name, "run_name": cfg.name, "weights_sha256": _sha(weights.read_bytes())},
+        "source": {"run_id": run_dir.name, "run_name": runs.display_name(run_dir),
+                   "weights_sha256": _sha(weights.read_bytes())},
         "files": {},
     }
 
