@@ -67,7 +67,9 @@ def test_upload_a_folder_shows_the_report(page, app_url, st_helpers, tmp_path: P
         expect(x_labels.filter(has_text=re.compile(rf"^{label}$"))).to_have_count(1)
     cells = st.dataframe_cells(page)
     expect(cells.get_by_text("critters/bees/broken.jpg", exact=True)).to_have_count(1)  # named in the problems
-    expect(main.get_by_role("button", name=re.compile(r"Drop bad files \(1\)"))).to_be_visible()
+    # the broken photo was never imported: the fix clears its note (nothing in the dataset is dropped)
+    expect(main.get_by_role("button", name=re.compile(r"Clear the notes about files never imported \(1\)"))
+           ).to_be_visible()
     expect(page.get_by_role("combobox", name="Dataset to train on")).to_have_value(re.compile(r"^critters — 7 images"))
     # the uploader was emptied after the import (its bytes released)
     expect(page.get_by_test_id("stFileChip")).to_have_count(0)
