@@ -57,9 +57,11 @@ def test_runs_page_without_runs_points_to_training(home: Path) -> None:
 def test_results_export_and_rename(trained: Path) -> None:
     at = _app("views/runs.py").run()
     _ok(at)
+    assert at.button(key="runs_evaluate").label == "Compute results"
     at.button(key="runs_evaluate").click().run()
     _ok(at)
     assert (trained / "evaluation.json").exists()
+    assert at.button(key="runs_evaluate").label == "Recompute"  # at once, not after a reload
     labels = [m.label for m in at.metric]
     assert "Accuracy (val)" in labels and "Macro F1 (val)" in labels
     at.button(key="runs_export").click().run()

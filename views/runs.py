@@ -192,6 +192,8 @@ with results:
             ev = load_evaluation(RUN)
             if err:
                 results_not_computed(err, ev is not None)
+            else:
+                st.rerun()  # the button's label ("Recompute") and everything above follow the new results
         if ev is not None:
             from views.results import show_results
 

@@ -69,6 +69,8 @@ def show(run_dir: Path) -> None:
         ev = load_evaluation(run_dir)
         if err:
             results_not_computed(err, ev is not None)
+        else:
+            st.rerun()  # the button's label follows the new results
     if ev is None:
         st.caption("Results are measured on the run's validation images (full size, void ignored).")
         return
