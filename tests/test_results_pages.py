@@ -176,3 +176,15 @@ def test_compare_counts_a_resumed_runs_seconds_from_its_first_start(home: Path, 
     chart = next(c for c in at.get("plotly_chart") if "Validation accuracy over time" in c.proto.spec)
     xs = json.loads(chart.proto.spec)["data"][0]["x"]
     assert len(xs) == 2 and 0 < xs[0] < xs[1]  # the first epoch was at -seconds: counted from the resumed start
+
+
+def test_a_quick_model_shows_no_epochs_batch_or_lr_in_the_runs_table(trained: Path) -> None:
+    from dataclasses import replace
+
+    cfg = runs.load_config(trained)
+    quick = runs.create_run(replace(cfg, quick=True, name="quick one"), runs.load_dataset(trained), runs_root())
+    at = _app("views/runs.py").run()
+    _ok(at)
+    table = next(d.value for d in at.dataframe if "epochs" in d.value.columns).set_index("run")
+    assert table.loc[trained.name, "epochs"] == 2 and table.loc[trained.name, "lr"] == "auto"
+    assert table.loc[quick.name, ["epochs", "batch", "lr"]].isna().all()  # one pass over cached features

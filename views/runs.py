@@ -99,8 +99,11 @@ def _row(run_dir) -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
             "dataset": _dataset_cell(run_dir, str(cfg.get("dataset") or "")),
             "freeze": "quick" if cfg.get("quick") else cfg.get("freeze", {}).get("preset"),
-            "pretrained": cfg.get("pretrained", True), "epochs": train.get("epochs"),
-            "batch": train.get("batch_size"), "lr": f"{train['lr']:.3g}" if train.get("lr") else "auto",
+            "pretrained": cfg.get("pretrained", True),
+            # a quick model is one pass over cached features: epochs, batch and lr of the form do not apply
+            "epochs": None if cfg.get("quick") else train.get("epochs"),
+            "batch": None if cfg.get("quick") else train.get("batch_size"),
+            "lr": None if cfg.get("quick") else f"{train['lr']:.3g}" if train.get("lr") else "auto",
             "status": jobs.state(run_dir).get("state", status.get("state")),
             "best_val_accuracy": status.get("best_val_accuracy"),
             "seconds": round(status.get("seconds") or 0, 1), "device": status.get("device", ""),
