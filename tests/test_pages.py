@@ -98,14 +98,33 @@ def test_the_draft_is_kept_in_the_address_so_a_reload_comes_back_to_it() -> None
     assert not any("Choose a model first" in i.value for i in reloaded.info)
 
 
+def test_the_layer_choice_survives_a_reload() -> None:
+    import json
+
+    at = _app().run()
+    at.button(key="home_try_sample").click().run()
+    at.switch_page("views/layers.py").run()
+    at.radio(key="freeze_preset").set_value("all").run()
+    _ok(at)
+    address = dict(at.query_params)
+    assert json.loads(address["freeze"]) == {"preset": "all"}  # only what differs from the defaults
+    reloaded = _app()
+    reloaded.query_params.update(address)
+    reloaded.switch_page("views/train.py").run()
+    _ok(reloaded)
+    assert json.loads(reloaded.session_state["draft_freeze"])["preset"] == "all"
+    assert "Model **mobilenetv2_100**, freeze **all**" in " ".join(m.value for m in reloaded.markdown)
+
+
 def test_ids_in_the_address_are_checked_before_they_become_the_draft() -> None:
     at = _app()
     at.query_params.update({"task": "no_such_task", "backbone": "no_such_model", "dataset_id": "0" * 32,
-                            "run_id": "../../../etc", "other": "x"})
+                            "run_id": "../../../etc", "other": "x",
+                            "freeze": '{"preset":"custom","groups":["../x"],"keep_frozen":"3"}'})
     at.switch_page("views/layers.py").run()
     _ok(at)
     assert any("Choose a model first" in i.value for i in at.info)
-    for key in ("task", "backbone", "dataset_id", "run_id"):
+    for key in ("task", "backbone", "dataset_id", "run_id", "freeze"):
         assert f"draft_{key}" not in at.session_state
     assert dict(at.query_params) == {}  # nothing unchecked stays in the address
 

@@ -31,15 +31,42 @@ def set_draft(key: str, value) -> None:
         draft_to_url()
 
 
-URL_DRAFTS = ("task", "backbone", "dataset_id", "run_id")  # also kept in the page's address: a reload keeps them
+URL_DRAFTS = ("task", "backbone", "dataset_id", "run_id", "freeze")  # also kept in the page's address: a reload
+#                                                                     keeps them
 
 
 def draft_to_url() -> None:
     """Write the draft's ids into the page's address (left out when not chosen), so a reload (F5) or a bookmark
     of this tab comes back to the same choices while other tabs keep their own."""
     want = {k: str(v) for k in URL_DRAFTS if (v := draft(k))}
+    if "freeze" in want:
+        want["freeze"] = _freeze_for_url(want["freeze"])
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
+
+
+def _freeze_for_url(raw: str) -> str:
+    """The layer choice in the address: only what differs from FreezeConfig's defaults (e.g. {"preset":"all"})."""
+    defaults = {k: json.dumps(v) for k, v in FreezeConfig().to_dict().items()}
+    chosen = json.loads(raw)
+    return json.dumps({k: v for k, v in chosen.items() if k == "preset" or json.dumps(v) != defaults.get(k)},
+                      separators=(",", ":"))
+
+
+def _freeze_from_url(value: str) -> str | None:
+    """A layer choice read from the address, checked (a known preset with values of the right kinds), as the
+    draft's JSON; None when it is not one. A per-group choice is not restored: its group names belong to a model."""
+    try:
+        data = json.loads(value)
+        kinds = {"preset": str, "train_bn": bool, "head_epochs": int, "lr_floor": (int, float), "keep_frozen": int}
+        if not isinstance(data, dict) or set(data) - set(kinds) or data.get("preset") == "custom":
+            return None
+        if not all(isinstance(v, kinds[k]) and not (kinds[k] is int and isinstance(v, bool)) for k, v in data.items()):
+            return None
+        freeze = FreezeConfig.from_dict(data)
+    except (ValueError, TypeError):
+        return None
+    return json.dumps(freeze.to_dict()) if 0 <= freeze.head_epochs <= 100 and freeze.keep_frozen <= 50 else None
 
 
 def restore_draft_from_url() -> None:
@@ -51,7 +78,11 @@ def restore_draft_from_url() -> None:
     params = st.query_params.to_dict()
     for key in URL_DRAFTS:
         value = params.get(key)
-        if value and f"draft_{key}" not in st.session_state and _valid_draft(key, value, params.get("task")):
+        if key == "freeze":
+            value = _freeze_from_url(value) if value else None
+            if value and "draft_freeze" not in st.session_state:
+                st.session_state["draft_freeze"] = value
+        elif value and f"draft_{key}" not in st.session_state and _valid_draft(key, value, params.get("task")):
             st.session_state[f"draft_{key}"] = value
 
 
