@@ -231,4 +231,5 @@ def test_a_run_cancelled_while_queued_offers_to_start_not_to_resume(home: Path, 
     at.switch_page("views/train.py").run()
     assert not at.exception
     assert any("Cancelled before it started" in w.value for w in at.warning)
+    assert any(c.value == "Run: **never ran**" for c in at.sidebar.caption)  # the sidebar names the run shown
     assert at.button(key="train_resume").label == "Start it"

@@ -234,6 +234,18 @@ def sidebar_status(slot) -> None:
         dataset_id = draft("dataset_id")
         st.caption(f"Data: **{dataset_label(dataset_id)}**" if dataset_id else "Data: not chosen yet")
         st.caption(f"Layers: **{freeze_words(draft_freeze().preset)}**")
+        run_id = draft("run_id")
+        if run_id:
+            st.caption(f"Run: **{run_label(run_id)}**")
+
+
+def run_label(run_id: str) -> str:
+    """A run's name for display (as the user last gave it), escaped; the id when the run is gone."""
+    from core import runs
+    from core.settings import runs_root
+
+    run_dir = runs_root() / run_id
+    return esc(runs.display_name(run_dir) if runs.is_run_id(run_id) and run_dir.is_dir() else run_id)
 
 
 @st.cache_data(show_spinner=False, ttl=30)
