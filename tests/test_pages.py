@@ -189,3 +189,19 @@ def test_the_model_pages_next_step_is_data_until_photos_are_chosen(home: Path) -
     at.button(key="model_use").click().run()
     _ok(at)
     assert at.title[0].value.startswith("3 ·")
+
+
+def test_home_says_a_trained_step_leads_to_its_run(home: Path, tmp_path: Path) -> None:
+    from core import runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from tests.synthetic import make_colour_folders
+
+    colours = str(make_colour_folders(tmp_path / "colours", train=4, val=2))
+    run = runs.create_run(RunConfig("test_resnet", colours, FreezeConfig("all"), TrainConfig(epochs=1),
+                                    pretrained=False), trainset.resolve(colours))
+    at = _app()
+    at.session_state["draft_run_id"] = run.name
+    at.run()
+    _ok(at)
+    labels = [link.proto.label for link in at.get("page_link")]
+    assert "done ✓ — see the run" in labels  # the Train step: a run is looked at, not changed

@@ -55,6 +55,7 @@ STEPS = [
     ("5 · Test", "Try it on new pictures.", step_page("test"), False),
     ("6 · Runs & export", "Results, comparison, export and a report.", step_page("runs"), False),
 ]
+DONE_LABELS = {"4 · Train": "done ✓ — see the run"}  # a run is looked at, not changed
 for title, what, page, done in STEPS:
     cols = st.columns([1, 4, 2])
     cols[0].markdown(f"**{title}**")
@@ -62,4 +63,4 @@ for title, what, page, done in STEPS:
     if page is None:
         cols[2].caption("coming soon")
     else:
-        cols[2].page_link(page, label="done ✓ — change" if done else "open →")
+        cols[2].page_link(page, label=DONE_LABELS.get(title, "done ✓ — change") if done else "open →")
