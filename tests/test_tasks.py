@@ -162,3 +162,36 @@ def test_changing_the_task_forgets_the_old_tasks_data_choices(home):
     assert not at.exception
     assert "draft_class_weights" not in at.session_state
     assert at.session_state["draft_freeze"] == json.dumps(get_task("segmentation").default_freeze().to_dict())
+
+
+def test_switching_back_to_a_task_brings_back_its_data_run_and_layers(home, tmp_path):
+    """Detection and back: the classification dataset, run and layer choice are there again (they were cleared)."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from core import runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from core.data import store
+    from tests.synthetic import make_colour_folders
+
+    ds = store.import_folder(make_colour_folders(tmp_path / "colours", train=4, val=2), "colours").dataset
+    run = runs.create_run(RunConfig("test_resnet", ds.id, FreezeConfig("all"), TrainConfig(epochs=1),
+                                    pretrained=False), trainset.resolve(ds.id))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
+    for k, v in {"dataset_id": ds.id, "run_id": run.name, "freeze": json.dumps(FreezeConfig("all").to_dict()),
+                 "class_weights": False}.items():
+        at.session_state[f"draft_{k}"] = v
+    at.run()
+    at.segmented_control(key="home_task").set_value("detection").run()
+    assert not at.exception
+    assert at.session_state["draft_dataset_id"] is None and at.session_state["draft_run_id"] is None
+    at.segmented_control(key="home_task").set_value("classification").run()
+    assert not at.exception
+    assert at.session_state["draft_dataset_id"] == ds.id and at.session_state["draft_run_id"] == run.name
+    assert json.loads(at.session_state["draft_freeze"])["preset"] == "all"
+    assert at.session_state["draft_class_weights"] is False
+    store.delete_dataset(ds.id)  # gone meanwhile: not brought back
+    at.segmented_control(key="home_task").set_value("detection").run()
+    at.segmented_control(key="home_task").set_value("classification").run()
+    assert at.session_state["draft_dataset_id"] is None

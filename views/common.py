@@ -162,8 +162,12 @@ def forget_widget_values() -> None:
     st.session_state.pop(KEPT_STORE, None)
 
 
+TASK_DRAFTS = ("dataset_id", "run_id", "freeze", "class_weights")  # what belongs to a task (kept per task)
+
+
 def choose_task(key: str) -> str:
-    """A task picker (available tasks only); changing it clears the chosen data and run, which belong to a task."""
+    """A task picker (available tasks only). The chosen data, run and layer choice belong to a task: switching keeps
+    them for the task left and brings back the new task's own (checked: still there, still of that task)."""
     from core.tasks import list_tasks
 
     rows = list_tasks()
@@ -176,13 +180,21 @@ def choose_task(key: str) -> str:
         if new and new != current_task():
             from core.tasks import freeze_defaults, get_task
 
+            # the data, run and layer choice belong to a task: kept for it, and the new task's own come back
+            stash = st.session_state.setdefault("task_drafts", {})
+            stash[current_task()] = {k: draft(k) for k in TASK_DRAFTS}
+            saved = stash.get(new, {})
             set_draft("task", new)
-            set_draft("dataset_id", None)
-            set_draft("run_id", None)
-            st.session_state.pop("draft_class_weights", None)  # chosen for the old task's data: the new one's default
+            for k in ("dataset_id", "run_id"):
+                value = saved.get(k)
+                set_draft(k, value if value and _valid_draft(k, value, new) else None)
+            if saved.get("class_weights") is not None:
+                set_draft("class_weights", saved["class_weights"])
+            else:
+                st.session_state.pop("draft_class_weights", None)  # chosen for the old task's data
             forget_widget_values()
-            # the task's own default of what trains (e.g. segmentation: everything)
-            set_draft("freeze", json.dumps(freeze_defaults(get_task(new)).to_dict()))
+            # else the task's own default of what trains (e.g. segmentation: everything)
+            set_draft("freeze", saved.get("freeze") or json.dumps(freeze_defaults(get_task(new)).to_dict()))
 
     if st.session_state.get(key) not in (None, current):  # chosen elsewhere meanwhile (the other page's picker)
         st.session_state[key] = current
