@@ -80,6 +80,15 @@ def test_try_sample_data_sets_a_working_draft() -> None:
     assert len(at.session_state["draft_dataset_id"]) == 32  # the sample, imported into the store
 
 
+def _reloaded(at: AppTest, page: str = "views/train.py") -> AppTest:
+    """A new session (F5) opened on the address `at` shows now, drawn once without an error."""
+    reloaded = _app()
+    reloaded.query_params.update(dict(at.query_params))
+    reloaded.switch_page(page).run()
+    _ok(reloaded)
+    return reloaded
+
+
 def test_the_draft_is_kept_in_the_address_so_a_reload_comes_back_to_it() -> None:
     at = _app().run()
     at.button(key="home_try_sample").click().run()
@@ -89,10 +98,7 @@ def test_the_draft_is_kept_in_the_address_so_a_reload_comes_back_to_it() -> None
     address = dict(at.query_params)
     assert address["backbone"] == "tf_efficientnet_lite0"
     assert address["dataset_id"] == at.session_state["draft_dataset_id"]
-    reloaded = _app()  # a new session (F5) opened on the same address
-    reloaded.query_params.update(address)
-    reloaded.switch_page("views/train.py").run()
-    _ok(reloaded)
+    reloaded = _reloaded(at)
     assert reloaded.session_state["draft_backbone"] == "tf_efficientnet_lite0"
     assert reloaded.session_state["draft_dataset_id"] == address["dataset_id"]
     assert not any("Choose a model first" in i.value for i in reloaded.info)
@@ -106,12 +112,8 @@ def test_the_layer_choice_survives_a_reload() -> None:
     at.switch_page("views/layers.py").run()
     at.radio(key="freeze_preset").set_value("all").run()
     _ok(at)
-    address = dict(at.query_params)
-    assert json.loads(address["freeze"]) == {"preset": "all"}  # only what differs from the defaults
-    reloaded = _app()
-    reloaded.query_params.update(address)
-    reloaded.switch_page("views/train.py").run()
-    _ok(reloaded)
+    assert json.loads(at.query_params["freeze"]) == {"preset": "all"}  # only what differs from the defaults
+    reloaded = _reloaded(at)
     assert json.loads(reloaded.session_state["draft_freeze"])["preset"] == "all"
     assert "Model **mobilenetv2_100**, freeze **all**" in " ".join(m.value for m in reloaded.markdown)
 
