@@ -188,3 +188,18 @@ def test_a_quick_model_shows_no_epochs_batch_or_lr_in_the_runs_table(trained: Pa
     table = next(d.value for d in at.dataframe if "epochs" in d.value.columns).set_index("run")
     assert table.loc[trained.name, "epochs"] == 2 and table.loc[trained.name, "lr"] == "auto"
     assert table.loc[quick.name, ["epochs", "batch", "lr"]].isna().all()  # one pass over cached features
+
+
+def test_a_threshold_chosen_after_the_test_page_loaded_the_model_applies_at_once(trained: Path) -> None:
+    from core.evaluate import evaluate_run, set_threshold
+
+    evaluate_run(trained, with_learning_curve=False)
+    at = _app("views/test.py")
+    at.session_state["draft_run_id"] = trained.name
+    at.run()  # the model is loaded (and kept) with no threshold: none was chosen
+    _ok(at)
+    assert not any("not sure" in c.value for c in at.caption)
+    set_threshold(trained, 0.99)  # "Use this threshold" on the Runs page
+    at.run()
+    _ok(at)
+    assert any("Answers below 99% confidence" in c.value for c in at.caption)

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import runs
-from core.inference import PredictError, Predictor
+from core.inference import PredictError, Predictor, stored_threshold
 from core.settings import runs_root, subdir
 from views.common import draft, esc, set_draft, step_page
 
@@ -65,7 +65,11 @@ def _choose_model() -> Predictor | None:
                           format_func=lambda n: labels[n], key="test_run")
     set_draft("run_id", run_id)
     weights = runs_root() / run_id / "checkpoints" / "best.safetensors"
-    return _run_predictor(str(runs_root() / run_id), weights.stat().st_mtime)
+    predictor = _run_predictor(str(runs_root() / run_id), weights.stat().st_mtime)
+    # the "not sure" threshold is the run's (chosen on its Results tab at any time): read on every run, not cached
+    # with the model, so a choice made after the model was loaded applies at once (for every session: it is the run's)
+    predictor.threshold = stored_threshold(runs_root() / run_id)
+    return predictor
 
 
 def _bars(top_k: tuple[tuple[str, float], ...]) -> go.Figure:
