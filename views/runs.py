@@ -164,8 +164,11 @@ if compare:
     st.dataframe(_side_by_side(table, compare), key="runs_compare_table")
 
 current = draft("run_id")
+# a rename gives the picker a new key: the browser kept showing the old name in the closed box otherwise (its
+# choice is the draft's run either way)
 run_id = st.selectbox("Open a run", ids, index=ids.index(current) if current in ids else 0,
-                      format_func=lambda r: f"{names[r]} ({r})", key="runs_open")
+                      format_func=lambda r: f"{names[r]} ({r})",
+                      key=f"runs_open_{st.session_state.get('runs_renames', 0)}")
 set_draft("run_id", run_id)
 RUN = runs_root() / run_id
 status = jobs.state(RUN)
@@ -255,6 +258,7 @@ with manage:
     if st.button("Save name and note", key="runs_save_meta"):
         write_json_atomic(RUN / "meta.json", {**meta, "name": new_name.strip(), "note": note})
         st.session_state["runs_meta_saved"] = run_id
+        st.session_state["runs_renames"] = st.session_state.get("runs_renames", 0) + 1
         st.rerun()  # the table, the pickers and the labels above show the new name at once
     if st.session_state.pop("runs_meta_saved", None) == run_id:
         st.success("Saved.")
