@@ -55,6 +55,8 @@ def test_results_name_the_unchecked_class_and_apply_the_threshold_only_on_reques
     _ok(at)
     assert any("below 50%" in s.value for s in at.success)
     assert any("**In use:** answers below 50%" in md.value for md in at.markdown)
+    assert not any("Suggested only" in c.value for c in at.caption)  # the note under the chart follows the choice
+    assert any(c.value.replace("\\", "") == "Set by you." for c in at.caption), [c.value for c in at.caption]
     assert Predictor.from_run(evaluated).threshold == pytest.approx(0.5)
     at.button(key="res_threshold_clear").click().run()
     _ok(at)

@@ -142,8 +142,9 @@ def threshold_status(thr: dict, stale: bool = False) -> str:
     return "**Not in use:** the model always answers on the Test page and in exports." + hint
 
 
-def _show_threshold(run_dir: Path, thr: dict, stale: bool, chart, set_threshold) -> None:
-    """The "not sure" threshold: its status, a slider, and buttons to apply it or to always answer."""
+def _show_threshold(run_dir: Path, thr: dict, stale: bool, chart, set_threshold) -> dict:
+    """The "not sure" threshold: its status, a slider, and buttons to apply it or to always answer; returns the
+    threshold as it stands after them."""
     start = thr.get("threshold") if thr.get("threshold") is not None else thr.get("suggested")
     value = st.slider("“Not sure” below this confidence", 0.0, 1.0, float(start or 0.0), 0.01, key="res_threshold",
                       help="Nothing changes until you click “Use this threshold”.")
@@ -159,6 +160,7 @@ def _show_threshold(run_dir: Path, thr: dict, stale: bool, chart, set_threshold)
     st.markdown(threshold_status(thr, stale))
     chart.plotly_chart(_tradeoff(thr["curve"], None if stale else thr.get("threshold"), thr.get("suggested")),
                        key="res_tradeoff")
+    return thr
 
 
 def _photos_words(run_dir: Path) -> str:
@@ -253,8 +255,9 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
     left.plotly_chart(_reliability(cal), key="res_reliability")
     if thr.get("curve"):
         chart = right.container()
-        right.caption(esc(thr.get("reason", "")))
-        _show_threshold(run_dir, thr, bool(ev.get("stale")), chart, set_threshold)
+        reason = right.empty()  # filled after the buttons: a choice made this run changes it
+        thr = _show_threshold(run_dir, thr, bool(ev.get("stale")), chart, set_threshold)
+        reason.caption(esc(thr.get("reason", "")))
 
     if lc.get("available"):
         st.subheader("Should I collect more photos?")
