@@ -115,7 +115,7 @@ def test_the_layer_choice_survives_a_reload() -> None:
     assert json.loads(at.query_params["freeze"]) == {"preset": "all"}  # only what differs from the defaults
     reloaded = _reloaded(at)
     assert json.loads(reloaded.session_state["draft_freeze"])["preset"] == "all"
-    assert "Model **mobilenetv2_100**, freeze **all**" in " ".join(m.value for m in reloaded.markdown)
+    assert "Model **mobilenetv2_100**, layers **Everything**" in " ".join(m.value for m in reloaded.markdown)
 
 
 def test_ids_in_the_address_are_checked_before_they_become_the_draft() -> None:

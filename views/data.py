@@ -59,6 +59,7 @@ def _choose(dataset_id: str) -> None:
     """Make ``dataset_id`` the draft's dataset and the selectbox's value on the next run."""
     set_draft("dataset_id", dataset_id)
     st.session_state["data_pending_select"] = dataset_id
+    st.session_state["data_add_panel_close"] = True  # the new dataset's report is what to see next
 
 
 def _quota_bytes() -> int:
@@ -374,7 +375,12 @@ if ids:
 else:
     st.info("No datasets yet: add one below, or start with the sample dataset in one click.")
 
-with st.expander("Add a dataset", expanded=not ids, icon=":material/add_photo_alternate:"):
+if st.session_state.pop("data_add_panel_close", False):
+    st.session_state["data_add_panel"] = False
+# a key and tracked state keep the panel open while the user picks a file (it closed at that rerun, hiding the
+# name field and the import button); an import closes it
+with st.expander("Add a dataset", expanded=not ids, icon=":material/add_photo_alternate:", key="data_add_panel",
+                 on_change="rerun"):
     sample_row = st.container(horizontal=True, vertical_alignment="center")
     if sample_row.button("Use the sample dataset (textures)", key="data_use_sample", type="primary" if not ids
                          else "secondary", icon=":material/auto_awesome:"):

@@ -20,6 +20,7 @@ from views.common import (
     device_plan,
     draft,
     draft_freeze,
+    freeze_words,
     need_backbone,
     set_draft,
     step_page,
@@ -37,7 +38,7 @@ if not dataset_id:
 freeze = draft_freeze()
 TASK = get_task(current_task())
 plan = device_plan()
-st.write(f"Model **{backbone}**, freeze **{freeze.preset}**, data **{dataset_label(dataset_id)}**.")
+st.write(f"Model **{backbone}**, layers **{freeze_words(freeze.preset)}**, data **{dataset_label(dataset_id)}**.")
 st.caption(plan.note)
 
 
