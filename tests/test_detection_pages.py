@@ -62,8 +62,10 @@ def test_data_page_imports_a_folder_and_shows_the_report(home: Path, rects: Path
     _ok(at)
     assert any("Import photos" in i.value for i in at.info)
     at.text_input(key="det_folder").set_value(str(rects)).run()
+    assert at.session_state["det_add_panel"] is True  # open while the user fills it in (no dataset yet)
     at.button(key="det_folder_import").click().run()
     _ok(at)
+    assert at.session_state["det_add_panel"] is False  # and closed once the import is done
     labels = {m.label: m.value for m in at.metric}
     assert labels["Photos"] == "12" and labels["Classes"] == "1"
     from core.tasks.detection.dataset import list_sets

@@ -194,11 +194,15 @@ def test_the_settings_stay_while_the_user_visits_other_pages(home: Path) -> None
     at = _with_sample()
     at.number_input(key="train_epochs").set_value(2).run()
     at.select_slider(key="train_batch").set_value(8).run()
+    assert at.session_state["train_settings_panel"] is False  # the Settings panel starts closed
+    at.session_state["train_settings_panel"] = True  # the user opens it
+    at.run()
     at.switch_page("views/test.py").run()
     at.switch_page("views/layers.py").run()
     at.switch_page("views/train.py").run()
     assert not at.exception
     assert at.number_input(key="train_epochs").value == 2 and at.select_slider(key="train_batch").value == 8
+    assert at.session_state["train_settings_panel"] is True  # still open where they left it
 
 
 def test_the_settings_come_back_after_a_timed_fragment_dropped_them(home: Path) -> None:

@@ -28,6 +28,13 @@ def _choose(dataset_id: str) -> None:
     st.session_state.pop("det_image", None)
 
 
+def _imported(dataset_id: str) -> None:
+    """Shows a dataset just made: the panel it came from closes, as it does on the Data page."""
+    _choose(dataset_id)
+    st.session_state["det_add_panel_close"] = True
+    st.rerun()
+
+
 def _import_error(err: Exception, name: str | None = None) -> None:
     st.error(f"Could not import: {refusal_reason(err, name)}")
 
@@ -44,7 +51,10 @@ if ids:
         _choose(picked)
         current = picked
 
-with st.expander("Bring new photos", expanded=not ids):
+if st.session_state.pop("det_add_panel_close", False):
+    st.session_state["det_add_panel"] = False
+# a key and tracked state keep the panel open while the user picks files (the reruns that causes drew it anew, closed)
+with st.expander("Bring new photos", expanded=not ids, key="det_add_panel", on_change="rerun"):
     typed = st.text_input("Name of the new dataset", key="det_new_name", max_chars=100,
                           placeholder="the zip's or folder's name, else “My boxes”").strip()
     zip_tab, images_tab, folder_tab, sample_tab = st.tabs(["Zip with annotations", "Photos only (draw boxes)",
@@ -61,8 +71,7 @@ with st.expander("Bring new photos", expanded=not ids):
                 except Exception as err:  # noqa: BLE001 - archive, annotation or store errors: say them plainly
                     _import_error(err, up.name)
                 else:
-                    _choose(new_id)
-                    st.rerun()
+                    _imported(new_id)
     with images_tab:
         photos = st.file_uploader("Photos (you draw the boxes next)", type=UPLOAD_TYPES, accept_multiple_files=True,
                                   key="det_photos")
@@ -76,8 +85,7 @@ with st.expander("Bring new photos", expanded=not ids):
                 except Exception as err:  # noqa: BLE001
                     _import_error(err)
                 else:
-                    _choose(new_id)
-                    st.rerun()
+                    _imported(new_id)
     with folder_tab:
         folder = st.text_input("Folder path (images in it or in images/)", key="det_folder")
         ann = st.text_input("Annotation file or folder (optional: found automatically)", key="det_folder_ann")
@@ -88,8 +96,7 @@ with st.expander("Bring new photos", expanded=not ids):
                 except (AnnotationError, store.DatasetError, OSError) as err:
                     _import_error(err)
                 else:
-                    _choose(new_id)
-                    st.rerun()
+                    _imported(new_id)
     with sample_tab:
         st.write("Discs and squares on textures, boxes included: trains in a few minutes on a CPU.")
         if st.button("Use the sample", key="det_sample"):
@@ -97,11 +104,11 @@ with st.expander("Bring new photos", expanded=not ids):
 
             with st.spinner("Preparing the sample (once)…"):
                 try:
-                    _choose(get_task("detection").ensure_sample())
+                    sample_id = get_task("detection").ensure_sample()
                 except store.DatasetError as err:
                     _import_error(err)
                 else:
-                    st.rerun()
+                    _imported(sample_id)
 
 if not current or current not in ids:
     st.info("Import photos above to continue.")

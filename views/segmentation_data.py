@@ -372,7 +372,7 @@ for k, item in enumerate(ds.items[:12]):
         cols[k % 4].image(thumb, caption=item.original_name[:40])
 legend(list(TABLE.names), colours, key="seg_data_legend")
 
-with st.expander("Paint or fix a mask", expanded=False):
+with st.expander("Paint or fix a mask", expanded=False, key="seg_paint_panel", on_change="rerun"):
     _paint(chosen, TABLE)
 
 st.page_link(step_page("layers"), label="Next: choose the architecture and what trains →", icon=":material/layers:")

@@ -69,7 +69,10 @@ def _lr_finder(freeze, batch: int, seed: int) -> None:
 
 def _settings() -> TrainConfig:
     defaults = train_defaults(TASK)
-    with st.expander("Settings (the defaults work well)", expanded=False):
+    # a key and tracked state keep the panel open across the reruns its own widgets cause (a message appearing above
+    # it made the browser draw it anew, closed)
+    with st.expander("Settings (the defaults work well)", expanded=False, key="train_settings_panel",
+                     on_change="rerun"):
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Epochs", 1, 500, value=defaults.epochs, key="train_epochs",
                                  help="How many times the model sees every training photo.")
