@@ -203,3 +203,39 @@ def test_a_threshold_chosen_after_the_test_page_loaded_the_model_applies_at_once
     at.run()
     _ok(at)
     assert any("Answers below 99% confidence" in c.value for c in at.caption)
+
+
+def test_label_errors_say_which_photos_and_fix_the_photo_of_that_split(home: Path, tmp_path: Path) -> None:
+    """Validation and training candidates in one list: each row names its photos' split, and the fixes reach the
+    photos of the rows marked."""
+    from core.data import store
+    from core.data.validate import ValidationConfig
+
+    ds = store.import_folder(make_colour_folders(tmp_path / "data", train=4, val=2), "colours",
+                             config=ValidationConfig(workers=0)).dataset
+    cfg = RunConfig("test_resnet", ds.id, FreezeConfig("all"),
+                    TrainConfig(epochs=1, batch_size=6, precision="fp32", device="cpu"), pretrained=False)
+    run_dir = runs.create_run(cfg, trainset.resolve(ds.id), runs_root())
+    engine.fit(run_dir)
+    at = _app("views/runs.py").run()
+    at.button(key="runs_evaluate").click().run()
+    _ok(at)
+    saved = json.loads((run_dir / "evaluation.json").read_text())
+    val_name, train_name = "val/red/red_0.png", "train/red/red_1.png"
+    saved["splits"]["val"]["label_issues"] = [{"name": val_name, "label": "red", "suggested": "blue",
+                                               "reason": "blue at 97 %"}]
+    saved["learning_curve"] = {**(saved.get("learning_curve") or {}),
+                               "train_label_issues": [{"name": train_name, "label": "red", "suggested": "green",
+                                                       "reason": "green at 95 %"}]}
+    (run_dir / "evaluation.json").write_text(json.dumps(saved))
+    at = _app("views/runs.py").run()
+    _ok(at)
+    table = at.data_editor(key="res_issues").value
+    assert table["file"].tolist() == [val_name, train_name] and table["photos"].tolist() == ["validation", "training"]
+    at.session_state["res_issues"] = {"edited_rows": {0: {"relabel": True}, 1: {"drop": True}}, "added_rows": [],
+                                      "deleted_rows": []}
+    at.run()
+    at.button(key="res_apply_fixes").click().run()
+    _ok(at)
+    left = {it.original_name: it.label for it in store.load_dataset(ds.id).items}
+    assert left[val_name] == "blue" and train_name not in left

@@ -223,27 +223,33 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
     issues_train = lc.get("train_label_issues") or []
     if issues or issues_train:
         with st.expander(f"Possible label errors ({len(issues) + len(issues_train)})"):
-            st.write("Photos the model is confidently sure belong to another class. Check them: a wrong label "
+            st.write("Photos a model is confidently sure belong to another class. Check them: a wrong label "
                      "teaches the model the wrong thing.")
-            rows = [{"drop": False, "relabel": False, "file": i["name"], "label": i["label"],
-                     "looks like": i["suggested"], "why": i["reason"]} for i in issues + issues_train]
+            st.caption(f"**{_split_word(split).capitalize()}** photos are judged by this run's model; **training** "
+                       "photos by the quick model, each one by a model fitted without it (a model cannot judge the "
+                       "photos it learnt).")
+            rows = [{"drop": False, "relabel": False, "file": i["name"], "photos": where, "label": i["label"],
+                     "looks like": i["suggested"], "why": i["reason"]}
+                    for where, found in ((_split_word(split), issues), ("training", issues_train)) for i in found]
             edited = st.data_editor(pd.DataFrame(rows), hide_index=True, key="res_issues",
-                                    disabled=["file", "label", "looks like", "why"],
+                                    disabled=["file", "photos", "label", "looks like", "why"],
                                     column_config={"relabel": st.column_config.CheckboxColumn(
                                         "relabel", help="Move the photo to the class it looks like.")})
             marked = edited.to_dict("records")
-            to_drop = [r["file"] for r in marked if r["drop"]]
-            to_move = [(r["file"], r["looks like"]) for r in marked if r["relabel"] and not r["drop"]]
+            to_drop = [(r["file"], r["photos"]) for r in marked if r["drop"]]
+            to_move = [(r["file"], r["photos"], r["looks like"]) for r in marked if r["relabel"] and not r["drop"]]
             source = runs.load_dataset(run_dir).get("source") or {}
             if source.get("kind") == "store" and (to_drop or to_move):
                 if st.button(f"Apply: drop {len(to_drop)}, relabel {len(to_move)}", key="res_apply_fixes"):
                     from core.data.store import drop_files, load_dataset, relabel_files
 
-                    by_name = {it.original_name: it.file for it in load_dataset(source["id"]).items}
-                    for name, label in to_move:
-                        if name in by_name:
-                            relabel_files(source["id"], [by_name[name]], label)
-                    drop_files(source["id"], [by_name[n] for n in to_drop if n in by_name])
+                    # the same file name can be in two splits: the row's split says which photo it is
+                    by_name = {(it.original_name, _split_word(it.split) if it.split != "train" else "training"):
+                               it.file for it in load_dataset(source["id"]).items}
+                    for name, where, label in to_move:
+                        if (name, where) in by_name:
+                            relabel_files(source["id"], [by_name[name, where]], label)
+                    drop_files(source["id"], [by_name[key] for key in to_drop if key in by_name])
                     st.success("Saved in the dataset. Train again (Train page) to learn from the fixed labels.")
             elif to_drop or to_move:
                 st.caption("This run read a folder directly: fix those files in the folder, then train again.")
