@@ -100,12 +100,19 @@ def test_a_refused_zip_is_named_as_the_user_uploaded_it(home: Path) -> None:
 
 
 def test_data_page_lists_detection_datasets_only(home: Path, rects: Path) -> None:
-    from core.tasks.detection.dataset import import_folder
+    from core.tasks.detection.dataset import import_folder, list_sets
 
     dataset_id, _ = import_folder(rects, "boxes one")
     at = _app("views/detection_data.py").run()
     _ok(at)
     assert at.selectbox(key="det_pick").value == dataset_id
+    at.text_input(key="det_new_name").set_value("boxes two").run()
+    at.text_input(key="det_folder").set_value(str(rects)).run()
+    at.button(key="det_folder_import").click().run()  # a second import: the new set is shown, not the one before
+    _ok(at)
+    second = next(d.id for d in list_sets() if d.name == "boxes two")
+    assert at.selectbox(key="det_pick").value == second and at.session_state["draft_dataset_id"] == second
+    assert at.text_input(key="det_new_name").value == "" and at.text_input(key="det_folder").value == ""
     at2 = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at2.switch_page("views/data.py").run()
     _ok(at2)
@@ -182,3 +189,25 @@ def test_layers_page_shows_the_detector_groups(home: Path) -> None:
     _ok(at)
     assert json.loads(at.session_state["draft_freeze"])["preset"] == "last-2"
     assert sum(bool(v) for v in at.dataframe[0].value["trains"]) == 3
+
+
+def test_the_photo_picker_counts_boxes_and_keeps_the_photo_after_a_change(home: Path, rects: Path) -> None:
+    from core.tasks.detection.dataset import import_folder
+
+    import_folder(rects, "boxes")
+    at = _app("views/detection_data.py").run()
+    at.segmented_control(key="det_section").set_value("Draw boxes").run()
+    _ok(at)
+    picker = next(s for s in at.selectbox if s.label == "Photo")
+    assert " — 1 box (" in picker.options[1] and " — 2 boxes (" in picker.options[0]  # not "1 boxes"
+    assert not any("1 boxes" in o for o in picker.options)
+    third = picker.options[2]
+    key = picker.key
+    at.selectbox(key=key).select_index(2).run()
+    chosen = at.session_state["det_image"]
+    at.button(key="det_clear_boxes").click().run()  # the photo becomes a negative
+    _ok(at)
+    picker = next(s for s in at.selectbox if s.label == "Photo")
+    assert picker.key != key  # drawn anew, so the closed box shows the new count
+    assert at.session_state["det_image"] == chosen and picker.value == chosen
+    assert third.split(" — ")[0] + " — 0 boxes (" in picker.options[2]

@@ -15,6 +15,11 @@ DEFAULT_BACKBONE = "mobilenetv2_100"
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'%@/])")
 
 
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """'1 box', '3 boxes', '0 boxes'."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 def esc(text: object) -> str:
     """User text made inert for st.markdown & co.: Markdown, HTML, LaTeX ($) and :directives: are escaped."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))

@@ -13,7 +13,7 @@ from core.data import store
 from core.tasks.detection import dataset as dstore
 from core.tasks.detection import figures
 from core.tasks.detection.data import AnnotationError, summary
-from views.common import draft, esc, refusal_reason, set_draft, step_page
+from views.common import count, draft, esc, refusal_reason, set_draft, step_page
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 
@@ -29,8 +29,10 @@ def _choose(dataset_id: str) -> None:
 
 
 def _imported(dataset_id: str) -> None:
-    """Shows a dataset just made: the panel it came from closes, as it does on the Data page."""
+    """Shows a dataset just made: the picker selects it, the panel it came from closes and its fields are emptied
+    for the next import, as on the Data page."""
     _choose(dataset_id)
+    st.session_state["det_pending_select"] = dataset_id  # the picker still held the old set: it won over the new one
     st.session_state["det_add_panel_close"] = True
     st.rerun()
 
@@ -39,6 +41,10 @@ def _import_error(err: Exception, name: str | None = None) -> None:
     st.error(f"Could not import: {refusal_reason(err, name)}")
 
 
+if "det_pending_select" in st.session_state:  # set before the picker is drawn (a widget's value can't change after)
+    st.session_state["det_pick"] = st.session_state.pop("det_pending_select")
+    for field in ("det_new_name", "det_folder", "det_folder_ann", "det_first_classes"):
+        st.session_state.pop(field, None)
 sets = dstore.list_sets()
 current = draft("dataset_id")
 ids = [s.id for s in sets]
@@ -169,9 +175,15 @@ if section == "Draw boxes":
         if not pool:
             st.success("Every photo has boxes.")
         else:
-            labels = {a.path: f"{a.name} — {len(a.boxes)} boxes ({a.split})" for a in pool}
+            labels = {a.path: f"{a.name} — {count(len(a.boxes), 'box', 'boxes')} ({a.split})" for a in pool}
             paths = [a.path for a in pool]
-            chosen = st.selectbox("Photo", paths, key="det_image", format_func=lambda p: labels.get(p, p))
+            kept = st.session_state.get("det_image")
+            # the labels count the boxes: a key that changes with them draws the closed box anew (the browser
+            # kept showing the count from before a save)
+            stamp = sum(len(a.boxes) for a in pool)
+            chosen = st.selectbox("Photo", paths, index=paths.index(kept) if kept in paths else 0,
+                                  key=f"det_image_pick_{stamp}", format_func=lambda p: labels.get(p, p))
+            st.session_state["det_image"] = chosen
             ann = next(a for a in pool if a.path == chosen)
             st.caption("Drag on the photo to draw a box; click a box to move or resize it; pick 'Del' as the mode "
                        "and click a box to delete it; choose the class on the right. Press **Complete** to save.")
@@ -195,7 +207,7 @@ if section == "Draw boxes":
                     if [[round(v, 1) for v in b] for b in new_boxes] != [[round(v, 1) for v in b] for b in ann.boxes] \
                             or new_labels != ann.labels:
                         dstore.set_boxes(current, ann.path, new_boxes, new_labels)
-                        st.toast(f"Saved {len(new_boxes)} boxes for {esc(ann.name)}.")
+                        st.toast(f"Saved {count(len(new_boxes), 'box', 'boxes')} for {esc(ann.name)}.")
                         st.rerun()
                 if ann.boxes:
                     st.caption("Saved boxes: " + "; ".join(
@@ -217,7 +229,7 @@ if section == "Draw boxes":
 
 if section == "Classes and split":
     if ds.classes:
-        st.write("Classes: " + ", ".join(f"**{esc(c)}** ({report['boxes_per_class'].get(c, 0)} boxes)"
+        st.write("Classes: " + ", ".join(f"**{esc(c)}** ({count(report['boxes_per_class'].get(c, 0), 'box', 'boxes')})"
                                          for c in ds.classes))
     new_class = st.text_input("New class name", key="det_new_class", max_chars=100)
     if st.button("Add the class", key="det_add_class", disabled=not new_class.strip()):

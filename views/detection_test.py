@@ -13,7 +13,7 @@ from core.inference import export_refusal
 from core.settings import subdir
 from core.tasks.detection.draw import detections_image
 from core.tasks.detection.predict import Detector
-from views.common import draft, esc, set_draft, step_page
+from views.common import count, draft, esc, set_draft, step_page
 
 st.title("5 · Test your detector")
 
@@ -102,5 +102,5 @@ for n, (name, data) in enumerate(inputs):
                                       for d in shown]), hide_index=True, key=f"dtest_table_{n}")
     else:
         right.info("Nothing found above the threshold.")
-    right.caption(f"{len(shown)} boxes · {1000 * result.seconds:.0f} ms for this photo "
+    right.caption(f"{count(len(shown), 'box', 'boxes')} · {1000 * result.seconds:.0f} ms for this photo "
                   f"({result.width}×{result.height} px)")
