@@ -41,6 +41,9 @@ def test_model_choice_carries_to_the_layers_page() -> None:
     at.switch_page("views/model.py").run()
     _ok(at)
     assert any("mobilenetv2_100" in o for o in at.selectbox(key="model_select").options)
+    shown = at.selectbox(key="model_select").value  # the model shown is in use at once (sidebar, next steps)
+    assert at.session_state["draft_backbone"] == shown
+    assert f"Model: **{shown}**" in [c.value for c in at.sidebar.caption]
     at.selectbox(key="model_select").set_value("tf_efficientnet_lite0").run()
     _ok(at)
     assert at.session_state["draft_backbone"] == "tf_efficientnet_lite0"

@@ -133,10 +133,11 @@ def test_train_page_offers_only_the_extras_that_apply_to_the_task(home):
         at.switch_page("views/train.py").run()
         assert not at.exception
         keys = {b.key for b in at.button} | {c.key for c in at.checkbox}
-        found[name] = ("train_lr_find" in keys, "train_class_weights" in keys)
-    assert found["classification"] == (True, True)
+        found[name] = ("train_lr_find" in keys, "train_class_weights" in keys, "train_quick" in keys,
+                       any("quick model" in c.value for c in at.caption))
+    assert found["classification"] == (True, True, True, True)
     if "detection" in found:
-        assert found["detection"] == (False, False)
+        assert found["detection"] == (False, False, False, False)  # no quick model to point to either
 
 
 def test_detection_reproduce_names_the_annotation_file(tmp_path):
@@ -195,3 +196,15 @@ def test_switching_back_to_a_task_brings_back_its_data_run_and_layers(home, tmp_
     at.segmented_control(key="home_task").set_value("detection").run()
     at.segmented_control(key="home_task").set_value("classification").run()
     assert at.session_state["draft_dataset_id"] is None
+
+
+def test_each_task_offers_the_export_formats_its_exporter_takes():
+    import importlib
+
+    from core.export import FORMATS
+
+    for task in ("classification", "faces"):
+        assert getattr(get_task(task), "export_formats", FORMATS) == FORMATS
+    for task in ("detection", "segmentation"):
+        exporter = importlib.import_module(f"core.tasks.{task}.export")
+        assert get_task(task).export_formats == exporter.FORMATS, task

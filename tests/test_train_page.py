@@ -205,6 +205,16 @@ def test_the_settings_stay_while_the_user_visits_other_pages(home: Path) -> None
     assert at.session_state["train_settings_panel"] is True  # still open where they left it
 
 
+def test_balance_classes_stays_as_the_user_set_it_across_pages(home: Path) -> None:
+    at = _with_sample()
+    start = at.checkbox(key="train_class_weights").value
+    at.checkbox(key="train_class_weights").set_value(not start).run()
+    for page in ("views/data.py", "views/train.py", "views/runs.py", "views/model.py", "views/train.py"):
+        at.switch_page(page).run()
+        assert not at.exception
+    assert at.checkbox(key="train_class_weights").value is (not start)
+
+
 def test_the_settings_come_back_after_a_timed_fragment_dropped_them(home: Path) -> None:
     """The Train page's live view reruns every second; when it fires after the user has gone to another page,
     Streamlit drops that page's widget keys (issue 10805): the settings must still come back."""

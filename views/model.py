@@ -60,6 +60,8 @@ labels = {r["name"]: f"{r['title']} ({r['name']})" + ("" if r["pretrained"] else
 choice = st.selectbox("Model to use", names, index=names.index(current), key="model_select",
                       format_func=lambda n: labels.get(n, n),
                       on_change=lambda: set_draft("backbone", st.session_state["model_select"]))
+if draft("backbone") is None:  # the model shown is the one in use: the sidebar and the next steps say so
+    set_draft("backbone", choice)
 
 
 spec = zoo.get_spec(choice)

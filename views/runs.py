@@ -211,9 +211,14 @@ with export:
     else:
         from core.export import read_export_record, reproduce_command, zip_export
 
-        fmt = st.radio("Format", ["safetensors", "onnx", "torchscript"], horizontal=True, key="runs_export_fmt",
+        from core.export import FORMATS
+        from core.tasks import get_task
+
+        formats = list(getattr(get_task(RUN_TASK), "export_formats", FORMATS))  # only what this task can export
+        fmt = st.radio("Format", formats, horizontal=True, key="runs_export_fmt",
                        help="safetensors + manifest: for this app and plain PyTorch; ONNX: for onnxruntime and "
-                            "other tools; TorchScript: for C++/mobile PyTorch.")
+                            "other tools" + ("; TorchScript: for C++/mobile PyTorch." if "torchscript" in formats
+                                             else "."))
         out = RUN / "exports" / "model"
         if st.button("Export and check", key="runs_export", icon=":material/download:"):
             with st.spinner("Exporting and checking the file against PyTorch…"):

@@ -134,7 +134,9 @@ def _settings() -> TrainConfig:
             chosen = draft("class_weights")  # set on the Data page (classification), else the task's default
             weights = st.checkbox("Balance classes (weight the loss)",
                                   value=defaults.class_weights if chosen is None else bool(chosen),
-                                  key="train_class_weights",
+                                  key="train_class_weights",  # kept as the task's draft: it lasts page visits
+                                  on_change=lambda: set_draft("class_weights",
+                                                              st.session_state["train_class_weights"]),
                                   help="Rare classes count as much as common ones in the loss. Helps when some "
                                        "classes have far fewer photos (or pixels)." +
                                        (" On by default: it is what the measured default recipe uses."
@@ -180,7 +182,7 @@ def _start(quick: bool, train: TrainConfig) -> None:
 
 
 train = _settings()
-c1, c2 = st.columns(2)
+c1, c2 = st.columns(2) if TASK.has_quick else (None, st.container())  # one button: no empty column beside it
 if TASK.has_quick and c1.button("Quick model (seconds)", key="train_quick", icon=":material/bolt:",
                                 help="Trains only a new head on features of the frozen model: a baseline in seconds."):
     _start(True, train)
@@ -196,7 +198,8 @@ if not run_id:  # a new session or another task: this task's running job, else i
         run_id = (active or here)[0].name
         set_draft("run_id", run_id)
 if not run_id:
-    st.caption("Start with the quick model to see how far the pretrained features alone get you.")
+    if TASK.has_quick:  # the other tasks have no quick model to start with
+        st.caption("Start with the quick model to see how far the pretrained features alone get you.")
     st.stop()
 
 RUN_DIR = runs_root() / run_id

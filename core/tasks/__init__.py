@@ -13,6 +13,7 @@ A task lives in `core/tasks/<name>.py` or `core/tasks/<name>/__init__.py` and ex
 - `has_quick`: whether the Train page offers the quick (cached-embedding) model;
 - optional `train_options`: which Train page extras apply ("lr_finder", "class_weights", "crop_size" with
   `full_crop`, the side train_size = 0 means; default the first two);
+- optional `export_formats`: the formats its runs export to (default safetensors, onnx, torchscript);
 - optional `default_train() -> TrainConfig`: the task's winning defaults for the Train page (else TrainConfig());
 - optional `model_note` (shown on the Model page, e.g. what is and is not pretrained) and `head_label` (the
   task's own layers that always train, named on the Layers page);

@@ -29,6 +29,7 @@ class DetectionTask:
     metric: str = "val_map50"
     metric_label: str = "mAP@0.5"
     has_quick: bool = False
+    export_formats: tuple[str, ...] = ("safetensors", "onnx")  # = export.FORMATS (a test keeps them equal)
     train_options: tuple[str, ...] = ()  # Train page extras that apply (the LR finder is classification's)
     model_note: str = MODEL_NOTE
     head_label: str = "feature pyramid + detection heads (new, always train)"

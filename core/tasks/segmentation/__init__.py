@@ -28,6 +28,7 @@ class SegmentationTask:
     metric: str = "val_miou"
     metric_label: str = "mIoU"
     has_quick: bool = False
+    export_formats: tuple[str, ...] = ("safetensors", "onnx")  # = export.FORMATS (a test keeps them equal)
     train_options: tuple[str, ...] = ("class_weights", "crop_size")  # pixel weights, crop side (no LR finder)
     full_crop: int = 352  # the training crop side that train_size = 0 means
     model_note: str = ("For segmentation the backbone becomes the encoder of a U-Net (default), FPN or DeepLabV3+ "
