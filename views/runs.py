@@ -209,9 +209,7 @@ with export:
     if not has_weights:
         st.info("Train this run first.")
     else:
-        from core.export import read_export_record, reproduce_command, zip_export
-
-        from core.export import FORMATS
+        from core.export import FORMATS, read_export_record, reproduce_command, zip_export
         from core.tasks import get_task
 
         formats = list(getattr(get_task(RUN_TASK), "export_formats", FORMATS))  # only what this task can export
