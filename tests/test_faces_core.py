@@ -89,6 +89,22 @@ def test_tar_at_far_needs_enough_impostors() -> None:
     assert thr.tar_at_far(genuine, impostor[:50], 1e-3) is None
 
 
+def test_the_reference_strangers_raise_the_threshold_of_a_small_gallery_of_the_face_model() -> None:
+    from core.tasks.faces.embed import DLIB_MODEL
+
+    floors = [thr.reference_threshold(DLIB_MODEL, "prototype", n, 0.01) for n in (1, 2, 5, 50, 10**6)]
+    assert all(0.5 < f < 1 for f in floors) and floors == sorted(floors)  # more people, more chances to match
+    assert floors[-2] < floors[-1] == thr.reference_threshold(DLIB_MODEL, "prototype", 10**7, 0.01)  # table's end
+    assert thr.reference_threshold(DLIB_MODEL, "prototype", 5, 0.001) > floors[2]  # a stricter rate, higher
+    assert thr.reference_threshold("test_resnet", "prototype", 5, 0.01) is None  # no reference: photos alone
+    emb, labels, _ = _clusters(n_people=3, per=6, dim=16, spread=0.6, seed=3)  # alike people: a low threshold
+    alone, _ = thr.calibrate_gallery(gal.build(sorted(set(labels)), emb, labels, model="test_resnet"), 0.01)
+    cal, _ = thr.calibrate_gallery(gal.build(sorted(set(labels)), emb, labels, model=DLIB_MODEL), 0.01)
+    assert alone.measured_threshold is None and alone.threshold < floors[1]
+    assert cal.threshold == pytest.approx(thr.reference_threshold(DLIB_MODEL, "prototype", 3, 0.01), abs=1e-6)
+    assert cal.measured_threshold == alone.threshold and "3 people enrolled" in cal.note
+
+
 def _clusters(n_people: int = 6, per: int = 8, dim: int = 32, spread: float = 0.05, seed: int = 0):
     rng = np.random.default_rng(seed)
     centres = normalise_rows(rng.normal(size=(n_people + 1, dim)))
@@ -248,3 +264,12 @@ def test_deleting_a_person_leaves_no_file_of_theirs(home: Path, tmp_path: Path) 
             assert '"bob"' not in text and "bob_" not in text, path
     assert not (run_dir / "exports" / "model").exists()
     assert len(list(cache.folder.glob("*.npy"))) == 8
+
+
+def test_a_photo_needing_attention_is_named_with_its_folder_once() -> None:
+    from core.tasks.faces.enrol import FacePhoto, summary_lines
+
+    stored = FacePhoto("Laura_Bush/Laura_Bush_0002.jpg", "Laura_Bush", "/x/a.jpg", "k1", "ok", 2, note="2 faces")
+    folder = FacePhoto("Laura_Bush_0003.jpg", "Laura_Bush", "/x/b.jpg", "k2", "no_face", note="no face")
+    assert summary_lines([stored, folder]) == ["Laura_Bush/Laura_Bush_0002.jpg: 2 faces",
+                                               "Laura_Bush/Laura_Bush_0003.jpg: no face"]

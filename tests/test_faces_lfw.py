@@ -78,3 +78,30 @@ def test_enrol_identify_and_reject_strangers_from_the_command_line(lfw_split, tm
     assert main(["report", "--run", run, "--json"]) == 0
     html = Path(_json(capsys)["report"]).read_text()
     assert "biometric data" in html and person in html and "strangers answered" in html
+
+
+def test_a_few_people_enrolled_still_keep_strangers_out(tmp_path: Path) -> None:
+    """5 people enrolled (the browser tour's set): the held-back photos of 5 people are too few strangers, and
+    their threshold alone let 26 of 57 other people in. The reference strangers keep the answer honest."""
+    import numpy as np
+
+    from core.tasks.faces import gallery as gal
+    from core.tasks.faces import threshold as thr
+    from core.tasks.faces.detect import MTCNNDetector
+    from core.tasks.faces.embed import DlibEmbedder
+    from core.tasks.faces.enrol import FaceCache, detect_all
+
+    src = shared_dataset("lfw_faces")
+    enrolled = ["Hugo_Chavez", "Laura_Bush", "Serena_Williams", "Tony_Blair", "Vladimir_Putin"]
+    others = [p.name for p in sorted(src.iterdir()) if p.is_dir() and p.name not in enrolled][::3]
+    items = [{"path": str(f), "label": p, "name": f.name} for p in enrolled for f in sorted((src / p).iterdir())[:8]]
+    items += [{"path": str(sorted((src / p).iterdir())[0]), "label": p, "name": p} for p in others]
+    photos, vectors = detect_all(items, FaceCache(tmp_path / "cache"), MTCNNDetector(), (embedder := DlibEmbedder()))
+    ok = [p for p in photos if p.ok and p.key in vectors]
+    mine = [p for p in ok if p.label in enrolled]
+    g = gal.build(enrolled, np.stack([vectors[p.key] for p in mine]), [p.label for p in mine], model=embedder.name)
+    cal, _ = thr.calibrate_gallery(g, 0.01)
+    strangers = g.scores(np.stack([vectors[p.key] for p in ok if p.label not in enrolled])).max(1)
+    alone = int((strangers >= cal.measured_threshold).sum())
+    assert alone >= 4, alone  # what the photos alone gave: many strangers named as somebody
+    assert int((strangers >= cal.threshold).sum()) <= 1 and "other people's faces" in cal.note

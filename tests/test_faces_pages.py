@@ -117,6 +117,7 @@ def test_test_page_boxes_and_names_an_uploaded_photo_and_verifies(face_run) -> N
     _ok(at)
     assert f"**{person}** · score" in _texts(at)
     assert "1 face(s)" in _texts(at)
+    assert "2 people enrolled, their photos alone cannot show how strangers score" in _texts(at)  # how it was chosen
     at.file_uploader(key="faces_verify_a").set_value([("a.jpg", photo, "image/jpeg")])
     buf = io.BytesIO()
     ImageOps.mirror(Image.open(io.BytesIO(photo))).save(buf, "JPEG")
@@ -124,6 +125,11 @@ def test_test_page_boxes_and_names_an_uploaded_photo_and_verifies(face_run) -> N
     at.run()
     _ok(at)
     assert "Probably the same person" in _texts(at)
+    at.session_state["draft_dataset_id"] = runs.load_config(run_dir).dataset  # the photos the run enrolled
+    at.session_state["draft_backbone"] = "dlib_resnet_face"
+    at.switch_page("views/faces_train.py").run()
+    _ok(at)
+    assert "other people's faces scored by this face model" in _texts(at)  # the Train page says it too
 
 
 @pytest.mark.weights

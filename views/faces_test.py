@@ -41,6 +41,9 @@ RUN = runs_root() / run_id
 rec = recognizer(str(RUN), (RUN / "gallery.json").stat().st_mtime)
 st.caption(f"{len(rec.people)} people enrolled · threshold {rec.threshold:.3f} (false-accept rate "
            f"{rec.meta.get('target_far')}) · {rec.gallery.kind} gallery · change the threshold on the Runs page.")
+threshold_note = (rec.meta.get("calibration") or {}).get("note")
+if threshold_note:  # how the threshold was chosen, when the photos alone could not say (few people enrolled)
+    st.caption(esc(threshold_note))
 
 
 def boxed(img: Image.Image, answers: list[dict]) -> Image.Image:

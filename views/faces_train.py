@@ -18,7 +18,7 @@ from core.tasks.faces.embed import DLIB_MODEL, FACE_MODELS
 from core.tasks.faces.gallery import KINDS
 from core.tasks.faces.threshold import TARGET_FARS
 from core.trainset import DatasetProblem
-from views.common import DEFAULT_BACKBONE, dataset_label, draft, draft_freeze, set_draft, step_page
+from views.common import DEFAULT_BACKBONE, dataset_label, draft, draft_freeze, esc, set_draft, step_page
 
 TASK = get_task("faces")
 st.title("4 · Enrol in a model")
@@ -105,6 +105,12 @@ def live() -> None:
         threshold = (last.get("metrics") or {}).get("threshold")
         m2.metric("'Unknown' threshold", f"{threshold:.3f}" if threshold is not None else "—")
         m3.metric("Device", status.get("device", "?"))
+        if state == "completed":  # how the threshold was chosen, when the photos alone could not say
+            from core.storage import read_json
+
+            note = ((read_json(RUN_DIR / "gallery.json", {}) or {}).get("calibration") or {}).get("note")
+            if note:
+                st.caption(esc(note))
         if len(view.history) > 1:
             left, right = st.columns(2)
             left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="faces_loss_chart")

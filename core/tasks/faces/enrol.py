@@ -223,7 +223,12 @@ def detect_all(items: Sequence[dict], cache: FaceCache, detector, embedder=None,
 
 def summary_lines(photos: Sequence[FacePhoto]) -> list[str]:
     """One line per photo that needs the user's attention (no face, unreadable, several faces)."""
-    return [f"{p.label}/{p.name}: {p.note}" for p in photos if p.status != "ok" or p.n_faces > 1]
+    return [f"{shown_name(p)}: {p.note}" for p in photos if p.status != "ok" or p.n_faces > 1]
+
+
+def shown_name(photo: FacePhoto) -> str:
+    """'person/photo.jpg': a photo from the store is already named with its folder (it was shown twice)."""
+    return photo.name if photo.name.startswith(f"{photo.label}/") else f"{photo.label}/{photo.name}"
 
 
 def dataset_items(dataset_id: str) -> list[dict]:

@@ -6,12 +6,21 @@ Each enrolment photo is held back in turn and plays two roles:
   threshold, so the threshold is the score that only `target_far` of these simulated strangers reach.
 With a fine-tuned embedder the held-back photos are the validation photos the network never trained on.
 The trade-off (open-set ROC): share of strangers accepted (FAR) against share of known photos named correctly.
+
+A few enrolled people are too few strangers: real strangers' faces resemble *some* enrolled person more often
+than these few people resemble each other. On LFW, 5 people enrolled this way let 9–13 % of strangers in for a 1 %
+target (BENCHMARKS.md, face recognition). So for a face model with a reference set (`reference_strangers.json`,
+made by `bench/faces_reference.py`: how photos of many other people score against a person), the threshold is at
+least the score that `target_far` of strangers reach against that many people: with 5 people 0.4–0.7 % measured.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +28,43 @@ from core.tasks.faces.gallery import Gallery
 
 DEFAULT_FAR = 0.01
 TARGET_FARS = (0.1, 0.05, 0.02, 0.01, 0.005, 0.001)
+REFERENCE_FILE = Path(__file__).with_name("reference_strangers.json")
+
+
+@functools.cache
+def _references() -> dict:
+    try:
+        data = json.loads(REFERENCE_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def reference(model: str) -> dict | None:
+    """The reference strangers of a face model (source, people, score table per gallery kind), if it has them."""
+    ref = _references().get(model)
+    return ref if isinstance(ref, dict) else None
+
+
+def reference_threshold(model: str, kind: str, people: int, target_far: float) -> float | None:
+    """The score that only `target_far` of strangers reach against `people` enrolled people, from the model's
+    reference strangers: a stranger is accepted when any of the people accepts them, so each person may accept
+    only 1 − (1 − far)^(1/people) of them. None without a reference for this model and gallery kind."""
+    table = (reference(model) or {}).get(kind)
+    if not table or people < 1 or not 0 < target_far < 1:
+        return None
+    return table_threshold(table, people, target_far)
+
+
+def table_threshold(table: dict, people: int, target_far: float) -> float:
+    """The score of a stranger table ({tail: shares of strangers, score: the score each share reaches}) that
+    `target_far` of strangers reach against `people` people (interpolated in log share; past the table, its end)."""
+    tail = np.asarray(table["tail"], np.float64)
+    score = np.asarray(table["score"], np.float64)
+    per_person = 1.0 - (1.0 - target_far) ** (1.0 / people)
+    order = np.argsort(tail)  # np.interp wants increasing x: the rarest share (highest score) first
+    x = np.log10(np.clip(per_person, tail.min(), tail.max()))
+    return float(np.interp(x, np.log10(tail[order]), score[order]))
 
 
 @dataclass(frozen=True)
@@ -166,6 +212,7 @@ class Calibration:
     note: str
     verify_threshold: float  # for one-to-one verification (pairs of photos) at the same FAR
     method: str
+    measured_threshold: float | None = None  # from the held-back photos alone, when a reference raised it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,22 +229,34 @@ def pair_scores(gallery: Gallery) -> tuple[np.ndarray, np.ndarray]:
     return sims[iu][same], sims[iu][~same]
 
 
-def calibrate(scores: Scores, target_far: float, pair_impostor: np.ndarray, method: str) -> Calibration:
-    """The threshold for `target_far` and what it gives on the held-back photos."""
+def calibrate(scores: Scores, target_far: float, pair_impostor: np.ndarray, method: str,
+              gallery: Gallery | None = None) -> Calibration:
+    """The threshold for `target_far` and what it gives on the held-back photos; with a `gallery` whose face model
+    has reference strangers, never below the threshold they give for that many people."""
     if not 0 < target_far < 1:
         raise ValueError("the false-accept rate must be between 0 and 1 (e.g. 0.01)")
     t, achieved, note = threshold_for_far(scores.impostor, target_far)
+    measured = None
+    floor = reference_threshold(gallery.model, gallery.kind, len(gallery.people), target_far) if gallery else None
+    if floor is not None and floor > t:
+        measured, t = t, floor
+        imp = scores.impostor[~np.isnan(scores.impostor)]
+        achieved = float((imp >= t).mean()) if len(imp) else float("nan")
+        ref = reference(gallery.model) or {}
+        note = (f"With {len(gallery.people)} people enrolled, their photos alone cannot show how strangers score, "
+                f"so the threshold also follows {ref.get('people', 'many')} other people's faces scored by this "
+                f"face model: {t:.3f} instead of {measured:.3f} from your photos alone.")
     vt, _, _ = threshold_for_far(pair_impostor, target_far) if len(pair_impostor) else (t, 0.0, "")
     return Calibration(round(t, 6), target_far, achieved, identification_rate(scores, t), rank1(scores),
                        int((~np.isnan(scores.genuine)).sum()), int((~np.isnan(scores.impostor)).sum()), note,
-                       round(vt, 6), method)
+                       round(vt, 6), method, None if measured is None else round(measured, 6))
 
 
 def calibrate_gallery(gallery: Gallery, target_far: float = DEFAULT_FAR) -> tuple[Calibration, Scores]:
     """Leave-one-out calibration on the gallery itself (frozen embedders)."""
     scores = loo_scores(gallery)
     _, pair_imp = pair_scores(gallery)
-    return calibrate(scores, target_far, pair_imp, "each enrolment photo held back in turn"), scores
+    return calibrate(scores, target_far, pair_imp, "each enrolment photo held back in turn", gallery), scores
 
 
 def retarget(run_dir, target_far: float) -> dict:
@@ -223,7 +282,7 @@ def retarget(run_dir, target_far: float) -> dict:
     g, _ = load(Path(run_dir))
     _, pair_imp = pair_scores(g)
     old = meta.get("calibration") or {}
-    cal = calibrate(scores, target_far, pair_imp, old.get("method", "held-back photos"))
+    cal = calibrate(scores, target_far, pair_imp, old.get("method", "held-back photos"), g)
     meta.update(threshold=cal.threshold, target_far=target_far, verify_threshold=cal.verify_threshold,
                 calibration=cal.to_dict())
     write_json_atomic(path, meta)
