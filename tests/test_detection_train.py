@@ -112,6 +112,9 @@ def test_evaluate_export_and_predict(trained, tmp_path: Path, rects: Path) -> No
     assert st.ok and st.check["bit_exact"] and st.check["n_detections"] > 0
     onnx = export_run(run_dir, "onnx", out)
     assert onnx.ok, onnx.check
+    eval_size = json.loads((out / "manifest.json").read_text())["preprocessing"]["eval_size"]
+    sizes = onnx.check["sizes"]  # the run's photos and copies smaller (upscaled) and larger than the model's input
+    assert len(sizes) == onnx.check["n_images"] and min(map(min, sizes)) < eval_size < max(map(min, sizes))
     record = json.loads((out / "export.json").read_text())
     assert set(record["formats"]) == {"safetensors", "onnx"}
     image = str(rects / "images" / "img_000.png")

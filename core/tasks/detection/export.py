@@ -4,7 +4,10 @@ The ONNX graph holds the whole detector (resize, normalise, backbone, heads, box
 image `image` (3, H, W) in [0, 1]; outputs `boxes` (N, 4: x1, y1, x2, y2 in the input's pixels), `labels` (N,
 1-based class indices into the manifest's classes) and `scores` (N). The check runs both on a few of the run's
 validation images and matches every PyTorch detection scoring ≥ 0.05 to one with the same label in the file's
-output (box and score within tolerance).
+output (box and score within tolerance). Besides the run's own photos it scores copies of the first resized to
+other shapes (`_size_variants`): smaller than the model's input (upscaled by its resize, at a size where float32
+arithmetic would round the resized side differently from PyTorch's float64), larger portrait, and wide landscape
+(limited by the longer side), so a size-dependent difference between the file and PyTorch fails the check.
 
 Loading a user's export accepts only model.safetensors + manifest.json (folder or zip): the safetensors header and
 every manifest field are checked, then tensor names and shapes against the detector the manifest describes, before a
@@ -105,9 +108,42 @@ def _check_images(run_dir: Path, n: int) -> list[torch.Tensor]:
     return out
 
 
+def _resized_side_differs(h: int, w: int, eval_size: int, max_size: int) -> bool:
+    """Whether the detector's resize of an h × w photo comes out a different size when computed in float32 (as
+    torchvision's traced resize does) instead of PyTorch's float64: the trap the ONNX graph must avoid."""
+    f32 = torch.tensor([h, w], dtype=torch.float32)
+    limits = torch.tensor([eval_size, max_size], dtype=torch.float32)
+    scale32 = (limits / torch.stack((f32.min(), f32.max()))).min()
+    scale64 = min(eval_size / min(h, w), max_size / max(h, w))
+    return torch.floor(f32 * scale32).long().tolist() != [int(h * scale64), int(w * scale64)]
+
+
+def _check_shapes(eval_size: int, max_size: int) -> list[tuple[int, int]]:
+    """(h, w) of the resized copies the export check adds: a small landscape photo (short side about half the
+    model's, preferably where float32 would round the resize differently), a large portrait one and a wide one
+    whose longer side limits the resize."""
+    start = max(8, round(0.47 * eval_size))
+    small = next((s for s in range(start, max(7, start // 2), -1)
+                  if _resized_side_differs(s, round(s * 4 / 3), eval_size, max_size)), start)
+    wide_h = max(8, round(0.9 * eval_size))
+    wide_w = round(wide_h * max(2.0, 1.5 * max_size / eval_size))
+    return [(small, round(small * 4 / 3)), (round(1.9 * eval_size), round(1.3 * eval_size)), (wide_h, wide_w)]
+
+
+def _size_variants(images: list[torch.Tensor], eval_size: int, max_size: int) -> list[torch.Tensor]:
+    """The check's photos: `images`, then the first of them resized to each of `_check_shapes` (real content, so
+    the detections the check compares are like a user's)."""
+    base = images[0][None]
+    extra = [torch.nn.functional.interpolate(base, size=shape, mode="bilinear", align_corners=False,
+                                             antialias=True)[0].clamp(0, 1).contiguous()
+             for shape in _check_shapes(eval_size, max_size)]
+    return [*images, *extra]
+
+
 def compare(reference: list[dict], outputs: list[dict]) -> dict:
     """Match every reference detection (score ≥ CHECK_SCORE) to an output detection with the same label, the
-    closest box; report the worst box and score differences and whether all were found within tolerance."""
+    closest box (of boxes within tolerance, the closest score: an untrained head can give one box several
+    scores); report the worst box and score differences and whether all were found within tolerance."""
     worst_box, worst_score, missing, total = 0.0, 0.0, 0, 0
     for ref, out in zip(reference, outputs, strict=True):
         keep = ref["scores"] >= CHECK_SCORE
@@ -118,9 +154,11 @@ def compare(reference: list[dict], outputs: list[dict]) -> dict:
                 missing += 1
                 continue
             diffs = (out["boxes"][same] - b).abs().amax(dim=1)
-            j = int(diffs.argmin())
+            score_diffs = (out["scores"][same] - s).abs()
+            near = diffs <= BOX_TOLERANCE
+            j = int(torch.where(near, score_diffs, torch.inf).argmin()) if bool(near.any()) else int(diffs.argmin())
             box_d = float(diffs[j])
-            score_d = float((out["scores"][same][j] - s).abs())
+            score_d = float(score_diffs[j])
             if box_d > BOX_TOLERANCE or score_d > SCORE_TOLERANCE:
                 missing += 1
             worst_box, worst_score = max(worst_box, box_d), max(worst_score, score_d)
@@ -137,13 +175,29 @@ def _torch_outputs(model: torch.nn.Module, images: list[torch.Tensor], size: int
         return [{k: v.detach() for k, v in model([im])[0].items()} for im in images]
 
 
+class _Outputs(torch.nn.Module):
+    """The detector on one image with its outputs as a tuple in the file's order (boxes, labels, scores): the
+    exporter names outputs by position, and FCOS / RetinaNet return {boxes, scores, labels}, Faster R-CNN
+    {boxes, labels, scores}."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(images)[0]
+        return out["boxes"], out["labels"], out["scores"]
+
+
 def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, size: int) -> bytes:
-    """The detector as ONNX (TorchScript-based exporter: torchvision's detectors are written for it), dynamic H, W."""
+    """The detector as ONNX (TorchScript-based exporter: torchvision's detectors are written for it), dynamic H, W.
+    The resize inside is size-exact for every input (`BatchScaleTransform.resize` when traced), so the trace
+    image's size does not matter."""
     buf = io.BytesIO()
     with predicting(model, size), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, ([example],), buf, dynamo=False, opset_version=OPSET, input_names=["image"],
-                          output_names=["boxes", "labels", "scores"],
+        torch.onnx.export(_Outputs(model).eval(), ([example],), buf, dynamo=False, opset_version=OPSET,
+                          input_names=["image"], output_names=["boxes", "labels", "scores"],
                           dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "labels": {0: "n"},
                                         "scores": {0: "n"}})
     return buf.getvalue()
@@ -184,7 +238,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
     folder.mkdir(parents=True, exist_ok=True)
     previous = previous_export(folder, manifest, FILES)
     size = manifest["preprocessing"]["eval_size"]
-    images = _check_images(run_dir, n_check)
+    images = _size_variants(_check_images(run_dir, n_check), size, manifest["preprocessing"]["max_size"])
     reference = _torch_outputs(model, images, size)
     name = FILES[fmt]
     extra: dict = {}
@@ -205,7 +259,8 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
         write_bytes_atomic(folder / name, data)
         outputs = onnx_outputs(data, images)
     check = {"format": fmt, **compare(reference, outputs), "n_images": len(images),
-             "inputs": "validation images of the run", **extra}
+             "inputs": "validation images of the run, and the first resized to other sizes (small, large, wide)",
+             "sizes": [list(im.shape[-2:]) for im in images], **extra}
     return finish_export(folder, run_dir, fmt, name, data, check, manifest, previous, t0, example_script,
                          task="detection")
 

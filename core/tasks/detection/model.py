@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -147,6 +148,28 @@ class BatchScaleTransform(GeneralizedRCNNTransform):
         if self._side is None:
             self._side = super().torch_choice(k)
         return self._side
+
+    def resize(self, image, target=None):  # noqa: ANN001, ANN201 - torchvision's signature
+        """torchvision's resize; when traced for ONNX, with the resized size computed as PyTorch computes it.
+
+        PyTorch sizes the image as floor(side · min(short / min(h, w), long / max(h, w))) in float64 (Python
+        floats). torchvision's traced version does the same arithmetic in float32, which lands on the other side
+        of a whole number for ~1 size in 10 (194 px × 416/194 = 415.99997 → 415 rows instead of 416; 47 px ×
+        96/47 = 96.0 against 95.99…): the exported model then sees an image one pixel shorter, resampled
+        differently, and its detections move by pixels (ONNX check failed by 22 px). Here the graph computes the
+        size in float64 and resizes to it, exactly as eager PyTorch does for every input size."""
+        if not (torchvision._is_tracing() and target is None and self.fixed_size is None and not self.training):
+            return super().resize(image, target)
+        from torch.onnx import operators
+
+        hw = operators.shape_as_tensor(image)[-2:].to(torch.float64)
+        # 1-D tensors throughout: the exporter turns Python floats and 0-d constants into float32 scalars
+        limits = torch.tensor([float(self.min_size[-1]), float(self.max_size)], dtype=torch.float64)
+        scale = (limits / torch.stack((hw.min(), hw.max()))).min()
+        size = torch.floor(hw * scale).to(torch.int64)
+        image = nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear",
+                                          align_corners=False)[0]
+        return image, target
 
 
 def build_detector(backbone: str, num_classes: int, pretrained: bool = True,
