@@ -59,8 +59,10 @@ def test_model_choice_carries_to_the_layers_page() -> None:
     at.radio(key="freeze_preset").set_value("head").run()
     frozen = next(m for m in at.metric if m.label == "Frozen parameters")
     assert frozen.value != "0"
+    assert "freeze_train_bn" in {c.key for c in at.checkbox}
     at.radio(key="freeze_preset").set_value("all").run()
     _ok(at)
+    assert "freeze_train_bn" not in {c.key for c in at.checkbox}  # nothing frozen: no choice about frozen groups
     assert next(m for m in at.metric if m.label == "Frozen parameters").value == "0"
     assert json.loads(at.session_state["draft_freeze"])["preset"] == "all"
     at.radio(key="freeze_preset").set_value("last-N").run()

@@ -85,9 +85,10 @@ if preset == "gradual":
                   max(0, len(body_names) - 1)), key="freeze_keep_frozen",
         help="The first groups see edges and colours, change little when they train, and cost most of the "
              "time of a training step: keeping them frozen makes each epoch faster.")
-kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen groups", value=saved.train_bn,
-                                 key="freeze_train_bn",
-                                 help="Off (recommended): frozen groups keep their ImageNet statistics.")
+if preset != "all":  # with every layer training nothing is frozen: the choice would mean nothing
+    kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen groups", value=saved.train_bn,
+                                     key="freeze_train_bn",
+                                     help="Off (recommended): frozen groups keep their ImageNet statistics.")
 freeze = FreezeConfig(**kwargs)
 set_draft("freeze", json.dumps(freeze.to_dict()))
 
