@@ -373,13 +373,17 @@ def read_export_record(folder: str | os.PathLike) -> dict | None:
 
 
 def zip_export(folder: str | os.PathLike) -> bytes:
-    """The export folder's files as one zip (for a download button); only our own file names are included."""
+    """The export folder's files as one zip (for a download button); only our own file names are included, and
+    no model file whose check against PyTorch failed (export.json says which)."""
     folder = Path(folder)
+    record = read_export_record(folder) or {}
+    failed = {FILES[fmt] for fmt, entry in (record.get("formats") or {}).items()
+              if fmt in FILES and not (entry.get("check") or {}).get("ok")}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name in (*FILES.values(), MANIFEST_FILE, EXPORT_FILE, EXAMPLE_FILE):
             path = folder / name
-            if path.is_file():
+            if path.is_file() and name not in failed:
                 zf.write(path, name)
     return buf.getvalue()
 

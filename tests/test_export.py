@@ -105,6 +105,20 @@ def test_manifest_round_trip_is_bit_exact(exported) -> None:
     assert all(torch.equal(again.state_dict[k], v) for k, v in original.items())
 
 
+def test_a_file_that_failed_its_check_is_left_out_of_the_download(exported, tmp_path: Path) -> None:
+    _, folder, _ = exported
+    copy = tmp_path / "export"
+    shutil.copytree(folder, copy)
+    record = json.loads((copy / "export.json").read_text())
+    assert {"safetensors", "onnx"} <= set(record["formats"])
+    names = zipfile.ZipFile(io.BytesIO(zip_export(copy))).namelist()
+    assert "model.onnx" in names and "model.safetensors" in names  # both checked: both in the download
+    record["formats"]["onnx"]["check"]["ok"] = False  # as when ONNX answers differ from PyTorch
+    (copy / "export.json").write_text(json.dumps(record))
+    names = zipfile.ZipFile(io.BytesIO(zip_export(copy))).namelist()
+    assert "model.onnx" not in names and "model.safetensors" in names and "manifest.json" in names
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_onnx_has_a_dynamic_batch_and_the_example_script_classifies(exported) -> None:
     run_dir, folder, _ = exported

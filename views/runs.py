@@ -232,7 +232,8 @@ with export:
                     st.success(f"{name}: checked — outputs match PyTorch on {check.get('n_images', '?')} images "
                                f"(max difference {diff:.2g})")
                 else:
-                    st.error(f"{name}: the check FAILED (max difference {diff:.2g}); do not use this file.")
+                    st.error(f"{name}: the check FAILED (max difference {diff:.2g}); do not use this file. It is "
+                             "left out of the download below.")
             st.download_button("Download the export (.zip)", zip_export(out), file_name=f"{run_id}-model.zip",
                                key="runs_download", mime="application/zip")
             example = out / "predict_example.py"
