@@ -3,8 +3,11 @@ freeze), Train (the architecture reaches the run), Results and Test."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -59,26 +62,166 @@ def store_file(dataset_id: str, suffix: str) -> str:
     return next(it.file for it in load_dataset(dataset_id).items if it.original_name.endswith(suffix))
 
 
-def test_class_table_rename_and_painting_fallback(home: Path, tmp_path: Path) -> None:
+RECT_KEYS = ("seg_paint_x0", "seg_paint_y0", "seg_paint_x1", "seg_paint_y1")
+
+
+def _paint_page(home: Path, tmp_path: Path) -> tuple[AppTest, str]:
     dataset_id, _ = segdata.import_folder(make_set(tmp_path / "ds", n_train=4, n_val=2), "shapes")
     at = _app(dataset_id=dataset_id)
     at.switch_page("views/segmentation_data.py").run()
     assert not at.exception
+    return at, dataset_id
+
+
+def _canvas(at: AppTest):
+    """The brush canvas (streamlit-drawable-canvas), found by its key."""
+    found = [e for e in at.get("bidi_component") if str(e.key).startswith("seg_paint_canvas_")]
+    assert len(found) == 1, [e.key for e in at.get("bidi_component")]
+    return found[0]
+
+
+def _strokes(table: segdata.ClassTable, regions: list[tuple[str, tuple[int, int, int, int]]], side: int = 64) -> dict:
+    """What the canvas sends after strokes in the browser: the Fabric objects and the RGBA drawing (class colours on
+    transparent), for regions (class name, (top, bottom, left, right)) of a side × side canvas."""
+    rgba = np.zeros((side, side, 4), dtype=np.uint8)
+    objects = []
+    for name, (y0, y1, x0, x1) in regions:
+        colour = table.colours[table.names.index(name)]
+        rgba[y0:y1, x0:x1] = (*colour, 255)
+        objects.append({"type": "Path", "stroke": "#{:02x}{:02x}{:02x}".format(*colour), "strokeWidth": 16})
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return {"drawing": {"raw": {"objects": objects, "background": ""}, "data": url}, "backgroundFit": None}
+
+
+def _has_button(at: AppTest, key: str) -> bool:
+    return any(b.key == key for b in at.button)
+
+
+def test_brush_strokes_of_several_classes_survive_class_and_tool_changes_and_save_once(home: Path,
+                                                                                         tmp_path: Path) -> None:
+    at, dataset_id = _paint_page(home, tmp_path)
+    table = segdata.stored_pairs(dataset_id)[1]
+    file = at.selectbox(key="seg_paint_image").value
+    before = segdata.read_stored_codes(dataset_id, file).copy()
+    assert at.radio(key="seg_paint_mode").value == "Brush"
+    assert not _has_button(at, "seg_paint_save")  # nothing drawn yet
+    at.radio(key="seg_paint_tool").set_value("disc").run()
+    key = _canvas(at).key
+    at.session_state[key] = _strokes(table, [("disc", (2, 10, 2, 20))])  # a stroke in the disc colour
+    at.run()
+    assert not at.exception and _has_button(at, "seg_paint_save")
+
+    # another class: the same canvas, its strokes kept (only the stroke colour changes)
+    at.radio(key="seg_paint_tool").set_value("square").run()
+    assert not at.exception and _canvas(at).key == key and _has_button(at, "seg_paint_save")
+    assert len(at.session_state[key]["drawing"]["raw"]["objects"]) == 1
+    at.session_state[key] = _strokes(table, [("disc", (2, 10, 2, 20)), ("square", (40, 50, 30, 60))])
+    at.run()
+
+    # the rectangle tool and back: the strokes are kept meanwhile and given back to the canvas
+    at.radio(key="seg_paint_mode").set_value("Fill a rectangle").run()
+    assert not at.exception and any("unsaved brush strokes" in i.value for i in at.info)
+    at.radio(key="seg_paint_mode").set_value("Brush").run()
+    assert not at.exception and _canvas(at).key == key and _has_button(at, "seg_paint_save")
+    assert len(at.session_state[key]["drawing"]["raw"]["objects"]) == 2
+
+    # one save writes both classes and is confirmed after the rerun; the canvas starts clean from the saved mask
+    at.button(key="seg_paint_save").click().run()
+    assert not at.exception
+    assert any("Mask saved" in s.value for s in at.success)
+    codes = segdata.read_stored_codes(dataset_id, file)
+    disc, square = (table.codes[table.names.index(n)] for n in ("disc", "square"))
+    assert (codes[2:10, 2:20] == disc).all() and (codes[40:50, 30:60] == square).all()
+    untouched = np.ones_like(codes, dtype=bool)
+    untouched[2:10, 2:20] = untouched[40:50, 30:60] = False
+    assert (codes[untouched] == before[untouched]).all()
+    assert _canvas(at).key != key and not _has_button(at, "seg_paint_save")
+    assert not at.session_state["seg_paint_pending"]
+    at.run()  # e.g. the new canvas reports its size: the confirmation stays
+    assert any("Mask saved" in s.value for s in at.success)
+    at.session_state[_canvas(at).key] = _strokes(table, [("disc", (30, 34, 0, 64))])
+    at.run()  # the next stroke: the confirmation has done its job
+    assert not any("Mask saved" in s.value for s in at.success) and _has_button(at, "seg_paint_save")
+
+
+def test_discarding_strokes_gives_an_empty_canvas(home: Path, tmp_path: Path) -> None:
+    at, dataset_id = _paint_page(home, tmp_path)
+    table = segdata.stored_pairs(dataset_id)[1]
+    file = at.selectbox(key="seg_paint_image").value
+    before = segdata.read_stored_codes(dataset_id, file).copy()
+    key = _canvas(at).key
+    at.session_state[key] = _strokes(table, [("square", (0, 64, 0, 64))])
+    at.run()
+    at.button(key="seg_paint_discard").click().run()
+    assert not at.exception and _canvas(at).key != key and not _has_button(at, "seg_paint_save")
+    assert (segdata.read_stored_codes(dataset_id, file) == before).all()
+
+
+def test_rectangle_fill_defaults_to_a_centred_quarter_and_confirms(home: Path, tmp_path: Path) -> None:
+    at, dataset_id = _paint_page(home, tmp_path)
     at.text_input(key="seg_data_new_class").input("puddle").run()
     at.button(key="seg_data_add_class").click().run()
     assert not at.exception
-    assert "puddle" in segdata.stored_pairs(dataset_id)[1].names
-    if True:  # the brush needs a real browser (see the e2e test); rectangles are checked here
-        at.radio(key="seg_paint_mode").set_value("Fill a rectangle").run()
-        at.radio(key="seg_paint_tool").set_value("puddle").run()
-        at.number_input(key="seg_paint_x1").set_value(10).run()
-        at.number_input(key="seg_paint_y1").set_value(10).run()
-        at.button(key="seg_paint_fill").click().run()
-        assert not at.exception
-        file = at.selectbox(key="seg_paint_image").value
-        table = segdata.stored_pairs(dataset_id)[1]
-        codes = segdata.read_stored_codes(dataset_id, file)
-        assert (codes[:10, :10] == table.codes[table.names.index("puddle")]).all()
+    table = segdata.stored_pairs(dataset_id)[1]
+    assert "puddle" in table.names
+    puddle = table.codes[table.names.index("puddle")]
+    file = at.selectbox(key="seg_paint_image").value
+    before = segdata.read_stored_codes(dataset_id, file).copy()
+    at.radio(key="seg_paint_mode").set_value("Fill a rectangle").run()
+    at.radio(key="seg_paint_tool").set_value("puddle").run()
+    assert [at.number_input(key=k).value for k in RECT_KEYS] == [16, 16, 48, 48]  # never the whole 64 × 64 image
+    assert any("32 × 32 pixels (25% of the image) become **puddle**" in c.value for c in at.caption)
+    at.button(key="seg_paint_fill").click().run()
+    assert not at.exception
+    assert any("Mask saved" in s.value and "32 × 32" in s.value for s in at.success)  # seen after the rerun
+    at.run()
+    assert any("Mask saved" in s.value for s in at.success)  # until the rectangle, class or photo changes
+    codes = segdata.read_stored_codes(dataset_id, file)
+    inside = np.zeros_like(codes, dtype=bool)
+    inside[16:48, 16:48] = True
+    assert (codes[inside] == puddle).all() and (codes[~inside] == before[~inside]).all()
+
+    # a chosen rectangle; an empty one cannot be filled
+    for k, v in zip(RECT_KEYS, (0, 0, 10, 10), strict=True):
+        at.number_input(key=k).set_value(v)
+    at.run()
+    assert not any("Mask saved" in s.value for s in at.success)
+    at.button(key="seg_paint_fill").click().run()
+    assert (segdata.read_stored_codes(dataset_id, file)[:10, :10] == puddle).all()
+    at.number_input(key="seg_paint_x0").set_value(20).run()  # left of 20, right of 10
+    assert at.button(key="seg_paint_fill").disabled and any("larger than" in w.value for w in at.warning)
+
+
+def test_class_table_save_is_confirmed_after_the_rerun(home: Path, tmp_path: Path) -> None:
+    at, dataset_id = _paint_page(home, tmp_path)
+    at.button(key="seg_data_save_classes").click().run()
+    assert not at.exception and any(s.value == "Classes saved." for s in at.success)
+
+
+def test_the_not_labelled_value_is_a_plain_choice(home: Path, tmp_path: Path) -> None:
+    root = make_set(tmp_path / "street", n_train=4, n_val=2, void=True)  # value 9 marks unlabelled pixels
+    (root / "classes.txt").unlink()  # no class named 'void': only the user knows what 9 means
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(root.parent).as_posix())
+    at = _app()
+    at.switch_page("views/segmentation_data.py").run()
+    at.file_uploader(key="seg_data_zip").set_value(("street.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception
+    assert at.checkbox(key="seg_data_has_void").value is False
+    assert not any(n.key == "seg_data_ignore" for n in at.number_input)  # no "-1 means none" to decode
+    assert any("still counts as 'not labelled'" in c.value for c in at.caption)
+    at.checkbox(key="seg_data_has_void").check().run()
+    assert at.number_input(key="seg_data_ignore").value == 255
+    at.number_input(key="seg_data_ignore").set_value(9).run()
+    at.button(key="seg_data_import_zip").click().run()
+    assert not at.exception
+    table = segdata.stored_pairs(at.session_state["draft_dataset_id"])[1]
+    assert table.ignore == 9 and len(table.names) == 3, table
 
 
 def test_sample_layers_train_results_and_test(home: Path) -> None:

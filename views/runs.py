@@ -228,12 +228,13 @@ with export:
             for name, entry in (record.get("formats") or {}).items():
                 check = entry.get("check") or {}
                 diff = check.get("max_abs_diff") or 0.0
+                detail = check.get("summary") or f"max difference {diff:.2g}"  # a task's own words when it has them
                 if check.get("ok"):
                     st.success(f"{name}: checked — outputs match PyTorch on {check.get('n_images', '?')} images "
-                               f"(max difference {diff:.2g})")
+                               f"({detail})")
                 else:
-                    st.error(f"{name}: the check FAILED (max difference {diff:.2g}); do not use this file. It is "
-                             "left out of the download below.")
+                    st.error(f"{name}: the check FAILED ({detail}); do not use this file. It is left out of the "
+                             "download below.")
             st.download_button("Download the export (.zip)", zip_export(out), file_name=f"{run_id}-model.zip",
                                key="runs_download", mime="application/zip")
             example = out / "predict_example.py"

@@ -69,11 +69,19 @@ def _chosen(dataset_id: str, report: segdata.SegReport) -> None:
 
 def _options() -> dict:
     c1, c2 = st.columns(2)
-    ignore = c1.number_input("Mask value to ignore (void), if any", -1, 255, -1, key="seg_data_ignore",
-                             help="-1: none. Pixels with this value are left out of training and of the metrics. "
-                                  "A class named 'void' or 'unlabelled', and the value 255, are ignored by default.")
+    has_void = c1.checkbox("Some mask pixels mean 'not labelled'", key="seg_data_has_void",
+                           help="Tick this when your masks mark unknown or unlabelled areas (borders, clutter) with "
+                                "one pixel value of their own. Those pixels are then left out of training and of "
+                                "the metrics, instead of being learned as a class.")
+    ignore = None
+    if has_void:
+        ignore = c1.number_input("Mask value of the 'not labelled' pixels", 0, 255, 255, key="seg_data_ignore",
+                                 help="The pixel value (0–255) these areas have in the mask files; often 255.")
+    else:
+        c1.caption("Not ticked: the value 255, or a class named 'void' or 'unlabelled', still counts as 'not "
+                   "labelled'; every other value is a class.")
     val = c2.slider("Validation share when there is no val/ folder", 0.1, 0.5, 0.2, 0.05, key="seg_data_val")
-    return {"ignore": None if ignore < 0 else int(ignore), "val_fraction": float(val)}
+    return {"ignore": None if ignore is None else int(ignore), "val_fraction": float(val)}
 
 
 def _import_section() -> None:
@@ -191,8 +199,11 @@ def _class_table(dataset_id: str, table: segdata.ClassTable) -> None:
     current = "none" if table.ignore is None else str(table.ignore)
     if current not in values:
         values.append(current)
-    ignore = st.selectbox("Ignored value (void)", values, index=values.index(current), key="seg_data_ignore_pick",
-                          help="Pixels with this mask value are left out of training and of the metrics.")
+    ignore = st.selectbox("Mask value that means 'not labelled' (void)", values, index=values.index(current),
+                          key="seg_data_ignore_pick", format_func=lambda v: "none: every value is a class"
+                          if v == "none" else v,
+                          help="Pixels with this mask value are left out of training and of the metrics, instead of "
+                               "being learned as a class.")
     c1, c2 = st.columns(2)
     if c1.button("Save classes", key="seg_data_save_classes"):
         try:
@@ -202,7 +213,7 @@ def _class_table(dataset_id: str, table: segdata.ClassTable) -> None:
         except (ValueError, segdata.SegDataError) as err:
             st.error(f"Not saved: {err}")
         else:
-            st.success("Saved.")
+            st.session_state["seg_flash"] = "Classes saved."
             st.rerun()
     new = c2.text_input("Add a class (e.g. to paint it)", key="seg_data_new_class", max_chars=100)
     if new and c2.button("Add", key="seg_data_add_class"):
@@ -227,20 +238,116 @@ def _problems(dataset_id: str, report: dict) -> None:
             if kind == "size_mismatch" and st.button("Resize these masks to their images (nearest-neighbour)",
                                                      key="seg_data_resize"):
                 done = segdata.resize_masks(dataset_id, [p["file"] for p in rows])
-                st.success(f"Resized {len(done)} masks; class ids were kept exactly (no blending).")
+                st.session_state["seg_flash"] = f"Resized {len(done)} masks; class ids were kept exactly (no blending)."
                 st.rerun()
     st.caption("Pairs with a problem (other than unknown values, which are ignored) are left out of training.")
 
 
+PAINT_FLASH = "seg_paint_flash"  # {"message", "context"}: a save's confirmation, kept while nothing else changed
+PAINT_PENDING = "seg_paint_pending"  # "dataset:file" -> unsaved strokes: {"json": the drawing, "png": its RGBA image}
+PAINT_GEN = "seg_paint_gen"  # "dataset:file" -> generation of its canvas (a new one, empty, after a save or discard)
+PAINT_SEED = "seg_paint_seed"  # {"key": canvas key, "json": the strokes it was mounted with}
+RECT_KEYS = ("seg_paint_x0", "seg_paint_y0", "seg_paint_x1", "seg_paint_y1")
+
+
+def _png_rgba(data: bytes) -> np.ndarray | None:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGBA"))
+    except Exception:  # noqa: BLE001 - a damaged drawing is reported by the caller
+        return None
+
+
+def _strokes_to_codes(painted: np.ndarray, codes: np.ndarray, table: segdata.ClassTable, erase_code: int
+                      ) -> np.ndarray:
+    """Each opaque pixel of the drawing (canvas size) takes the class of the nearest class colour (white: eraser)."""
+    from PIL import Image
+
+    h, w = codes.shape
+    layer = np.asarray(Image.fromarray(painted.astype(np.uint8), "RGBA").resize(
+        (w, h), Image.Resampling.NEAREST)).astype(np.int32)
+    hit = layer[..., 3] >= 128
+    palette = np.array(list(table.colours) + [(255, 255, 255)], dtype=np.int32)
+    dist = ((layer[..., None, :3] - palette[None, None]) ** 2).sum(-1)
+    nearest = dist.argmin(-1)
+    targets = np.array(list(table.codes) + [erase_code], dtype=np.int32)
+    out = codes.copy()
+    out[hit] = targets[nearest[hit]]
+    return out
+
+
+def _canvas_key(slot: str) -> str:
+    return f"seg_paint_canvas_{slot.replace(':', '_')}_{st.session_state.setdefault(PAINT_GEN, {}).get(slot, 0)}"
+
+
+def _flash_after_rerun(message: str, context: tuple) -> None:
+    """Confirm a save after its st.rerun(): shown below the tool for as long as `context` (what the user sees:
+    tool, photo, canvas or rectangle) is unchanged, so the reruns the canvas itself causes do not hide it."""
+    st.session_state[PAINT_FLASH] = {"message": message, "context": context}
+    st.rerun()
+
+
+def _show_flash(context: tuple) -> None:
+    flash = st.session_state.get(PAINT_FLASH)
+    if flash and flash["context"] == context:
+        st.success(flash["message"], icon=":material/check_circle:")
+    else:
+        st.session_state.pop(PAINT_FLASH, None)
+
+
+def _fresh_canvas(slot: str, message: str | None = None) -> None:
+    """After a save (or a discard): drop the photo's strokes and give it a new, empty canvas over the saved mask (a new
+    key: the old canvas' strokes never come back), then rerun."""
+    st.session_state.setdefault(PAINT_PENDING, {}).pop(slot, None)
+    gens = st.session_state.setdefault(PAINT_GEN, {})
+    gens[slot] = gens.get(slot, 0) + 1
+    if message:
+        _flash_after_rerun(message, ("brush", _canvas_key(slot)))
+    st.rerun()
+
+
+def _rectangle(img, slot: str) -> tuple[int, int, int, int]:
+    """The rectangle inputs: a centred quarter of a new photo by default, never the whole image."""
+    w, h = img.width, img.height
+    if st.session_state.get("seg_paint_rect_for") != slot or any(k not in st.session_state for k in RECT_KEYS):
+        for k, v in zip(RECT_KEYS, (w // 4, h // 4, w - w // 4, h - h // 4), strict=True):
+            st.session_state[k] = v
+        st.session_state["seg_paint_rect_for"] = slot
+    r = st.columns(4)
+    x0 = r[0].number_input("left", 0, w - 1, key="seg_paint_x0", help="First column filled (0 = left edge).")
+    y0 = r[1].number_input("top", 0, h - 1, key="seg_paint_y0", help="First row filled (0 = top edge).")
+    x1 = r[2].number_input("right", 1, w, key="seg_paint_x1", help=f"Filled up to this column, not included ({w} = "
+                                                                   "right edge).")
+    y1 = r[3].number_input("bottom", 1, h, key="seg_paint_y1", help=f"Filled up to this row, not included ({h} = "
+                                                                    "bottom edge).")
+    return int(x0), int(y0), int(x1), int(y1)
+
+
 def _paint(dataset_id: str, table: segdata.ClassTable) -> None:
-    """Brush and eraser per class on top of the photo (streamlit-drawable-canvas), or a rectangle fill."""
+    """Brush and eraser per class on top of the photo (streamlit-drawable-canvas), or a rectangle fill.
+
+    The canvas keeps one key per photo (and per save), so changing the class (only the stroke colour changes) keeps
+    the strokes; they are also kept in session_state and given back as the canvas' initial drawing when it is shown
+    again (after the rectangle tool or another photo), so several classes are painted and saved at once."""
     from core.data.images import load_rgb
 
     ds = store.load_dataset(dataset_id)
     if not ds.items:
         return
+    pending = st.session_state.setdefault(PAINT_PENDING, {})
     names = {it.file: it.original_name or it.file for it in ds.items}
     file = st.selectbox("Image", list(names), format_func=lambda f: names[f][:80], key="seg_paint_image")
+    slot = f"{dataset_id}:{file}"
+    prefix = f"{dataset_id}:"
+    elsewhere = [names[k[len(prefix):]] for k in pending if k != slot and k.startswith(prefix)
+                 and k[len(prefix):] in names]
+    if elsewhere:
+        st.caption(f"Unsaved brush strokes are kept on {len(elsewhere)} other photo(s) until you save or discard "
+                   f"them: {esc(', '.join(n[:40] for n in elsewhere[:5]))}.")
     img = load_rgb(store.file_path(dataset_id, file))
     codes = segdata.read_stored_codes(dataset_id, file)
     if codes is None or codes.shape != (img.height, img.width):
@@ -267,48 +374,70 @@ def _paint(dataset_id: str, table: segdata.ClassTable) -> None:
         st_canvas = None
     modes = (["Brush"] if st_canvas is not None else []) + ["Fill a rectangle"]
     mode = st.radio("Tool", modes, horizontal=True, key="seg_paint_mode")
-    painted = None
-    if mode == "Brush":
-        try:
-            res = st_canvas(stroke_width=int(width), stroke_color=_hex(brush), background_image=background,
-                            width=shown_w, height=shown_h, drawing_mode="freedraw", return_image_data=True,
-                            key=f"seg_paint_canvas_{file}_{tool}")
-            if res is not None and res.json_data and res.json_data.get("objects"):
-                painted = np.asarray(res.image_data)
-        except Exception as err:  # noqa: BLE001 - the component failed: say so; rectangles still work
-            st.warning(f"The brush is not available here ({err}); use 'Fill a rectangle'.")
-    else:
-        st.image(jpeg(background), width=shown_w)
-        st.caption("Fill a rectangle (in image pixels) with the chosen class:")
-        r = st.columns(4)
-        x0 = r[0].number_input("left", 0, img.width - 1, 0, key="seg_paint_x0")
-        y0 = r[1].number_input("top", 0, img.height - 1, 0, key="seg_paint_y0")
-        x1 = r[2].number_input("right", 1, img.width, img.width, key="seg_paint_x1")
-        y1 = r[3].number_input("bottom", 1, img.height, img.height, key="seg_paint_y1")
-        if st.button("Fill", key="seg_paint_fill"):
-            codes = codes.copy()
-            codes[int(y0):int(y1), int(x0):int(x1)] = erase_code if tool == eraser else table.codes[
-                tools.index(tool)]
-            segdata.save_mask(dataset_id, file, codes)
-            st.success("Mask saved.")
-            st.rerun()
-        return
-    st.caption("Draw on the photo, then save. Each stroke takes the class of its colour.")
-    if painted is not None and st.button("Save the painted mask", key="seg_paint_save", type="primary"):
-        from PIL import Image
+    if mode != "Brush":
+        if slot in pending:
+            st.info("This photo has unsaved brush strokes: they are kept (not filled, not lost). Go back to 'Brush' "
+                    "to save or discard them.", icon=":material/brush:")
+        preview = st.empty()
+        x0, y0, x1, y1 = _rectangle(img, slot)
+        from PIL import ImageDraw
 
-        layer = np.asarray(Image.fromarray(painted.astype(np.uint8), "RGBA").resize(
-            (img.width, img.height), Image.Resampling.NEAREST)).astype(np.int32)
-        hit = layer[..., 3] >= 128
-        palette = np.array(colours + [(255, 255, 255)], dtype=np.int32)
-        dist = ((layer[..., None, :3] - palette[None, None]) ** 2).sum(-1)
-        nearest = dist.argmin(-1)
-        targets = np.array(list(table.codes) + [erase_code], dtype=np.int32)
-        codes = codes.copy()
-        codes[hit] = targets[nearest[hit]]
-        segdata.save_mask(dataset_id, file, codes)
-        st.success("Mask saved.")
-        st.rerun()
+        shown = background.copy()
+        if x1 > x0 and y1 > y0:
+            ImageDraw.Draw(shown).rectangle((x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1),
+                                            outline=(255, 255, 0), width=2)
+        preview.image(jpeg(shown), width=shown_w, caption="Yellow frame: the rectangle that will be filled.")
+        if x1 <= x0 or y1 <= y0:
+            st.warning("'right' must be larger than 'left' and 'bottom' larger than 'top': nothing would be filled.")
+        else:
+            share = (x1 - x0) * (y1 - y0) / (img.width * img.height)
+            st.caption(f"Fills columns {x0}–{x1 - 1} and rows {y0}–{y1 - 1}: {x1 - x0} × {y1 - y0} pixels "
+                       f"({share:.0%} of the image) become **{esc(tool)}**; the rest of the mask is kept.")
+        context = ("fill", slot, tool, (x0, y0, x1, y1))
+        if st.button("Fill the rectangle", key="seg_paint_fill", disabled=x1 <= x0 or y1 <= y0):
+            codes = codes.copy()
+            codes[y0:y1, x0:x1] = erase_code if tool == eraser else table.codes[tools.index(tool)]
+            segdata.save_mask(dataset_id, file, codes)
+            _flash_after_rerun(f"Mask saved: {x1 - x0} × {y1 - y0} pixels of {esc(names[file][:80])} filled with "
+                               f"{esc(tool)}.", context)
+        _show_flash(context)
+        return
+    canvas_key = _canvas_key(slot)
+    if canvas_key not in st.session_state:  # the canvas is (re)mounted now: with the strokes kept for this photo
+        st.session_state[PAINT_SEED] = {"key": canvas_key, "json": (pending.get(slot) or {}).get("json")}
+    seed = st.session_state.get(PAINT_SEED) or {}
+    initial = seed.get("json") if seed.get("key") == canvas_key else None  # unchanged while mounted: no reload
+    try:
+        res = st_canvas(stroke_width=int(width), stroke_color=_hex(brush), background_image=background,
+                        width=shown_w, height=shown_h, drawing_mode="freedraw", return_image_data=True,
+                        initial_drawing=initial, key=canvas_key)
+    except Exception as err:  # noqa: BLE001 - the component failed: say so; rectangles still work
+        st.warning(f"The brush is not available here ({err}); use 'Fill a rectangle'.")
+        return
+    drawing = res.json_data if res is not None else None
+    if drawing and drawing.get("objects"):
+        png = res.image_bytes
+        if png:
+            pending[slot] = {"json": drawing, "png": png}
+    else:
+        pending.pop(slot, None)  # nothing drawn, or every stroke undone
+    st.caption("Draw on the photo, then save. Each stroke takes the class of its colour: change the class above "
+               "and keep drawing, the strokes stay until you save (the eraser paints white).")
+    entry = pending.get(slot)
+    if entry is None:
+        _show_flash(("brush", canvas_key))
+        return
+    st.caption(f"Unsaved strokes ({len(entry['json'].get('objects', []))}) on this photo.")
+    b1, b2 = st.columns(2)
+    if b2.button("Discard the unsaved strokes", key="seg_paint_discard", icon=":material/undo:"):
+        _fresh_canvas(slot)
+    if b1.button("Save the painted mask", key="seg_paint_save", type="primary"):
+        painted = _png_rgba(entry["png"])
+        if painted is None:
+            st.error("The drawing could not be read; draw again or discard the strokes.")
+            return
+        segdata.save_mask(dataset_id, file, _strokes_to_codes(painted, codes, table, erase_code))
+        _fresh_canvas(slot, f"Mask saved for {esc(names[file][:80])}: the canvas starts again from the saved mask.")
 
 
 flash = st.session_state.pop("seg_flash", None)
