@@ -76,7 +76,7 @@ def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = N
         fig.update_yaxes(autorangeoptions=dict(maxallowed=1.02))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=70, b=10), xaxis_title="epoch",
                       yaxis_title=shown, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
-                      title=dict(text=shown[:1].upper() + shown[1:], y=0.97))
+                      title=dict(text=shown if label else shown[:1].upper() + shown[1:], y=0.97))  # "mAP@0.5" stays
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
     return fig

@@ -154,7 +154,9 @@ def test_runs_results_tab_and_export(trained: Path) -> None:
 def test_train_page_shows_the_detection_run(trained: Path) -> None:
     at = _app("views/train.py", run_id=trained.name, backbone="test_efficientnet", dataset_id=str(trained)).run()
     _ok(at)
-    assert any("mAP@0.5" in m.label for m in at.metric)
+    best = next(m for m in at.metric if m.label == "Best mAP@0.5")
+    assert "%" not in best.value and float(best.value) == pytest.approx(runs.read_status(trained)["best_val_accuracy"],
+                                                                        abs=5e-4)  # as the Results tab writes it
 
 
 def test_train_page_starts_a_run_with_the_tasks_learning_rate(home: Path, rects: Path) -> None:
@@ -199,6 +201,9 @@ def test_the_photo_picker_counts_boxes_and_keeps_the_photo_after_a_change(home: 
     at = _app("views/detection_data.py").run()
     at.segmented_control(key="det_section").set_value("Draw boxes").run()
     _ok(at)
+    assert not at.get("camera_input")  # no camera box (and no browser prompt) until the user asks for it
+    at.toggle(key="det_camera_on").set_value(True).run()
+    assert at.get("camera_input")
     picker = next(s for s in at.selectbox if s.label == "Photo")
     assert " — 1 box (" in picker.options[1] and " — 2 boxes (" in picker.options[0]  # not "1 boxes"
     assert not any("1 boxes" in o for o in picker.options)

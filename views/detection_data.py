@@ -217,7 +217,8 @@ if section == "Draw boxes":
                     dstore.set_boxes(current, ann.path, [], [])
                     st.rerun()
     more = st.file_uploader("Add photos", type=UPLOAD_TYPES, accept_multiple_files=True, key="det_add_photos")
-    shot = st.camera_input("Or take a photo", key="det_camera")
+    shot = st.camera_input("Or take a photo", key="det_camera") if st.toggle(
+        "Use the camera", key="det_camera_on") else None  # the browser asks for the camera only when wanted
     if (more or shot) and st.button("Add them", key="det_add"):
         files = [(p.name, p.getvalue()) for p in more or []] + ([("camera.jpg", shot.getvalue())] if shot else [])
         try:
@@ -252,7 +253,9 @@ if section == "Classes and split":
                 st.rerun()
     st.divider()
     c1, c2 = st.columns(2)
-    seed = c1.number_input("Split seed", 0, 2**31 - 1, value=int(ds.split.get("seed", 0)), key="det_split_seed")
+    seed = c1.number_input("Shuffle number of the split", 0, 2**31 - 1, value=int(ds.split.get("seed", 0)),
+                           key="det_split_seed", help="Another number draws another validation set from the same "
+                                                      "photos; the same number always gives the same one.")
     frac = c2.slider("Validation share", 0.1, 0.5, float(ds.split.get("val_fraction", 0.2) or 0.2), 0.05,
                      key="det_split_frac")
     if st.button("Redraw the train/validation split", key="det_resplit"):

@@ -275,7 +275,9 @@ def live() -> None:
         label = status.get("metric_label") or (view.started or {}).get("metric_label") or "validation accuracy"
         last = view.history[-1]
         m1, m2, m3 = st.columns(3)
-        m1.metric(f"Best {label}", f"{best:.1%}" if best is not None else "—")
+        metric = status.get("metric") or (view.started or {}).get("metric") or "val_accuracy"
+        shown_best = "—" if best is None else f"{best:.1%}" if metric == "val_accuracy" else f"{best:.3f}"
+        m1.metric(f"Best {label}", shown_best)  # mAP and IoU as the Results tab writes them (0.734, not 73.4 %)
         if view.config.get("quick"):  # one pass over cached features, not epochs
             m2.metric("Kind", "Quick model", help="A new head on features of the frozen model.")
         else:
@@ -283,7 +285,6 @@ def live() -> None:
         m3.metric("Device", f"{status.get('device', '?')} ({status.get('precision', '?')})")
         left, right = st.columns(2)
         left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="train_loss_chart")
-        metric = status.get("metric") or (view.started or {}).get("metric") or "val_accuracy"
         right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases,
                                         label="" if metric == "val_accuracy" else label),
                            key="train_acc_chart")
