@@ -222,7 +222,9 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
     lc = ev.get("learning_curve") or {}
     issues_train = lc.get("train_label_issues") or []
     if issues or issues_train:
-        with st.expander(f"Possible label errors ({len(issues) + len(issues_train)})"):
+        # a key and tracked state keep the panel open through the reruns its table and button cause
+        with st.expander(f"Possible label errors ({len(issues) + len(issues_train)})", key="res_issues_panel",
+                         on_change="rerun"):
             st.write("Photos a model is confidently sure belong to another class. Check them: a wrong label "
                      "teaches the model the wrong thing.")
             st.caption(f"**{_split_word(split).capitalize()}** photos are judged by this run's model; **training** "
