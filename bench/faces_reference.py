@@ -4,7 +4,8 @@ The "unknown" threshold is chosen from the enrolment photos (core/tasks/faces/th
 enrolled, they are too few strangers to learn from, so the threshold also follows this table: for every person
 of the reference set (their first `--enrol` photos, as a gallery person of each kind), the scores of every photo
 of every *other* person, pooled over `--repeats` random choices of enrolment photos. The table keeps, for shares
-of strangers from 1/2 down to 2e-5, the score that share reaches (`tail` → `score`). Only these numbers are
+of strangers from 1/2 down to 2e-5, the score that share reaches (`tail` → `score`); `pairs` does the same for
+two photos of different people (one-to-one verification). Only these numbers are
 written (`core/tasks/faces/reference_strangers.json`), never a photo or an embedding.
 
 Run: .venv/bin/python bench/faces_reference.py [--data ../shared/datasets/lfw_faces] [--cache /tmp/faces-cache]
@@ -108,6 +109,10 @@ def main() -> None:
     for kind in gal.KINDS:
         scores = stranger_scores(emb, labels, people, kind, args.enrol, 4, rng)
         entry[kind] = {**table(scores), "n_scores": int(len(scores))}
+    sims = emb @ emb.T  # one-to-one verification: every pair of photos of two different people
+    upper = np.triu_indices(len(labels), 1)
+    pairs = sims[upper][labels[upper[0]] != labels[upper[1]]]
+    entry["pairs"] = {**table(pairs), "n_scores": int(len(pairs))}
     Path(args.out).write_text(json.dumps({DLIB_MODEL: entry}, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     rows = [r for kind in gal.KINDS for r in cross_check(emb, labels, kind, args.enrol, thr.DEFAULT_FAR, 1)]

@@ -103,6 +103,9 @@ def test_the_reference_strangers_raise_the_threshold_of_a_small_gallery_of_the_f
     assert alone.measured_threshold is None and alone.threshold < floors[1]
     assert cal.threshold == pytest.approx(thr.reference_threshold(DLIB_MODEL, "prototype", 3, 0.01), abs=1e-6)
     assert cal.measured_threshold == alone.threshold and "3 people enrolled" in cal.note
+    assert cal.reference_far == pytest.approx(0.01, abs=1e-6) and alone.reference_far is None
+    pairs = thr.reference(DLIB_MODEL)["pairs"]  # one-to-one verification: never below the reference pairs either
+    assert cal.verify_threshold >= thr.table_threshold(pairs, 1, 0.01) - 1e-6 > alone.verify_threshold
 
 
 def _clusters(n_people: int = 6, per: int = 8, dim: int = 32, spread: float = 0.05, seed: int = 0):

@@ -105,3 +105,10 @@ def test_a_few_people_enrolled_still_keep_strangers_out(tmp_path: Path) -> None:
     alone = int((strangers >= cal.measured_threshold).sum())
     assert alone >= 4, alone  # what the photos alone gave: many strangers named as somebody
     assert int((strangers >= cal.threshold).sum()) <= 1 and "other people's faces" in cal.note
+    # "Same person?" on two photos: pairs of different people stay "different" at about the rate set
+    others_emb = np.stack([vectors[p.key] for p in ok if p.label not in enrolled])
+    sims = others_emb @ others_emb.T
+    different = sims[np.triu_indices(len(others_emb), 1)]
+    assert (different >= cal.verify_threshold).mean() <= 0.03, (different >= cal.verify_threshold).sum()
+    same = np.stack([vectors[p.key] for p in mine if p.label == "Tony_Blair"])
+    assert (same @ same.T)[np.triu_indices(len(same), 1)].mean() > cal.verify_threshold  # the same man still is

@@ -140,6 +140,12 @@ def test_results_tab_shows_the_trade_off_and_evaluates_a_folder(face_run) -> Non
     at.run()
     _ok(at)
     assert "Threshold" in [m.label for m in at.metric]
+    assert at.radio(key="runs_export_fmt").options == ["safetensors"]  # ONNX / TorchScript always failed for dlib
+    reproduce = next(c.value for c in at.get("code") if "transfer-studio train" in c.value)
+    assert "--gallery prototype --target-far 0.01" in reproduce
+    # 2 people: the reference strangers set the threshold, so their estimate is shown, not the few simulated ones
+    estimate = next(m for m in at.metric if m.label == "Strangers accepted (estimated)")
+    assert estimate.value == "1.0%"
     at.text_input(key="faces_eval_folder").set_value(str(probe))
     at.run()
     at.button(key="faces_eval_go").click()
@@ -156,4 +162,5 @@ def test_results_tab_shows_the_trade_off_and_evaluates_a_folder(face_run) -> Non
     from core.storage import read_json
 
     assert read_json(run_dir / "gallery.json")["target_far"] == 0.1 and before["state"] == "completed"
-    assert "New threshold" in _texts(at) or read_json(run_dir / "gallery.json")["calibration"]["target_far"] == 0.1
+    assert "New threshold" in _texts(at) and "estimated from the reference strangers" in _texts(at)  # after its rerun
+    assert read_json(run_dir / "gallery.json")["calibration"]["target_far"] == 0.1

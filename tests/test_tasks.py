@@ -203,8 +203,10 @@ def test_each_task_offers_the_export_formats_its_exporter_takes():
 
     from core.export import FORMATS
 
-    for task in ("classification", "faces"):
-        assert getattr(get_task(task), "export_formats", FORMATS) == FORMATS
+    assert getattr(get_task("classification"), "export_formats", FORMATS) == FORMATS
+    faces = get_task("faces")  # the frozen face model is no network: its gallery alone
+    assert faces.export_formats_for("dlib_resnet_face") == ("safetensors",)
+    assert faces.export_formats_for("mobilenetv2_100") == FORMATS
     for task in ("detection", "segmentation"):
         exporter = importlib.import_module(f"core.tasks.{task}.export")
         assert get_task(task).export_formats == exporter.FORMATS, task

@@ -212,7 +212,9 @@ with export:
         from core.export import FORMATS, read_export_record, reproduce_command, zip_export
         from core.tasks import get_task
 
-        formats = list(getattr(get_task(RUN_TASK), "export_formats", FORMATS))  # only what this task can export
+        task = get_task(RUN_TASK)  # only what this run can export: its task's formats, for faces its model's
+        formats = list(task.export_formats_for(runs.read_json_config(RUN).get("backbone", ""))
+                       if hasattr(task, "export_formats_for") else getattr(task, "export_formats", FORMATS))
         fmt = st.radio("Format", formats, horizontal=True, key="runs_export_fmt",
                        help="safetensors + manifest: for this app and plain PyTorch; ONNX: for onnxruntime and "
                             "other tools" + ("; TorchScript: for C++/mobile PyTorch." if "torchscript" in formats

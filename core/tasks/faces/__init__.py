@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from core.tasks.faces.embed import DLIB_MODEL, build_embedding_net
+from core.tasks.faces.embed import DLIB_MODEL, build_embedding_net, is_face_model
 from core.tasks.faces.train import METRIC, METRIC_LABEL
 
 
@@ -44,6 +44,18 @@ class FacesTask:
         from core.tasks.faces.train import fit
 
         return fit(run_dir, subscribers, should_stop)
+
+    def export_formats_for(self, backbone: str) -> tuple[str, ...]:
+        """The frozen face model is not a PyTorch network: its runs export the gallery (safetensors) only."""
+        from core.export import FORMATS
+
+        return ("safetensors",) if is_face_model(backbone) else FORMATS
+
+    def reproduce_args(self, manifest: dict) -> list[str]:
+        """The face options that recreate this run: its gallery kind and false-accept rate."""
+        o = manifest.get("faces") or {}
+        far = float(o.get("target_far", 0.01))
+        return ["--gallery", str(o.get("gallery", "prototype")), "--target-far", f"{far:g}"]
 
     def default_train(self):
         from core.tasks.faces.train import default_train

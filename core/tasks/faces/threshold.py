@@ -56,6 +56,16 @@ def reference_threshold(model: str, kind: str, people: int, target_far: float) -
     return table_threshold(table, people, target_far)
 
 
+def table_far(table: dict, people: int, threshold: float) -> float:
+    """The share of a stranger table's strangers that `threshold` lets in against `people` people (the inverse of
+    `table_threshold`)."""
+    tail = np.asarray(table["tail"], np.float64)
+    score = np.asarray(table["score"], np.float64)
+    order = np.argsort(score)
+    per_person = 10 ** float(np.interp(threshold, score[order], np.log10(tail[order])))
+    return float(1.0 - (1.0 - per_person) ** people)
+
+
 def table_threshold(table: dict, people: int, target_far: float) -> float:
     """The score of a stranger table ({tail: shares of strangers, score: the score each share reaches}) that
     `target_far` of strangers reach against `people` people (interpolated in log share; past the table, its end)."""
@@ -213,6 +223,7 @@ class Calibration:
     verify_threshold: float  # for one-to-one verification (pairs of photos) at the same FAR
     method: str
     measured_threshold: float | None = None  # from the held-back photos alone, when a reference raised it
+    reference_far: float | None = None  # strangers let in, estimated from the reference (when it set the threshold)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,10 +247,11 @@ def calibrate(scores: Scores, target_far: float, pair_impostor: np.ndarray, meth
     if not 0 < target_far < 1:
         raise ValueError("the false-accept rate must be between 0 and 1 (e.g. 0.01)")
     t, achieved, note = threshold_for_far(scores.impostor, target_far)
-    measured = None
+    measured = reference_far = None
     floor = reference_threshold(gallery.model, gallery.kind, len(gallery.people), target_far) if gallery else None
     if floor is not None and floor > t:
         measured, t = t, floor
+        reference_far = table_far(reference(gallery.model)[gallery.kind], len(gallery.people), t)
         imp = scores.impostor[~np.isnan(scores.impostor)]
         achieved = float((imp >= t).mean()) if len(imp) else float("nan")
         ref = reference(gallery.model) or {}
@@ -247,9 +259,13 @@ def calibrate(scores: Scores, target_far: float, pair_impostor: np.ndarray, meth
                 f"so the threshold also follows {ref.get('people', 'many')} other people's faces scored by this "
                 f"face model: {t:.3f} instead of {measured:.3f} from your photos alone.")
     vt, _, _ = threshold_for_far(pair_impostor, target_far) if len(pair_impostor) else (t, 0.0, "")
+    pairs = (reference(gallery.model) or {}).get("pairs") if gallery else None
+    if pairs:  # a few people's photo pairs are too few stranger pairs too: never below the reference pairs' rate
+        vt = max(vt, table_threshold(pairs, 1, target_far))
     return Calibration(round(t, 6), target_far, achieved, identification_rate(scores, t), rank1(scores),
                        int((~np.isnan(scores.genuine)).sum()), int((~np.isnan(scores.impostor)).sum()), note,
-                       round(vt, 6), method, None if measured is None else round(measured, 6))
+                       round(vt, 6), method, None if measured is None else round(measured, 6),
+                       None if reference_far is None else round(reference_far, 6))
 
 
 def calibrate_gallery(gallery: Gallery, target_far: float = DEFAULT_FAR) -> tuple[Calibration, Scores]:
