@@ -85,6 +85,21 @@ def test_two_runs_with_the_same_name_compare_side_by_side(trained: Path) -> None
     labels = [f"tiny colours ({trained.name})", f"tiny colours ({twin.name})"]
     side = next(d.value for d in at.dataframe if sorted(d.value.columns) == sorted(labels))  # a column per run
     assert side.loc["lr"].tolist() == ["auto", "auto"] and side.loc["epochs"].tolist() == ["2", "2"]
+    at.session_state["draft_run_id"] = twin.name
+    at.run()
+    at.text_input(key="runs_name").set_value("the twin").run()
+    at.button(key="runs_save_meta").click().run()  # renamed while compared
+    _ok(at)
+    box = next(m for m in at.multiselect if m.label.startswith("Compare runs"))
+    assert box.key != "runs_compare" and box.value == [trained.name, twin.name]  # drawn anew, the same runs
+    assert f"the twin ({twin.name})" in box.options  # the chip shows the new name
+    config = json.loads((twin / "config.json").read_text())
+    (twin / "config.json").write_text(json.dumps({**config, "quick": True}))  # a quick model has no epochs
+    at.run()
+    side = next(d.value for d in at.dataframe if f"the twin ({twin.name})" in d.value.columns)
+    full, quick = f"tiny colours ({trained.name})", f"the twin ({twin.name})"
+    assert side.loc["epochs", full] == "2" and side.loc["batch", full] == "6"  # not "2.0" beside a quick model
+    assert side.loc["epochs", quick] == ""
 
 
 def test_test_page_predicts_uploaded_photos_and_reports_bad_files(trained: Path) -> None:

@@ -44,7 +44,7 @@ def _import_error(err: Exception, name: str | None = None) -> None:
 if "det_pending_select" in st.session_state:  # set before the picker is drawn (a widget's value can't change after)
     st.session_state["det_pick"] = st.session_state.pop("det_pending_select")
     for field in ("det_new_name", "det_folder", "det_folder_ann", "det_first_classes"):
-        st.session_state.pop(field, None)
+        st.session_state[field] = ""  # written, not dropped: a dropped key got the browser's old text back
 sets = dstore.list_sets()
 current = draft("dataset_id")
 ids = [s.id for s in sets]

@@ -113,8 +113,8 @@ def _row(run_dir) -> dict:
 def _cell(value: object) -> str:
     if value is None or value != value:  # None or NaN
         return ""
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
+    if isinstance(value, float):  # a column with a missing value turns whole numbers into floats: 1.0 -> "1"
+        return str(int(value)) if value.is_integer() else f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
     return str(value)
 
 
@@ -145,9 +145,12 @@ st.dataframe(table, hide_index=True, key="runs_table",
 ids = [p.name for p in all_runs]
 names = dict(zip(table["run"], table["name"], strict=True))
 # Runs to compare chosen by a button lower down (it cannot write the widget's key once the widget is drawn)
+# The key changes with each rename so the chips are drawn anew with the new name (the browser kept the old one);
+# the choice moves to the new key through runs_compare_next.
+COMPARE_KEY = "runs_compare" + (f"_{st.session_state['runs_renames']}" if st.session_state.get("runs_renames") else "")
 if preset := [r for r in st.session_state.pop("runs_compare_next", []) if r in ids]:
-    st.session_state["runs_compare"] = preset
-compare = st.multiselect("Compare runs (curves and metrics side by side)", ids, key="runs_compare",
+    st.session_state[COMPARE_KEY] = preset
+compare = st.multiselect("Compare runs (curves and metrics side by side)", ids, key=COMPARE_KEY,
                          format_func=lambda r: f"{names[r]} ({r})", max_selections=6)
 if compare:
     fig = go.Figure()
@@ -266,6 +269,7 @@ with manage:
         write_json_atomic(RUN / "meta.json", {**meta, "name": new_name.strip(), "note": note})
         st.session_state["runs_meta_saved"] = run_id
         st.session_state["runs_renames"] = st.session_state.get("runs_renames", 0) + 1
+        st.session_state["runs_compare_next"] = compare  # kept under the compare box's new key
         st.rerun()  # the table, the pickers and the labels above show the new name at once
     if st.session_state.pop("runs_meta_saved", None) == run_id:
         st.success("Saved.")
