@@ -85,8 +85,9 @@ if preset == "gradual":
                   max(0, len(body_names) - 1)), key="freeze_keep_frozen",
         help="The first groups see edges and colours, change little when they train, and cost most of the "
              "time of a training step: keeping them frozen makes each epoch faster.")
+bn_slot = st.empty()  # one place, filled or not: the elements below keep their positions (no stale copies)
 if preset != "all":  # with every layer training nothing is frozen: the choice would mean nothing
-    kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen groups", value=saved.train_bn,
+    kwargs["train_bn"] = bn_slot.checkbox("Also update BatchNorm statistics in frozen groups", value=saved.train_bn,
                                      key="freeze_train_bn",
                                      help="Off (recommended): frozen groups keep their ImageNet statistics.")
 freeze = FreezeConfig(**kwargs)

@@ -69,8 +69,9 @@ elif preset == "custom":
 elif preset == "gradual":
     kwargs["head_epochs"] = options.number_input("Epochs with the decoder only", 1, 20, value=saved.head_epochs,
                                                  key="seg_freeze_head_epochs")
+bn_slot = st.empty()  # one place, filled or not: the elements below keep their positions (no stale copies)
 if preset != "all":  # with every stage training nothing is frozen: the choice would mean nothing
-    kwargs["train_bn"] = st.checkbox("Also update BatchNorm statistics in frozen stages", value=saved.train_bn,
+    kwargs["train_bn"] = bn_slot.checkbox("Also update BatchNorm statistics in frozen stages", value=saved.train_bn,
                                      key="seg_freeze_train_bn",
                                      help="Off (recommended): frozen stages keep their ImageNet statistics.")
 freeze = FreezeConfig(**kwargs)
