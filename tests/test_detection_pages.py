@@ -68,6 +68,7 @@ def test_data_page_imports_a_folder_and_shows_the_report(home: Path, rects: Path
     assert at.session_state["det_add_panel"] is False  # and closed once the import is done
     labels = {m.label: m.value for m in at.metric}
     assert labels["Photos"] == "12" and labels["Classes"] == "1"
+    assert any("validation photos: the mAP measured on so few" in w.value for w in at.warning)  # 12 photos: 2-3
     from core.tasks.detection.dataset import list_sets
 
     assert [d.name for d in list_sets()] == ["rects"]  # no name typed: the folder's, as on the other tasks

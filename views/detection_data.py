@@ -138,6 +138,10 @@ st.caption(f"Split: {split.get('train', 0)} training, {split.get('val', 0)} vali
            f"Annotation format: {esc(ds.format)}.")
 for line in report["blocking"]:
     st.warning(line)
+FEW_VAL = 5  # below this, one photo more or less found moves mAP by 20 points or more
+if 0 < split.get("val", 0) < FEW_VAL and split.get("train", 0):
+    st.warning(f"Only {count(split['val'], 'validation photo')}: the mAP measured on so few will jump from run to "
+               "run. Add photos, or give validation a larger share ('Classes and split').", icon=":material/warning:")
 
 section = st.segmented_control("Show", ["Report", "Draw boxes", "Classes and split"], default="Report",
                                key="det_section", label_visibility="collapsed") or "Report"

@@ -82,6 +82,8 @@ def show(run_dir: Path) -> None:
             evaluate_folder(run_dir, folder.strip(), lambda s, d, t: bar.progress(d / max(1, t), text=f"{s} {d}/{t}"))
         except Exception as err:  # a missing folder, no people...: say it plainly
             st.error(f"Could not evaluate: {esc(err)}")
+        finally:
+            bar.empty()  # done: the results below take its place
     evals = load_evaluations(run_dir)
     for path, res in evals.items():
         st.markdown(f"**{esc(path)}** — {res['n_images']} photos, {res['n_unknown_images']} of strangers")

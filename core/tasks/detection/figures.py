@@ -38,7 +38,9 @@ def box_sizes(sizes: Sequence[dict]) -> go.Figure:
 
 def relative_areas(sizes: Sequence[dict]) -> go.Figure:
     """How much of its image each box covers (small objects are harder)."""
-    fig = go.Figure(go.Histogram(x=[100 * s["relative_area"] for s in sizes], nbinsx=20, marker_color="#d97706"))
+    fig = go.Figure(go.Histogram(x=[100 * s["relative_area"] for s in sizes], xbins=dict(start=0, end=100, size=5),
+                                 marker=dict(color="#d97706", line=dict(color="white", width=1))))  # bins of 5 %
+    fig.update_xaxes(range=[0, 100])
     return _layout(fig, "Share of the image each box covers", "% of the image", "boxes")
 
 

@@ -263,7 +263,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, tol
              "sizes": [list(b.shape[2:]) for b in batches], **extra}
     if extra.get("bit_exact") is False:
         check["summary"] = "check failed: the saved weights differ from the run's; " + check["summary"]
-    check["summary"] += f", on {note} at sizes {', '.join('×'.join(map(str, s)) for s in check['sizes'])}"
+    shown = dict.fromkeys('×'.join(map(str, s)) for s in check["sizes"])  # batches of one size: named once
+    check["summary"] += f", on {note} at {'sizes' if len(shown) > 1 else 'size'} {', '.join(shown)}"
     return finish_export(folder, run_dir, fmt, name, data, check, manifest, previous, t0, example_script,
                          task="segmentation")
 
