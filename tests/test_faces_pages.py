@@ -126,9 +126,17 @@ def test_test_page_boxes_and_names_an_uploaded_photo_and_verifies(face_run) -> N
     _ok(at)
     assert "Probably the same person" in _texts(at)
     at.session_state["draft_dataset_id"] = runs.load_config(run_dir).dataset  # the photos the run enrolled
-    at.session_state["draft_backbone"] = "dlib_resnet_face"
+    at.session_state["draft_backbone"] = "mobilenetv2_100"  # the fine-tune choice beside the face model
     at.switch_page("views/faces_train.py").run()
     _ok(at)
+    sidebar = [c.value for c in at.sidebar.caption]  # the frozen face model is chosen (the radio's first choice)
+    assert "Model: **dlib_resnet_face** (face model, frozen)" in sidebar
+    assert not any(c.startswith("Layers:") for c in sidebar)
+    at.radio(key="faces_model").set_value("mobilenetv2_100").run()
+    sidebar = [c.value for c in at.sidebar.caption]
+    assert "Model: **dlib_resnet_face** (face model, frozen)" not in sidebar and any(c.startswith("Layers:")
+                                                                                  for c in sidebar)
+    at.radio(key="faces_model").set_value("dlib_resnet_face").run()
     assert "other people's faces scored by this face model" in _texts(at)  # the Train page says it too
 
 

@@ -248,10 +248,21 @@ def sidebar_status(slot) -> None:
         titles = {t.name: t.title for t in list_tasks()}
         st.caption(f"Task: **{titles.get(current_task(), current_task())}**")
         backbone = draft("backbone")
-        st.caption(f"Model: **{backbone}**" if backbone else "Model: not chosen yet")
+        face_model = draft("faces_model") if current_task() == "faces" else None
+        if face_model:
+            from core.tasks.faces.embed import is_face_model
+
+            frozen_faces = is_face_model(face_model)  # the Faces Train page's frozen face model was chosen
+        else:
+            frozen_faces = False
+        if frozen_faces:
+            st.caption(f"Model: **{face_model}** (face model, frozen)")
+        else:
+            st.caption(f"Model: **{backbone}**" if backbone else "Model: not chosen yet")
         dataset_id = draft("dataset_id")
         st.caption(f"Data: **{dataset_label(dataset_id)}**" if dataset_id else "Data: not chosen yet")
-        st.caption(f"Layers: **{freeze_words(draft_freeze().preset)}**")
+        if not frozen_faces:  # a frozen face model has no layers to choose
+            st.caption(f"Layers: **{freeze_words(draft_freeze().preset)}**")
         run_id = draft("run_id")
         if run_id:
             st.caption(f"Run: **{run_label(run_id)}**")

@@ -35,6 +35,7 @@ MODELS = {DLIB_MODEL: f"Face model, frozen — {FACE_MODELS[DLIB_MODEL]}. Ready 
           backbone: f"Fine-tune {backbone} (ImageNet weights) with ArcFace — layers: {freeze.preset} "
                     "(Layers page). Minutes; shows what a general-purpose source model buys."}
 model = st.radio("Model", list(MODELS), format_func=lambda m: MODELS[m], key="faces_model")
+set_draft("faces_model", model)  # the sidebar names the model chosen here (the frozen face model has no layers)
 c1, c2 = st.columns(2)
 kind = c1.radio("Gallery", list(KINDS), format_func=lambda k: f"{k}: {KINDS[k]}", key="faces_gallery")
 far = c2.select_slider("False-accept rate you accept (strangers named as somebody)", list(TARGET_FARS), value=0.01,
