@@ -5,6 +5,7 @@ progress, curves, Stop/Resume, read from the run folder."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import streamlit as st
 
@@ -76,6 +77,15 @@ if not run_id or not (runs_root() / run_id / "config.json").is_file() or \
 RUN_DIR = runs_root() / run_id
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _threshold_note(gallery_file: str, mtime: float) -> str:  # noqa: ARG001 - mtime: read again when it changes
+    """How the run's threshold was chosen (gallery.json's calibration note), read once per version of the file
+    rather than at every tick of the live view."""
+    from core.storage import read_json
+
+    return ((read_json(Path(gallery_file), {}) or {}).get("calibration") or {}).get("note", "")
+
+
 @st.fragment(run_every=1.0)
 def live() -> None:
     view = read_run(RUN_DIR)
@@ -106,10 +116,9 @@ def live() -> None:
         threshold = (last.get("metrics") or {}).get("threshold")
         m2.metric("'Unknown' threshold", f"{threshold:.3f}" if threshold is not None else "—")
         m3.metric("Device", status.get("device", "?"))
-        if state == "completed":  # how the threshold was chosen, when the photos alone could not say
-            from core.storage import read_json
-
-            note = ((read_json(RUN_DIR / "gallery.json", {}) or {}).get("calibration") or {}).get("note")
+        gallery_file = RUN_DIR / "gallery.json"
+        if state == "completed" and gallery_file.is_file():  # how the threshold was chosen, when photos could not
+            note = _threshold_note(str(gallery_file), gallery_file.stat().st_mtime)
             if note:
                 st.caption(esc(note))
         if len(view.history) > 1:
