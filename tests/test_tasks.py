@@ -202,11 +202,12 @@ def test_each_task_offers_the_export_formats_its_exporter_takes():
     import importlib
 
     from core.export import FORMATS
+    from core.tasks import export_formats
 
-    assert getattr(get_task("classification"), "export_formats", FORMATS) == FORMATS
+    assert export_formats(get_task("classification"), "mobilenetv2_100") == FORMATS
     faces = get_task("faces")  # the frozen face model is no network: its gallery alone
-    assert faces.export_formats_for("dlib_resnet_face") == ("safetensors",)
-    assert faces.export_formats_for("mobilenetv2_100") == FORMATS
+    assert export_formats(faces, "dlib_resnet_face") == ("safetensors",)
+    assert export_formats(faces, "mobilenetv2_100") == FORMATS
     for task in ("detection", "segmentation"):
         exporter = importlib.import_module(f"core.tasks.{task}.export")
-        assert get_task(task).export_formats == exporter.FORMATS, task
+        assert export_formats(get_task(task), "mobilenetv2_100") == exporter.FORMATS, task

@@ -212,12 +212,11 @@ with export:
     if not has_weights:
         st.info("Train this run first.")
     else:
-        from core.export import FORMATS, read_export_record, reproduce_command, zip_export
-        from core.tasks import get_task
+        from core.export import read_export_record, reproduce_command, zip_export
+        from core.tasks import export_formats, get_task
 
-        task = get_task(RUN_TASK)  # only what this run can export: its task's formats, for faces its model's
-        formats = list(task.export_formats_for(runs.read_json_config(RUN).get("backbone", ""))
-                       if hasattr(task, "export_formats_for") else getattr(task, "export_formats", FORMATS))
+        # only what this run can export (detection: no TorchScript; the frozen face model: its gallery alone)
+        formats = list(export_formats(get_task(RUN_TASK), runs.read_json_config(RUN).get("backbone", "")))
         fmt = st.radio("Format", formats, horizontal=True, key="runs_export_fmt",
                        help="safetensors + manifest: for this app and plain PyTorch; ONNX: for onnxruntime and "
                             "other tools" + ("; TorchScript: for C++/mobile PyTorch." if "torchscript" in formats

@@ -13,7 +13,8 @@ A task lives in `core/tasks/<name>.py` or `core/tasks/<name>/__init__.py` and ex
 - `has_quick`: whether the Train page offers the quick (cached-embedding) model;
 - optional `train_options`: which Train page extras apply ("lr_finder", "class_weights", "crop_size" with
   `full_crop`, the side train_size = 0 means; default the first two);
-- optional `export_formats`: the formats its runs export to (default safetensors, onnx, torchscript);
+- optional `export_formats`: the formats its runs export to (default safetensors, onnx, torchscript), or
+  `export_formats_for(backbone)` when they depend on the model (`export_formats()` asks either);
 - optional `default_train() -> TrainConfig`: the task's winning defaults for the Train page (else TrainConfig());
 - optional `model_note` (shown on the Model page, e.g. what is and is not pretrained) and `head_label` (the
   task's own layers that always train, named on the Layers page);
@@ -108,6 +109,16 @@ def get_task(name: str) -> Task:
 def train_defaults(task: Task) -> TrainConfig:
     """The task's measured training defaults (`default_train()`), else the generic TrainConfig()."""
     return task.default_train() if hasattr(task, "default_train") else TrainConfig()
+
+
+def export_formats(task: Task, backbone: str) -> tuple[str, ...]:
+    """The formats a run of `task` on `backbone` can be exported to: the task's own rule (`export_formats_for`,
+    e.g. the frozen face model has no network), else its `export_formats`, else every format."""
+    if hasattr(task, "export_formats_for"):
+        return tuple(task.export_formats_for(backbone))
+    from core.export import FORMATS
+
+    return tuple(getattr(task, "export_formats", FORMATS))
 
 
 def freeze_defaults(task: Task) -> FreezeConfig:
