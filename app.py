@@ -17,7 +17,9 @@ restore_draft_from_url()  # a reload (F5) of any page keeps the chosen task, mod
 keep_widget_values()  # and visiting another page keeps the Train page's settings
 TASK = current_task()
 PAGES = {
-    "": [st.Page("views/home.py", title="Home", icon=":material/home:", default=True, url_path="home")],
+    # Streamlit serves the default page at "/" only; a hidden twin answers an address typed as /home
+    "": [st.Page("views/home.py", title="Home", icon=":material/home:", default=True, url_path="start"),
+         st.Page("views/home.py", title="Home", icon=":material/home:", url_path="home", visibility="hidden")],
     "Steps": [  # a task may replace a step's view with views/<task>_<step>.py (same URL, same place in the flow)
         st.Page(page_file("model", TASK), title="1 · Model", icon=":material/view_in_ar:", url_path="model"),
         st.Page(page_file("data", TASK), title="2 · Data", icon=":material/photo_library:", url_path="data"),

@@ -111,3 +111,14 @@ def test_sidebar_follows_the_current_choice(page, app_url, st_helpers):
     expect(st.metric_value(page, "Frozen parameters")).to_have_text("0")
     st.wait_idle(page)
     expect(page.get_by_test_id("stSidebar").get_by_text("Layers: Everything")).to_be_visible(timeout=10_000)
+
+
+def test_home_answers_at_its_own_address(page, app_url, st_helpers):
+    """Typing /home (the sidebar's Home is served at /) shows the home page, not Streamlit's "Page not found"."""
+    from playwright.sync_api import expect
+
+    st = st_helpers
+    st.open(page, f"{app_url}/home")
+    expect(st.main(page).get_by_role("heading", name="Transfer Studio")).to_be_visible()
+    expect(page.get_by_text("Page not found")).to_have_count(0)
+    expect(page.get_by_role("button", name="Try it with sample data")).to_be_visible()
