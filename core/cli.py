@@ -123,6 +123,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core.tasks import get_task, task_of
 
     task = task_of(args.resume) if args.resume else args.task
+    if not args.resume and not args.model and task != "faces":  # faces: its own face embedder by default
+        from core.config import DEFAULT_BACKBONE
+
+        args.model = DEFAULT_BACKBONE
     if (args.nproc or 1) * args.nnodes > 1 and (task != "classification" or args.quick):
         what = "the quick model" if args.quick else f"{task}"
         print(f"note: {what} trains on one device; --nproc/--nnodes are ignored.", file=sys.stderr)
@@ -152,8 +156,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_dir = Path(args.resume).resolve()
             config = runs.load_config(run_dir)
         else:
-            if not args.data or not args.model:
-                print("error: --data and --model are required (or --resume RUN_DIR)", file=sys.stderr)
+            if not args.data:
+                print("error: --data DIR is required (or --resume RUN_DIR)", file=sys.stderr)
                 return 2
             from core import zoo
             from core.tasks.classification import CLASSIFICATION
@@ -348,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a folder of images (or resume a run)")
     p.add_argument("--data", help="folder with one sub-folder per class (optionally inside train/ and val/)")
-    p.add_argument("--model", help="backbone name, e.g. mobilenetv2_100 (faces: the face embedder by default)")
+    p.add_argument("--model", help="backbone name (default: mobilenetv2_100; faces: the face embedder)")
     p.add_argument("--task", default="classification", choices=[t.name for t in list_tasks() if t.available])
     p.add_argument("--annotations", metavar="FILE",
                    help="detection: COCO json / VOC folder / YOLO folder (default: found in --data)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, replace
 
+DEFAULT_BACKBONE = "mobilenetv2_100"  # the model of the app and the command line when none is chosen
 PRESETS = ("head", "last-N", "all", "gradual", "custom")
 PRESET_HELP = {
     "head": "Train only the new head; the pretrained backbone stays as it is. Fastest, needs the fewest photos.",

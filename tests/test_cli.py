@@ -138,3 +138,13 @@ def test_train_with_bad_input_explains(tmp_path: Path, capsys) -> None:
     assert "not a folder" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path), "--model", "no_such_net"]) == 2
     assert "Unknown model" in capsys.readouterr().err
+
+
+def test_train_without_model_uses_the_default_backbone(tmp_path: Path, capsys) -> None:
+    """--model may be left out (as on the pages, MobileNetV2): the data is checked, not the missing flag."""
+    for task in ("classification", "detection", "segmentation"):
+        assert main(["train", "--task", task, "--data", str(tmp_path / "nothing"), "--json"]) == 2
+        err = capsys.readouterr().err
+        assert "--model" not in err and "nothing" in err, (task, err)
+    assert main(["train", "--json"]) == 2
+    assert "--data DIR is required" in capsys.readouterr().err

@@ -11,7 +11,6 @@ import streamlit as st
 from core.config import FreezeConfig
 from core.device import DevicePlan, plan_device
 
-DEFAULT_BACKBONE = "mobilenetv2_100"
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'%@/])")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import jobs, runs
-from core.config import RunConfig
+from core.config import DEFAULT_BACKBONE, RunConfig
 from core.plots import batch_loss_figure, epoch_curves
 from core.progress import read_run
 from core.settings import runs_root
@@ -19,7 +19,7 @@ from core.tasks.faces.embed import DLIB_MODEL, FACE_MODELS
 from core.tasks.faces.gallery import KINDS
 from core.tasks.faces.threshold import TARGET_FARS
 from core.trainset import DatasetProblem
-from views.common import DEFAULT_BACKBONE, dataset_label, draft, draft_freeze, esc, set_draft, step_page
+from views.common import dataset_label, draft, draft_freeze, esc, set_draft, step_page
 
 TASK = get_task("faces")
 st.title("4 · Enrol in a model")

@@ -4,9 +4,10 @@ import json
 
 import streamlit as st
 
+from core.config import DEFAULT_BACKBONE
 from core.settings import sample_data_root
 from core.tasks import freeze_defaults, get_task
-from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft, step_page
+from views.common import choose_task, draft, set_draft, step_page
 
 st.title("Transfer Studio")
 st.write("Teach a pretrained image model your own classes, without programming. "

@@ -8,7 +8,8 @@ import streamlit as st
 
 from core import zoo
 from core.catalog import backbone_rows
-from views.common import DEFAULT_BACKBONE, choose_task, draft, set_draft, step_page
+from core.config import DEFAULT_BACKBONE
+from views.common import choose_task, draft, set_draft, step_page
 
 st.title("1 · Choose a model")
 _task_name = choose_task("model_task")

@@ -60,8 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_dir = Path(args.resume).resolve()
             runs.load_config(run_dir)
         else:
-            if not args.data or not args.model:
-                return _fail("--data and --model are required (or --resume RUN_DIR)")
+            if not args.data:
+                return _fail("--data DIR is required (or --resume RUN_DIR)")
             spec = zoo.get_spec(args.model)
             if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
                 return _fail(zoo.weights_status(spec))

@@ -26,7 +26,7 @@ def run(command: str, args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from core import runs, zoo
-    from core.config import FreezeConfig, RunConfig
+    from core.config import DEFAULT_BACKBONE, FreezeConfig, RunConfig
     from core.recorder import RunRecorder, TextProgress
     from core.tasks.segmentation import TASK
     from core.tasks.segmentation.train import fit
@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _fail("segmentation has no quick model; train without --quick.")
         if not args.data:
             return _fail("--data DIR is required (or --resume RUN_DIR)")
-        model = args.model or "mobilenetv2_100"
+        model = args.model or DEFAULT_BACKBONE
         spec = zoo.get_spec(model)
         if spec.weights.kind == "package" and not zoo.has_weights(spec) and not args.from_scratch:
             return _fail(zoo.weights_status(spec))
