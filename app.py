@@ -1,5 +1,8 @@
 """Transfer Studio: only a router. Each page is a short view over `core`."""
 
+# pandas is imported whole before any page runs: plotly reads sys.modules["pandas"] without waiting for it, so a live
+# chart's fragment crashed ("partially initialized module 'pandas'") while another session's first run imported it
+import pandas  # noqa: F401
 import streamlit as st
 
 from views.common import (
