@@ -130,3 +130,39 @@ def test_computing_results_of_a_run_without_photos_says_why_without_the_cli_pref
     shown = next(e.value for e in at.error if "Could not compute results" in e.value)
     assert "Could not compute results: The photos" in shown.replace("\\", ""), shown
     assert "error:" not in shown
+
+
+def test_opening_another_run_shows_its_own_name_note_and_an_unticked_delete(trained: Path) -> None:  # noqa: F811
+    """The Manage fields have fixed keys: they used to keep run A's typed name and note (Save then renamed B) and
+    the ticked delete box of a deleted run (one click then deleted the next)."""
+    other = runs_root() / "20200101-000000-0123456789ab"
+    shutil.copytree(trained, other)
+    write_json_atomic(other / "meta.json", {"name": "run B", "note": "B's note"})
+    write_json_atomic(trained / "meta.json", {"name": "run A", "note": ""})
+    at = _app("views/runs.py").run()
+    _ok(at)
+    picker = next(s for s in at.selectbox if s.label == "Open a run")
+    picker.set_value(trained.name).run()
+    at.text_input(key="runs_name").set_value("typed for A").run()
+    at.text_area(key="runs_note").set_value("note for A").run()
+    next(s for s in at.selectbox if s.label == "Open a run").set_value(other.name).run()
+    _ok(at)
+    assert at.text_input(key="runs_name").value == "run B"
+    assert at.text_area(key="runs_note").value == "B's note"
+    at.checkbox(key="runs_delete_confirm").check().run()
+    at.button(key="runs_delete").click().run()
+    _ok(at)
+    assert not other.exists() and trained.exists()
+    assert any("Deleted the run run B" in s.value.replace("\\", "") for s in at.success)
+    assert at.checkbox(key="runs_delete_confirm").value is False  # the next run's box starts unticked
+    assert runs.display_name(trained) == "run A"
+
+
+def test_downloads_are_named_after_the_run() -> None:
+    from views.common import download_stem
+
+    run_id = "20261207-183358-2b3f06008165"
+    assert download_stem("Textures 3 epochs", run_id) == "textures-3-epochs-008165"
+    assert download_stem("Fine-tune · mobilenetv2_100", run_id) == "fine-tune-mobilenetv2-100-008165"
+    assert download_stem("", run_id) == run_id and download_stem("·!", run_id) == run_id
+    assert download_stem(run_id, run_id) == run_id  # an unnamed run shows its id as its name

@@ -14,6 +14,12 @@ from core.device import DevicePlan, plan_device
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'%@/])")
 
 
+def download_stem(name: str, run_id: str) -> str:
+    """A download's file name: the run's name in plain letters, then its id's tail (names need not be unique)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60].strip("-")
+    return f"{slug}-{run_id[-6:]}" if slug and slug != run_id else run_id
+
+
 def count(n: int, word: str, plural: str | None = None) -> str:
     """'1 box', '3 boxes', '0 boxes'."""
     return f"{n} {word if n == 1 else plural or word + 's'}"

@@ -20,7 +20,7 @@ from core.progress import read_run
 from core.settings import PROJECT_ROOT, runs_root
 from core.storage import read_json, write_json_atomic
 from core.tasks import list_tasks
-from views.common import draft, esc, results_not_computed, set_draft, step_page
+from views.common import download_stem, draft, esc, results_not_computed, set_draft, step_page
 from views.results import cli_error
 
 st.title("6 · Runs, results and export")
@@ -105,7 +105,9 @@ def _row(run_dir) -> dict:
             "batch": None if cfg.get("quick") else train.get("batch_size"),
             "lr": None if cfg.get("quick") else f"{train['lr']:.3g}" if train.get("lr") else "auto",
             "status": jobs.state(run_dir).get("state", status.get("state")),
-            "best_val_accuracy": status.get("best_val_accuracy"),
+            # rounded here as the Train page writes it (0.8125 → 0.812): the table's printf would show 0.813
+            "best_val_accuracy": None if status.get("best_val_accuracy") is None else
+            round(status["best_val_accuracy"], 3),
             "seconds": round(status.get("seconds") or 0, 1), "device": status.get("device", ""),
             "note": meta.get("note", "")}
 
@@ -126,6 +128,8 @@ def _side_by_side(table: pd.DataFrame, chosen: list[str]) -> pd.DataFrame:
     return rows.drop(columns=["name", "run"]).set_axis(labels).T.map(_cell)
 
 
+if deleted := st.session_state.pop("runs_deleted", None):
+    st.success(f"Deleted the run {esc(deleted)} and its files.")
 all_runs = runs.list_runs()
 if not all_runs:
     st.info("No runs yet.")
@@ -174,6 +178,7 @@ run_id = st.selectbox("Open a run", ids, index=ids.index(current) if current in 
                       key=f"runs_open_{st.session_state.get('runs_renames', 0)}")
 set_draft("run_id", run_id)
 RUN = runs_root() / run_id
+STEM = download_stem(names[run_id], run_id)  # downloads are named after the run
 status = jobs.state(RUN)
 has_weights = (RUN / "checkpoints" / "best.safetensors").exists()
 results, export, manage = st.tabs(["Results", "Export and share", "Manage"])
@@ -239,7 +244,7 @@ with export:
                 else:
                     st.error(f"{name}: the check FAILED ({detail}); do not use this file. It is left out of the "
                              "download below.")
-            st.download_button("Download the export (.zip)", zip_export(out), file_name=f"{run_id}-model.zip",
+            st.download_button("Download the export (.zip)", zip_export(out), file_name=f"{STEM}-model.zip",
                                key="runs_download", mime="application/zip")
             example = out / "predict_example.py"
             if example.exists():
@@ -257,11 +262,15 @@ with export:
                 st.error(f"Could not write the report: {err}")
         report = RUN / "report.html"
         if report.exists():
-            st.download_button("Download report.html", report.read_bytes(), file_name=f"{run_id}-report.html",
+            st.download_button("Download report.html", report.read_bytes(), file_name=f"{STEM}-report.html",
                                mime="text/html", key="runs_report_download")
 
 with manage:
     meta = _meta(RUN)
+    if st.session_state.get("runs_manage_for") != run_id:  # another run opened: its own name and note, and an
+        for key in ("runs_name", "runs_note", "runs_delete_confirm"):  # unticked delete box (fixed keys keep
+            st.session_state.pop(key, None)  # what was typed or ticked for the run before)
+        st.session_state["runs_manage_for"] = run_id
     new_name = st.text_input("Name", value=runs.display_name(RUN, fallback=""), key="runs_name", max_chars=120)
     note = st.text_area("Note", value=meta.get("note", ""), key="runs_note", max_chars=2000)
     if st.button("Save name and note", key="runs_save_meta"):
@@ -297,4 +306,5 @@ with manage:
                  runs.ACTIVE_STATES, icon=":material/delete:"):
         shutil.rmtree(RUN, ignore_errors=True)
         set_draft("run_id", None)
+        st.session_state["runs_deleted"] = names[run_id]
         st.rerun()

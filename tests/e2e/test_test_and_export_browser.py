@@ -165,7 +165,7 @@ def test_export_onnx_then_download_the_zip(page, app_url, st_helpers, run_id, tm
         main.get_by_role("button", name="Download the export (.zip)").click()
     download = info.value
     assert download.failure() is None, download.failure()
-    assert download.suggested_filename == f"{run_id}-model.zip"
+    assert download.suggested_filename == f"e2e-colours-{run_id[-6:]}-model.zip"  # named after the run
     saved = tmp_path / download.suggested_filename
     download.save_as(saved)
     with zipfile.ZipFile(saved) as zf:
