@@ -6,6 +6,7 @@ import pandas  # noqa: F401
 import streamlit as st
 
 from views.common import (
+    app_icon,
     current_task,
     draft_to_url,
     keep_widget_values,
@@ -14,7 +15,7 @@ from views.common import (
     sidebar_status,
 )
 
-st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
+st.set_page_config(page_title="Transfer Studio", page_icon=app_icon(), layout="wide")
 
 restore_draft_from_url()  # a reload (F5) of any page keeps the chosen task, model, data and run
 keep_widget_values()  # and visiting another page keeps the Train page's settings

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
 
 import streamlit as st
+from PIL import Image, ImageDraw
 
 from core.config import FreezeConfig
 from core.device import DevicePlan, plan_device
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'%@/])")
+
+
+@functools.lru_cache(maxsize=1)
+def app_icon() -> Image.Image:
+    """The browser tab's icon, drawn here: a material icon name makes the browser fetch it from Google's servers,
+    which fails offline (and this app promises to need no network)."""
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    pen = ImageDraw.Draw(img)
+    pen.rounded_rectangle((0, 0, 63, 63), radius=14, fill=(31, 111, 235, 255))
+    left, right = [(18, 18), (18, 46)], [(46, 14), (46, 32), (46, 50)]  # a tiny two-layer network
+    for a in left:
+        for b in right:
+            pen.line((a, b), fill=(255, 255, 255, 170), width=3)
+    for x, y in left + right:
+        pen.ellipse((x - 6, y - 6, x + 6, y + 6), fill=(255, 255, 255, 255))
+    return img
 
 
 def download_stem(name: str, run_id: str) -> str:

@@ -122,3 +122,22 @@ def test_home_answers_at_its_own_address(page, app_url, st_helpers):
     expect(st.main(page).get_by_role("heading", name="Transfer Studio")).to_be_visible()
     expect(page.get_by_text("Page not found")).to_have_count(0)
     expect(page.get_by_role("button", name="Try it with sample data")).to_be_visible()
+
+
+def test_pages_ask_nothing_from_the_internet(page, app_url, st_helpers):
+    """Everything runs on the user's machine: no page asks another host for anything (the tab's icon used to be
+    fetched from fonts.gstatic.com, and failed offline)."""
+    from playwright.sync_api import expect
+
+    st = st_helpers
+    outside: list[str] = []
+    page.on("request", lambda req: outside.append(req.url)
+            if not req.url.startswith((app_url, "data:", "blob:")) else None)
+    st.open(page, app_url)
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="2 · Data", exact=True).click()
+    expect(page).to_have_url(st.page_url(app_url, "data"), timeout=st.SLOW_MS)
+    st.wait_idle(page)
+    icon = page.locator("link[rel='shortcut icon']")
+    expect(icon).to_have_count(1)
+    assert not icon.get_attribute("href").startswith("http") or icon.get_attribute("href").startswith(app_url)
+    assert outside == [], outside
