@@ -13,20 +13,21 @@ from core import zoo
 from core.config import FreezeConfig
 from core.device import plan_device
 from core.freeze import layer_groups, plan_phases
-from core.measure import cached_latency, measure_latency
+from core.measure import cached_latency, measure_latency, measured_while_busy
 from core.settings import data_root
 
 
 def backbone_rows(measure: bool = True, include_scratch: bool = True,
-                  on_progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
-    """One row per backbone: title, family, parameters, input size, top-1, licence, weights, CPU latency."""
+                  on_progress: Callable[[int, int, str], None] | None = None, again: bool = False) -> list[dict]:
+    """One row per backbone: title, family, parameters, input size, top-1, licence, weights, CPU latency
+    (`again`: measured anew, not read from the cache)."""
     plan = plan_device()
     specs = zoo.list_backbones(include_scratch=include_scratch)
     rows = []
     for i, spec in enumerate(specs):
         if on_progress:
             on_progress(i, len(specs), spec.title)
-        latency = measure_latency(spec.name, plan) if measure else cached_latency(spec.name, plan)
+        latency = measure_latency(spec.name, plan, force=again) if measure else cached_latency(spec.name, plan)
         rows.append({
             "name": spec.name,
             "title": spec.title,
@@ -39,6 +40,7 @@ def backbone_rows(measure: bool = True, include_scratch: bool = True,
             "weights": zoo.weights_status(spec),
             "latency_ms": latency,
             "latency_device": f"{plan.device} ({plan.precision}, {plan.threads} threads)",
+            "latency_busy": measured_while_busy(spec.name, plan),
             "interpolation": spec.interpolation,
             "mean": list(spec.mean),
             "std": list(spec.std),

@@ -41,23 +41,50 @@ def _write_cache(data: dict) -> None:
     write_json_atomic(cache_root() / LATENCY_FILE, dict(sorted(data.items())))
 
 
+BUSY_CPU_PERCENT = 50.0  # the processor's use just before measuring above which a latency reads too slow
+
+
+def _entry(name: str, plan: DevicePlan) -> dict | None:
+    """{"ms": float, "busy": bool} from the cache (files before session 39 held the bare ms)."""
+    value = _read_cache().get(_latency_key(name, plan))
+    if value is None:
+        return None
+    return {"ms": float(value), "busy": False} if isinstance(value, int | float) else \
+        {"ms": float(value["ms"]), "busy": bool(value.get("busy"))}
+
+
 def cached_latency(name: str, plan: DevicePlan | None = None) -> float | None:
     """The cached latency (ms per image) of a backbone on this machine, or None when not measured yet."""
-    plan = plan or plan_device()
-    value = _read_cache().get(_latency_key(name, plan))
-    return float(value) if value is not None else None
+    entry = _entry(name, plan or plan_device())
+    return entry["ms"] if entry else None
+
+
+def measured_while_busy(name: str, plan: DevicePlan | None = None) -> bool:
+    """True when the cached latency was measured while other work (e.g. a training run) used the processor."""
+    entry = _entry(name, plan or plan_device())
+    return bool(entry and entry["busy"])
+
+
+def processor_busy(seconds: float = 0.25) -> bool:
+    """Whether other work uses the processor now (all cores' use over `seconds`, this process idle meanwhile)."""
+    return psutil.cpu_percent(interval=seconds) > BUSY_CPU_PERCENT
 
 
 def measure_latency(name: str, plan: DevicePlan | None = None, repeats: int = 10, force: bool = False) -> float:
-    """Median inference latency (ms) of one image at the backbone's input size; measured once, then cached."""
+    """Median latency (ms) of one image at the backbone's input size, through the same BatchNorm-folded copy
+    predictions use; measured once, then cached. A figure taken while the processor was busy is measured again
+    once it is free."""
     plan = plan or plan_device()
-    if not force and (hit := cached_latency(name, plan)) is not None:
-        return hit
+    entry = None if force else _entry(name, plan)
+    if entry is not None and not (entry["busy"] and not processor_busy()):
+        return entry["ms"]
+    busy = processor_busy()
     spec = zoo.get_spec(name)
     model = zoo.create_model(name, pretrained=False).eval().to(plan.torch_device())
     x = torch.randn(1, 3, spec.input_size, spec.input_size, device=plan.torch_device())
     if plan.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    model = zoo.inference_copy(model, spec.input_size, plan.channels_last)  # as Predictor runs it (core.inference)
     times = []
     with inference_mode(plan):
         for i in range(repeats + 3):
@@ -69,7 +96,7 @@ def measure_latency(name: str, plan: DevicePlan | None = None, repeats: int = 10
                 times.append(time.perf_counter() - start)
     ms = round(statistics.median(times) * 1000, 2)
     cache = _read_cache()
-    cache[_latency_key(name, plan)] = ms
+    cache[_latency_key(name, plan)] = {"ms": ms, "busy": busy}
     _write_cache(cache)
     return ms
 

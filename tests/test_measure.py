@@ -58,3 +58,20 @@ def test_the_estimate_trains_on_the_crops_a_run_trains_on(home: Path, capsys) ->
     estimate = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["estimate"]
     size = CLASSIFICATION.default_train_size(own)
     assert size != own and f"{size}×{size} training crops" in estimate["note"]  # `train`'s default crops
+
+
+def test_a_latency_measured_while_busy_is_flagged_and_measured_again_when_free(home: Path) -> None:
+    """A figure taken while a training run used the processor read 2-3x too slow and was kept for good."""
+    key_file = cache_root() / measure.LATENCY_FILE
+    measure.measure_latency("test_resnet", repeats=3)
+    cache = json.loads(key_file.read_text())
+    (key,) = [k for k in cache if k.startswith("test_resnet|")]
+    assert set(cache[key]) == {"ms", "busy"}
+    cache[key] = {"ms": 999.0, "busy": True}
+    key_file.write_text(json.dumps(cache))
+    assert measure.measured_while_busy("test_resnet") and measure.cached_latency("test_resnet") == 999.0
+    if not measure.processor_busy():  # free now (as in a quiet test run): measured again, and no longer flagged
+        assert measure.measure_latency("test_resnet", repeats=3) != 999.0
+    cache[key] = 7.5  # a cache written before the flag existed still reads
+    key_file.write_text(json.dumps(cache))
+    assert measure.cached_latency("test_resnet") == 7.5 and not measure.measured_while_busy("test_resnet")

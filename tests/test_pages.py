@@ -212,3 +212,29 @@ def test_home_says_a_trained_step_leads_to_its_run(home: Path, tmp_path: Path) -
     _ok(at)
     labels = [link.proto.label for link in at.get("page_link")]
     assert "done ✓ — see the run" in labels  # the Train step: a run is looked at, not changed
+
+
+def test_model_page_says_which_speeds_were_measured_while_busy_and_measures_again() -> None:
+    import json
+
+    from core import measure
+    from core.device import plan_device
+    from core.settings import cache_root
+
+    at = _app()
+    at.switch_page("views/model.py").run()
+    _ok(at)
+    path = cache_root() / measure.LATENCY_FILE
+    cache = json.loads(path.read_text())
+    key = measure._latency_key("mobilenetv2_100", plan_device())
+    cache[key] = {"ms": 999.0, "busy": True}
+    path.write_text(json.dumps(cache))
+    at.run()
+    _ok(at)
+    if measure.measured_while_busy("mobilenetv2_100"):  # not measured again at once: the processor is busy now
+        assert any("Measured while the processor was busy" in c.value and "MobileNetV2" in c.value
+                   for c in at.caption)
+    at.button(key="model_measure_again").click().run()
+    _ok(at)
+    assert measure.cached_latency("mobilenetv2_100") != 999.0  # measured anew
+    assert any("per second for predictions" in c.value for c in at.caption)

@@ -9,7 +9,7 @@ import streamlit as st
 from core import zoo
 from core.catalog import backbone_rows
 from core.config import DEFAULT_BACKBONE
-from views.common import choose_task, draft, set_draft, step_page
+from views.common import choose_task, count, draft, set_draft, step_page
 
 st.title("1 · Choose a model")
 _task_name = choose_task("model_task")
@@ -33,7 +33,8 @@ def _progress(i: int, n: int, title: str) -> None:
         progress.progress(i / n, text=f"Measuring speed on this machine (once): {title}")
 
 
-rows = backbone_rows(measure=True, include_scratch=show_all, on_progress=_progress)
+again = st.session_state.pop("model_measure_again_asked", False)
+rows = backbone_rows(measure=True, include_scratch=show_all, on_progress=_progress, again=again)
 progress.empty()
 
 table = pd.DataFrame(rows)[["name", "title", "family", "params_m", "input_size", "imagenet_top1", "licence",
@@ -51,6 +52,13 @@ st.dataframe(
     },
 )
 st.caption(f"Latency: one image, {rows[0]['latency_device']}, measured on this machine.")
+busy = [r["title"] for r in rows if r.get("latency_busy")]
+if busy:
+    st.caption(f"Measured while the processor was busy (a training run or another program), so slower than usual: "
+               f"{', '.join(busy)}. Measured again on a later visit when the processor is free.")
+if st.button("Measure the speeds again", key="model_measure_again", icon=":material/speed:"):
+    st.session_state["model_measure_again_asked"] = True  # measured at the top of the next run, with progress
+    st.rerun()
 
 names = [r["name"] for r in rows]
 current = draft("backbone") or DEFAULT_BACKBONE
@@ -84,7 +92,7 @@ if _task_name == "classification":  # the other tasks size photos their own way 
 else:
     st.caption(f"Colour normalisation: mean {spec.mean}, std {spec.std}. {spec.notes}")
 if row and row["latency_ms"]:
-    st.caption(f"About {1000 / row['latency_ms']:.0f} images per second for predictions on this machine.")
+    st.caption(f"About {count(round(1000 / row['latency_ms']), 'image')} per second for predictions on this machine.")
 has_data = bool(draft("dataset_id"))  # the steps in order: photos first, unless they are chosen already
 if st.button("Next: choose the layers to train →" if has_data else "Next: bring your photos →", key="model_use",
              type="primary", icon=":material/layers:" if has_data else ":material/photo_library:"):
