@@ -249,11 +249,11 @@ def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_accuracy
     if reaching and max(reaching) / n >= min_coverage:
         t, cov, acc = pick(max(reaching))
         if t == 0.0:
-            reason = (f"The model is right on {_share(acc)} of the {n} validation images, above the {goal} target, "
-                      "so it can answer every image.")
+            reason = (f"The model is right on {_share(acc)} of the {n} validation images, above the {goal} a \"not "
+                      "sure\" threshold aims for, so it can answer every image.")
         else:
             reason = (f"Answering only when the top probability is at least {_share(t)} gives {_share(acc)} accuracy "
-                      f"(target {goal}) on the {_share(cov)} of validation images that are answered; the rest get "
+                      f"(the aim is {goal}) on the {_share(cov)} of validation images that are answered; the rest get "
                       "\"not sure\".")
         reached = True
     else:
@@ -262,7 +262,8 @@ def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_accuracy
         t, cov, acc = pick(best)
         why = (f"is reached only when fewer than {min_coverage:.0%} of the images are answered" if reaching
                else "is not reached at any threshold")
-        reason = (f"The {goal} accuracy target {why}; the default answers when the top probability is at least "
+        reason = (f"The {goal} accuracy a \"not sure\" threshold aims for {why}; the default answers when the top "
+                  "probability is at least "
                   f"{_share(t)}, which gives the best accuracy ({_share(acc)}) while still answering {_share(cov)} "
                   "of the validation images.")
         reached = False
@@ -683,8 +684,9 @@ def read_learning_curve(points: Sequence[dict], n_val: int) -> tuple[str, list[d
     acc = full["val_accuracy"] or 0.0
     per_class = {k: v for k, v in full["per_class_recall"].items() if v is not None}
     n_per_class = full["images_per_class"]
-    sentences = [f"With all {full['n_train']} training images the quick model gets {acc:.0%} of the {n_val} "
-                 "validation images right."]
+    sentences = [f"This curve comes from the quick model (a simpler classifier on the pretrained features, "
+                 f"trained again on each share of the photos), so its scores differ from this run's. With all "
+                 f"{full['n_train']} training images it gets {acc:.0%} of the {n_val} validation images right."]
     half = next((p for p in pts if abs(p["fraction"] - 0.5) < 1e-9), pts[-2] if len(pts) > 1 else None)
     if half is not None and half is not full:
         gain = acc - (half["val_accuracy"] or 0.0)
@@ -701,7 +703,7 @@ def read_learning_curve(points: Sequence[dict], n_val: int) -> tuple[str, list[d
                      key=lambda r: (r["recall"], r["class"]))
     weak = [w for w in weakest if w["recall"] < max(acc, 0.999)][:3]
     if weak:
-        sentences.append("Weakest classes: " + ", ".join(f"{w['class']} ({w['recall']:.0%} found, "
+        sentences.append("Its weakest classes: " + ", ".join(f"{w['class']} ({w['recall']:.0%} found, "
                                                           f"{w['train_images']} training images)" for w in weak)
                          + "; more and clearer photos of these would help most.")
     unchecked = [k for k, v in full["per_class_recall"].items() if v is None]

@@ -76,7 +76,9 @@ if draft("backbone") is None:  # the model shown is the one in use: the sidebar 
 spec = zoo.get_spec(choice)
 row = next((r for r in rows if r["name"] == choice), None)
 c1, c2, c3 = st.columns(3)
-c1.metric("Parameters", f"{zoo.param_count(spec.arch) / 1e6:.2f} M")
+c1.metric("Parameters", f"{zoo.param_count(spec.arch) / 1e6:.2f} M",
+          help="With its ImageNet head for 1,000 classes. Your model gets a new head sized for your classes, so the "
+               "Layers page counts fewer.")
 c2.metric("Input size", f"{spec.input_size} px")
 c3.metric("ImageNet top-1", f"{spec.top1:.1f} %" if spec.top1 else "—")
 if zoo.has_weights(spec):

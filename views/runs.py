@@ -103,7 +103,7 @@ def _row(run_dir) -> dict:
             # a quick model is one pass over cached features: epochs, batch and lr of the form do not apply
             "epochs": None if cfg.get("quick") else train.get("epochs"),
             "batch": None if cfg.get("quick") else train.get("batch_size"),
-            "lr": None if cfg.get("quick") else f"{train['lr']:.3g}" if train.get("lr") else "auto",
+            "lr": "" if cfg.get("quick") else f"{train['lr']:.3g}" if train.get("lr") else "auto",
             "status": jobs.state(run_dir).get("state", status.get("state")),
             # rounded here as the Train page writes it (0.8125 → 0.812): the table's printf would show 0.813
             "best_val_accuracy": None if status.get("best_val_accuracy") is None else
