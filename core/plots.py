@@ -21,6 +21,10 @@ def layer_groups_figure(rows: list[dict], trains_key: str) -> go.Figure:
     return fig
 
 
+# a legend above the plot area, under the title (a legend at y=1.15 with a 30 px margin sat on the title)
+TOP_LEGEND = dict(orientation="h", y=1.02, yanchor="bottom", x=0)
+
+
 def _x_range(xs: list[float], pad: float) -> list[float] | None:
     """An x range holding every point and phase line with `pad` to spare, or None when there is nothing. Set
     explicitly because plotly's autorange also makes room for annotation text: a long phase label left of its line
@@ -75,7 +79,7 @@ def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = N
     if metric == "accuracy":  # scores in [0, 1]: a flat 100 % must not draw an axis up to 2
         fig.update_yaxes(autorangeoptions=dict(maxallowed=1.02))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=70, b=10), xaxis_title="epoch",
-                      yaxis_title=shown, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                      yaxis_title=shown, legend=TOP_LEGEND,
                       title=dict(text=shown if label else shown[:1].upper() + shown[1:], y=0.97))  # "mAP@0.5" stays
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
@@ -92,7 +96,7 @@ def extra_metrics_figure(history: list[dict]) -> go.Figure:
                                  mode="lines+markers", name=key.replace("_", " ")))
     _epoch_axis(fig, epochs, [])
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=50, b=10), xaxis_title="epoch",
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                      legend=TOP_LEGEND,
                       title=dict(text="Per-epoch details", y=0.97))
     return fig
 
@@ -118,8 +122,8 @@ def batch_loss_figure(steps: list[int], losses: list[float], phase_steps: list[d
     x_range = _x_range([*steps, *(p["step"] for p in lines[1:])], 0)
     fig.update_xaxes(range=x_range)
     _phase_lines(fig, lines, "step", x_range)
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step", yaxis_title="loss",
-                      legend=dict(orientation="h", y=1.15), title="Training loss per batch")
+    fig.update_layout(height=290, margin=dict(l=10, r=10, t=70, b=10), xaxis_title="step", yaxis_title="loss",
+                      legend=TOP_LEGEND, title=dict(text="Training loss per batch", y=0.97))
     return fig
 
 
@@ -129,7 +133,7 @@ def lr_find_figure(lrs: list[float], losses: list[float], smooth: list[float], s
     fig.add_trace(go.Scatter(x=lrs, y=losses, mode="lines", name="loss", line_color="#cbd5e1"))
     fig.add_trace(go.Scatter(x=lrs, y=smooth, mode="lines", name="smoothed", line_color="#2563eb"))
     fig.add_vline(x=suggestion, line_dash="dash", line_color="#16a34a", annotation_text=f"suggested {suggestion:.2g}")
-    fig.update_xaxes(type="log", title="learning rate")
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="loss",
-                      title="Learning-rate finder", legend=dict(orientation="h", y=1.15))
+    fig.update_xaxes(type="log", title="learning rate", exponentformat="e")  # 1e-05, not the SI "10μ"
+    fig.update_layout(height=310, margin=dict(l=10, r=10, t=70, b=10), yaxis_title="loss",
+                      title=dict(text="Learning-rate finder", y=0.97), legend=TOP_LEGEND)
     return fig

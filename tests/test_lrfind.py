@@ -40,3 +40,14 @@ def test_one_noisy_batch_on_an_easy_set_does_not_end_the_sweep() -> None:
     exploding = [*falling] + [0.5 * 2**i for i in range(6)]  # the loss really blows up
     assert diverged(exploding)
     assert diverged([*falling, float("nan")])
+
+
+def test_lr_finder_and_batch_loss_charts_keep_their_legend_off_the_title() -> None:
+    """The legends sat at y=1.15 with a 30 px top margin, over the titles; the LR axis read '10μ'."""
+    from core.plots import batch_loss_figure, lr_find_figure
+
+    for fig in (lr_find_figure([1e-5, 1e-4, 1e-3], [1.0, 0.8, 2.0], [1.0, 0.9, 1.5], 1e-4),
+                batch_loss_figure([1, 2, 3], [1.0, 0.9, 0.8])):
+        assert fig.layout.legend.yanchor == "bottom" and fig.layout.legend.y < 1.1
+        assert fig.layout.margin.t >= 60 and fig.layout.title.y > fig.layout.legend.y - 0.1
+    assert lr_find_figure([1e-5, 1e-3], [1.0, 2.0], [1.0, 2.0], 1e-4).layout.xaxis.exponentformat == "e"
