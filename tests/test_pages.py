@@ -121,6 +121,15 @@ def test_the_layer_choice_survives_a_reload() -> None:
     reloaded = _reloaded(at)
     assert json.loads(reloaded.session_state["draft_freeze"])["preset"] == "all"
     assert "Model **mobilenetv2_100**, layers **Everything**" in " ".join(m.value for m in reloaded.markdown)
+    at.radio(key="freeze_preset").set_value("custom").run()  # a per-group choice survives too (it used to fall
+    group = at.multiselect(key="freeze_groups").options[-1]  # back to the preset without a word)
+    at.multiselect(key="freeze_groups").select(group).run()
+    _ok(at)
+    reloaded = _reloaded(at)
+    reloaded.switch_page("views/layers.py").run()
+    _ok(reloaded)
+    assert reloaded.radio(key="freeze_preset").value == "custom"
+    assert reloaded.multiselect(key="freeze_groups").value == [group]
 
 
 def test_ids_in_the_address_are_checked_before_they_become_the_draft() -> None:
@@ -238,3 +247,16 @@ def test_model_page_says_which_speeds_were_measured_while_busy_and_measures_agai
     _ok(at)
     assert measure.cached_latency("mobilenetv2_100") != 999.0  # measured anew
     assert any("per second for predictions" in c.value for c in at.caption)
+
+
+def test_a_layer_choice_in_the_address_is_checked() -> None:
+    import json
+
+    from views.common import _freeze_from_url
+
+    ok = _freeze_from_url(json.dumps({"preset": "custom", "groups": ["blocks.5", "head"]}))
+    assert ok and json.loads(ok)["groups"] == ["blocks.5", "head"]
+    for bad in ({"preset": "custom", "groups": "blocks.5"}, {"preset": "custom", "groups": [1]},
+                {"preset": "custom", "groups": ["x" * 500]}, {"preset": "custom", "groups": [""]},
+                {"preset": "all", "extra": 1}, {"preset": "nonsense"}):
+        assert _freeze_from_url(json.dumps(bad)) is None, bad

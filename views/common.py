@@ -83,11 +83,17 @@ def _freeze_for_url(raw: str) -> str:
 
 def _freeze_from_url(value: str) -> str | None:
     """A layer choice read from the address, checked (a known preset with values of the right kinds), as the
-    draft's JSON; None when it is not one. A per-group choice is not restored: its group names belong to a model."""
+    draft's JSON; None when it is not one. A per-group choice keeps its group names as text: the Layers page offers
+    only the chosen model's groups, so a name another model has is dropped there."""
     try:
         data = json.loads(value)
-        kinds = {"preset": str, "train_bn": bool, "head_epochs": int, "lr_floor": (int, float), "keep_frozen": int}
-        if not isinstance(data, dict) or set(data) - set(kinds) or data.get("preset") == "custom":
+        kinds = {"preset": str, "train_bn": bool, "head_epochs": int, "lr_floor": (int, float), "keep_frozen": int,
+                 "groups": list}
+        if not isinstance(data, dict) or set(data) - set(kinds):
+            return None
+        groups = data.get("groups", [])
+        if not isinstance(groups, list) or len(groups) > 200 or not all(
+                isinstance(g, str) and 0 < len(g) <= 200 for g in groups):
             return None
         if not all(isinstance(v, kinds[k]) and not (kinds[k] is int and isinstance(v, bool)) for k, v in data.items()):
             return None
