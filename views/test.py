@@ -76,8 +76,9 @@ def _bars(top_k: tuple[tuple[str, float], ...]) -> go.Figure:
     labels = [c for c, _ in top_k][::-1]
     fig = go.Figure(go.Bar(x=[p for _, p in top_k][::-1], y=labels, orientation="h", marker_color="#2563eb",
                            text=[f"{p:.1%}" for _, p in top_k][::-1], textposition="auto"))
-    fig.update_layout(height=60 + 32 * len(labels), margin=dict(l=10, r=10, t=10, b=10),
-                      xaxis=dict(range=[0, 1], tickformat=".0%"))
+    # room on the right for the "100%" tick, which plotly drops when it would overflow (the axis seemed to end at 80%)
+    fig.update_layout(height=60 + 32 * len(labels), margin=dict(l=10, r=30, t=10, b=10),
+                      xaxis=dict(range=[0, 1], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1]))
     return fig
 
 
