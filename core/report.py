@@ -32,6 +32,10 @@ MAX_EXAMPLES = 8
 MAX_MATRIX_CLASSES = 40
 MAX_LISTED = 12
 SPLIT_WORDS = {"val": "validation", "test": "test", "train": "training", "folder": "separate"}
+# Where things are in the app, as its navigation and tabs name them (views/runs.py)
+IN_APP_RESULTS = "in the app: <b>6 · Runs &amp; export</b>, <b>Results</b> tab"
+IN_APP_EXPORT = "in the app: <b>6 · Runs &amp; export</b>, <b>Export and share</b> tab"
+IN_APP_REPORT = f"{IN_APP_EXPORT}, <b>Make the HTML report</b>"
 
 _BLUE, _GREY, _GREEN, _RED, _AMBER = "#2563eb", "#94a3b8", "#16a34a", "#dc2626", "#d97706"
 
@@ -321,6 +325,33 @@ def thumbnail_data_uri(path: str | os.PathLike, size: int = THUMB_SIZE, quality:
 
 # --- what the report is made from --------------------------------------------------------------------------------
 
+def photos_gone(dataset: dict) -> bool:
+    """True when none of the photos an evaluation of the run would measure (its validation and test photos, else
+    all) are on this machine any more, e.g. its stored dataset was deleted: no evaluation can be made then."""
+    items = list(dataset.get("items") or [])
+    wanted = [it for it in items if it.get("split") != "train"] or items
+    return bool(wanted) and not any(os.path.exists(str(it.get("path", ""))) for it in wanted)
+
+
+def _photos_gone_note(dataset: dict) -> str:
+    """The plain sentence (not yet escaped) for a run whose photos are gone."""
+    from core.evaluate import dataset_words
+
+    return (f"The photos this run was trained on ({dataset_words(dataset)}) are no longer on this machine, so this "
+            "report has no evaluation: no results per class, confusion matrix, example photos or calibration. The "
+            "trained model can still be tested and exported.")
+
+
+def _failure_words(err: Exception) -> str:
+    """Why an evaluation failed, for people: the message of the app's own errors (plain English already), the kind
+    of error only for an unexpected one."""
+    from core.evaluate import EvaluationError
+
+    if isinstance(err, EvaluationError | runs.RunError) and str(err):
+        return str(err)
+    return f"an unexpected error ({type(err).__name__}: {err})"
+
+
 class _Run:
     """Everything read from the run folder once (each part may be missing)."""
 
@@ -340,6 +371,7 @@ class _Run:
         self.best = read_json(run_dir / "checkpoints" / "best.json", {}) or {}
         self.has_weights = (run_dir / "checkpoints" / "best.safetensors").exists()
         self.evaluation = load_evaluation(run_dir) if self.has_weights else None
+        self.photos_gone = photos_gone(self.dataset)
         source = self.dataset.get("source") or {}
         data_name = source.get("name") or Path(str(source.get("path") or self.config.get("dataset") or "")).name
         self.name = runs.display_name(run_dir, fallback="") or " on ".join(
@@ -408,16 +440,20 @@ def _summary(r: _Run) -> str:
                              f"that leaves {_pct(th.get('coverage'), 0)} of the photos answered, "
                              f"{_pct(th.get('accuracy'))} of them correctly.")
         out.append("<p>" + " ".join(sentences) + "</p>")
-        if ev and ev.get("stale"):
+        if ev and ev.get("stale") and r.photos_gone:
+            out.append(_warn("The model's weights changed after these numbers were measured, and its photos are no "
+                             "longer on this machine, so they cannot be measured again."))
+        elif ev and ev.get("stale"):
             out.append(_warn("The model's weights changed after these numbers were measured; make the report again "
-                             "to update them."))
+                             f"({IN_APP_REPORT}) to update them."))
     elif _num(r.best.get("val_accuracy")) is not None:
         n_val = sum(1 for it in r.items if it.get("split") == "val")
         out.append(f'<p class="lead">This model recognises <b>{n} classes</b> ({_names(r.classes)}) with '
                    f"<b>{_pct(r.best['val_accuracy'])}</b> accuracy on <b>{n_val} validation photos</b> "
                    "(measured during training).</p>")
-        out.append(_warn("The detailed evaluation (per-class results, confusion matrix, calibration) has not been "
-                         "made yet; make the report with evaluation to include it."))
+        if not r.photos_gone:  # when they are gone, the note at the top says why there is no evaluation
+            out.append(_warn("The detailed evaluation (per-class results, confusion matrix, calibration) is not in "
+                             f"this report; making the report again ({IN_APP_REPORT}) computes it first."))
     else:
         out.append(f'<p class="lead">This run has {n} classes ({_names(r.classes)}) but no trained model yet '
                    f"(training is {_e(r.status.get('state', 'not started'))}).</p>")
@@ -463,8 +499,11 @@ def _dataset(r: _Run) -> str:
             out.append(f"<p>Stored dataset <b>{_e(name)}</b>. The problems below are from its validation report as "
                        "the dataset is now.</p>")
         except Exception as err:  # noqa: BLE001 - a deleted dataset: the run's own manifest still tells a lot
-            out.append(f"<p>Stored dataset <b>{_e(source.get('name') or source.get('id'))}</b> "
-                       f"(no longer available: {_e(getattr(err, 'reason', err))}).</p>")
+            reason = str(getattr(err, "reason", err))
+            state = ("deleted since this run was trained" if reason == "no such dataset"
+                     else f"cannot be read now: {_e(reason)}")
+            out.append(f"<p>Stored dataset <b>{_e(source.get('name') or source.get('id'))}</b> ({state}). The "
+                       "counts below are from the run's own record of its photos.</p>")
     elif source.get("kind") == "folder":
         out.append(f"<p>Photos read from the folder <code>{_e(source.get('path'))}</code>.</p>")
         problems = [("info", str(n)) for n in r.dataset.get("notes") or []]
@@ -690,8 +729,10 @@ def _metrics(r: _Run) -> str:
     ev = r.evaluation
     out = ["<section><h2>Results</h2>"]
     if not ev or not ev.get("splits"):
-        out.append("<p>The model has not been evaluated yet.</p></section>")
-        return "".join(out)
+        gone = r.has_weights and r.photos_gone
+        out.append("<p>This report has no evaluation: the photos this run was trained on are no longer on this "
+                   "machine.</p>" if gone else "<p>The model has not been evaluated yet.</p>")
+        return "".join(out) + "</section>"
     primary = ev.get("primary_split", "val")
     order = [primary] + [s for s in ev["splits"] if s != primary]
     out.append('<p class="small mute">Accuracy: the share of photos classified correctly. Balanced accuracy: the '
@@ -823,16 +864,21 @@ def _calibration(r: _Run) -> str:
     if not th:
         out.append("<p>No threshold has been chosen.</p>")
     elif th.get("threshold") is None:
-        out.append(f"<p>None: the model always answers. {_e(th.get('reason'))}</p>")
+        out.append(f"<p>None: the model always answers. {_reason(th)}</p>")
     else:
         who = "chosen by you" if th.get("chosen_by") == "user" else f"chosen on the {_e(word)} photos"
         out.append(f"<p>The model answers \"not sure\" when its top probability is below <b>{_pct(th['threshold'])}"
-                   f"</b> ({who}). {_e(th.get('reason'))}</p>")
+                   f"</b> ({who}). {_reason(th)}</p>")
         if th.get("chosen_by") != "user":
             out.append(_cards([("threshold", _pct(th["threshold"])), ("photos answered", _pct(th.get("coverage"))),
                                ("right among answered", _pct(th.get("accuracy")))]))
     out.append("</section>")
     return "".join(out)
+
+
+def _reason(th: dict) -> str:
+    """The threshold's reason as HTML; the place in the app it names is named as the app's navigation shows it."""
+    return _e(th.get("reason")).replace("(Runs page → Results)", f"({IN_APP_RESULTS})")
 
 
 def _exports(run_dir: Path) -> list[tuple[str, list[tuple[str, bool]]]]:
@@ -873,7 +919,7 @@ def _usage(r: _Run) -> str:
             for fmt, ok in formats) + "</li>" for f, formats in exported]
         out.append("<p>Exported so far:</p><ul>" + "".join(items) + "</ul>")
     run_arg = shlex.quote(str(r.dir))
-    out.append("<p>1. Export the model (in the app: <b>Export</b> page; or on the command line). The folder gets the "
+    out.append(f"<p>1. Export the model ({IN_APP_EXPORT}; or on the command line). The folder gets the "
                "weights, a <code>manifest.json</code> with the classes and preprocessing, and "
                "<code>predict_example.py</code>:</p>"
                f"<pre><code>transfer-studio export --run {_e(run_arg)} --format safetensors --out "
@@ -914,6 +960,8 @@ def build_report(run_dir: str | os.PathLike, *, max_examples: int = MAX_EXAMPLES
     computed except thumbnails and the layer-group table). `notes` are shown at the top (plain text)."""
     r = _Run(Path(run_dir))
     body = [_header(r)]
+    if r.has_weights and r.photos_gone and not (r.evaluation or {}).get("splits"):
+        notes = [_photos_gone_note(r.dataset), *notes]
     body += [_warn(_e(n)) for n in notes]
     body += [_section("Summary", lambda: _summary(r)),
              _section("Dataset", lambda: _dataset(r)),
@@ -962,12 +1010,13 @@ def write_report(run_dir: str | os.PathLike, *, evaluate: bool = True, learning_
     run_dir = Path(run_dir)
     runs.load_config(run_dir)  # a clear error for a folder that is not a run
     notes: list[str] = []
-    if evaluate and needs_evaluation(run_dir):
+    # a run whose photos are gone is not evaluated: the report says so itself (build_report)
+    if evaluate and needs_evaluation(run_dir) and not photos_gone(runs.load_dataset(run_dir)):
         try:
             evaluate_run(run_dir, with_learning_curve=learning_curve, on_progress=on_progress)
         except Exception as err:  # noqa: BLE001 - the report can still show training and the dataset
-            notes.append(f"The model could not be evaluated ({type(err).__name__}: {err}); the results below may be "
-                         "missing or out of date.")
+            notes.append(f"The model could not be evaluated, so the results below may be missing or out of date: "
+                         f"{_failure_words(err)}")
     text = build_report(run_dir, notes=notes, **build)
     path = Path(out) if out else run_dir / REPORT_FILE
     write_bytes_atomic(path, text.encode("utf-8"))

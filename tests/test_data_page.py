@@ -367,3 +367,79 @@ def test_an_old_zip_dataset_does_not_show_the_apps_own_upload_name(home: Path) -
     _ok(at)
     shown = _messages(at.caption).replace("\\", "")
     assert "Source: an uploaded zip." in shown and "upload-" not in shown
+
+
+def _run_on(dataset_id: str, name: str, run_id: str = "20240101-000000-aaaaaaaaaaaa") -> Path:
+    """A real run folder (config + the manifest of the photos it trains on) for a stored dataset."""
+    from core import runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+
+    config = RunConfig("test_resnet", dataset_id, FreezeConfig("head"), TrainConfig(epochs=1), pretrained=False,
+                       name=name)
+    run_dir = runs.create_run(config, trainset.from_store(dataset_id))
+    return run_dir.rename(run_dir.with_name(run_id))
+
+
+def test_adding_a_class_to_the_sample_keeps_the_sample_for_its_runs(home: Path, sample_textures: Path) -> None:
+    """The browser tour: Data → the sample → Edit classes → Add class 'sand'. The sample stays as it was (same id,
+    name and classes, still listed) for the runs trained on it; the edit is the user's own new dataset."""
+    sample_id = ensure_sample_dataset("textures")
+    sample = store.load_dataset(sample_id)
+    _run_on(sample_id, "on the sample")
+    at = _page(dataset_id=sample_id)
+    at.text_input(key="data_new_class").set_value("sand")
+    at.button(key="data_add_class").click().run()
+    _ok(at)
+    mine = at.session_state["draft_dataset_id"]
+    assert mine != sample_id and at.selectbox(key="data_select").value == mine
+    assert store.load_dataset(mine).classes == ("brick", "grass", "gravel", "sand")
+    assert store.load_dataset(sample_id) == sample and find_sample_dataset("textures") == sample_id
+    offered = at.selectbox(key="data_select").options  # "Dataset to train on"
+    assert len(offered) == 2 and any(o.startswith(f"{sample.name} — ") for o in offered)
+    said = _messages(at.info).replace("\\", "").replace("**", "")
+    assert "Sample: textures (brick, grass, gravel) stays as it was" in said and "'on the sample'" in said
+    assert "Edited sample: textures (brick, grass, gravel, sand)" in said and "now chosen" in said
+
+
+def test_editing_a_dataset_a_run_used_keeps_the_runs_photos(planted: store.Dataset) -> None:
+    from core import runs
+
+    run_dir = _run_on(planted.id, "ants vs bees")
+    at = _page(dataset_id=planted.id)
+    at.selectbox(key="data_remove_class").set_value("bees").run()
+    at.checkbox(key="data_remove_confirm").check().run()
+    at.button(key="data_remove").click().run()
+    _ok(at)
+    assert all(Path(it["path"]).is_file() for it in runs.load_dataset(run_dir)["items"])  # its results still work
+    kept = store.load_dataset(planted.id)
+    assert kept.classes == ("ants", "bees") and kept.name == "planted"
+    copy = store.load_dataset(at.session_state["draft_dataset_id"])
+    assert copy.id != planted.id and copy.name == "planted v2" and copy.classes == ("ants",)
+    assert "1 run ('ants vs bees') was trained on it" in _messages(at.info).replace("\\", "")
+    at.text_input(key="data_new_class").set_value("wasps")  # the new version has no run yet: edited in place
+    at.button(key="data_add_class").click().run()
+    _ok(at)
+    assert at.session_state["draft_dataset_id"] == copy.id and store.load_dataset(copy.id).classes == ("ants", "wasps")
+
+
+def _delete_panel(at: AppTest) -> str:
+    return _messages(at.warning).replace("\\", "")
+
+
+def test_deleting_a_dataset_names_the_runs_trained_on_it(planted: store.Dataset) -> None:
+    at = _page(dataset_id=planted.id)
+    assert "trained on this dataset" not in _delete_panel(at)
+    assert at.checkbox(key="data_delete_confirm").label.endswith("(the originals you uploaded are not affected)")
+    for k, name in enumerate(("first", "second", "third", "fourth")):
+        _run_on(planted.id, name, f"2024010{k + 1}-000000-aaaaaaaaaaaa")
+    at = _page(dataset_id=planted.id)
+    _ok(at)
+    warned = _delete_panel(at)
+    assert "4 runs ('fourth', 'third', 'second' and 1 more) were trained on this dataset" in warned
+    assert "their results can no longer be computed (results computed before stay" in warned
+    assert "they can still be tested and exported" in warned
+    assert at.checkbox(key="data_delete_confirm").label.endswith("although 4 runs were trained on it")
+    at.checkbox(key="data_delete_confirm").check().run()
+    at.button(key="data_delete").click().run()
+    _ok(at)
+    assert store.list_datasets() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,87 @@ def test_relabel_moves_files_to_another_class_and_keeps_their_split(tmp_path: Pa
     assert again.label == "dogs" and again.split == "train" and len(after.items) == len(ds.items)
     with pytest.raises(store.DatasetError, match="no class"):
         store.relabel_files(ds.id, [moved.file], "birds")
+
+
+def _fake_run(run_id: str, dataset_id: str, name: str = "", renamed: str = "") -> Path:
+    """A run folder as core.runs writes it, reduced to what says which dataset it was trained on."""
+    from core.settings import runs_root
+
+    folder = runs_root() / run_id
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"dataset": dataset_id, "name": name}))
+    if renamed:
+        (folder / "meta.json").write_text(json.dumps({"name": renamed}))
+    return folder
+
+
+def test_runs_using_lists_the_runs_trained_on_a_dataset_by_name(tmp_path: Path) -> None:
+    from core.data.usage import describe_runs, runs_using
+
+    _fake_run("20240101-000000-aaaaaaaaaaaa", "a" * 32, name="first")
+    _fake_run("20240102-000000-bbbbbbbbbbbb", "a" * 32, name="second", renamed="my best")
+    _fake_run("20240103-000000-cccccccccccc", "a" * 32)
+    _fake_run("20240104-000000-dddddddddddd", "b" * 32, name="other data")
+    used = runs_using("a" * 32)
+    assert [u.name for u in used] == ["20240103-000000-cccccccccccc", "my best", "first"]  # newest first
+    assert describe_runs(used, shown=2) == "3 runs ('20240103-000000-cccccccccccc', 'my best' and 1 more)"
+    assert describe_runs(used[2:]) == "1 run ('first')"
+    assert runs_using("c" * 32) == []
+
+
+def test_an_edit_of_a_dataset_runs_used_goes_into_a_new_version(tmp_path: Path) -> None:
+    """The runs keep what they were trained on: the photos (none deleted), the classes and the name."""
+    src = tmp_path / "src"
+    make_tree(src, {"ants": 6, "bees": 6, "wasps": 6})
+    ds = store.import_folder(src, "Insects", config=FAST).dataset
+    with store.editing(ds.id) as target:  # no run yet: edited in place
+        store.add_class(target.id, "flies")
+    assert target.id == ds.id and target.kept is None and len(store.list_datasets()) == 1
+    _fake_run("20240101-000000-aaaaaaaaaaaa", ds.id, name="first try")
+    before = store.load_dataset(ds.id)
+    with store.editing(ds.id) as target:
+        store.remove_class(target.id, "wasps", config=FAST)
+    assert target.id != ds.id and target.kept == before and [r.name for r in target.runs] == ["first try"]
+    assert store.load_dataset(ds.id) == before  # the name, classes and splits the run used
+    assert all(before.path(it).is_file() for it in before.items)  # and every photo it was trained on
+    copy = store.load_dataset(target.id)
+    assert copy.name == "Insects v2" and copy.classes == ("ants", "bees", "flies")
+    assert copy.source["copied_from"] == ds.id and copy.source["kind"] == "folder"
+    assert {it.file for it in copy.items} == {it.file for it in before.items if it.label != "wasps"}
+    kept = next(it for it in copy.items)
+    assert os.path.samefile(copy.path(kept), before.path(kept))  # a hard link: no second copy of the photos
+    with pytest.raises(store.DatasetError, match="already exists"), store.editing(ds.id) as failed:
+        store.add_class(failed.id, "ants")
+    assert len(store.list_datasets()) == 2  # the copy made for an edit that failed is gone again
+    with store.editing(ds.id) as again:
+        store.rename_class(again.id, "ants", "red ants")
+    assert store.load_dataset(again.id).name == "Insects v3"
+    _fake_run("20240102-000000-bbbbbbbbbbbb", target.id)
+    with store.editing(target.id) as later:  # a version runs used is kept too
+        store.add_class(later.id, "moths")
+    assert store.load_dataset(later.id).name == "Insects v4" and "moths" not in store.load_dataset(target.id).classes
+
+
+def test_an_edited_sample_is_a_new_dataset_and_the_sample_stays(sample_textures: Path) -> None:
+    from core.data.samples import ensure_sample_dataset, find_sample_dataset
+
+    sample_id = ensure_sample_dataset("textures", config=FAST)
+    sample = store.load_dataset(sample_id)
+    with store.editing(sample_id) as target:  # the sample always stays as it is, even before any run
+        store.add_class(target.id, "sand")
+    assert target.id != sample_id and target.kept == sample and target.runs == ()
+    assert store.load_dataset(sample_id) == sample and find_sample_dataset("textures") == sample_id
+    mine = store.load_dataset(target.id)
+    assert mine.name == "Edited sample: textures (brick, grass, gravel, sand)"
+    assert mine.source["kind"] == "edited sample"
+    with store.editing(target.id) as same:  # the user's own copy, no run yet: edited in place
+        store.remove_class(same.id, "brick", config=FAST)
+    assert same.id == target.id
+    assert store.load_dataset(target.id).name == "Edited sample: textures (grass, gravel, sand)"
+    with store.editing(sample_id) as other:  # the same edit again: a second copy, told apart by its name
+        store.add_class(other.id, "sand")
+    with store.editing(sample_id) as third:
+        store.add_class(third.id, "sand")
+    assert store.load_dataset(other.id).name == "Edited sample: textures (brick, grass, gravel, sand)"
+    assert store.load_dataset(third.id).name == "Edited sample: textures (brick, grass, gravel, sand) v2"
+    assert [s.name for s in store.list_datasets()].count(sample.name) == 1

@@ -267,3 +267,49 @@ def test_the_training_time_of_a_stopped_and_resumed_run_counts_both_sessions(tmp
     assert texts[card - 1] == f"{total} on cpu"  # the status holds the resumed session's seconds only
     row = texts.index("time", texts.index("seed"))  # the training settings table: a name, then its value
     assert texts[row + 1] == total
+
+
+def test_a_run_whose_dataset_was_deleted_gets_a_plain_report(tmp_path: Path, home: Path) -> None:
+    """No exception name, no advice that cannot work: its photos are gone, so the report has no evaluation."""
+    from core.data import store
+    from core.data.validate import ValidationConfig
+
+    data = make_colour_folders(tmp_path / "data", train=3, val=2)
+    ds = store.import_folder(data, "colours", config=ValidationConfig(workers=0)).dataset
+    cfg = RunConfig("test_resnet", ds.id, FreezeConfig("head"), TrainConfig(epochs=1), pretrained=False)
+    run_dir = runs.create_run(cfg, trainset.from_store(ds.id), tmp_path / "runs")
+    net = get_task("classification").build_model("test_resnet", 3, pretrained=False)
+    runs.save_weights(run_dir, net.state_dict(), {"epoch": 1, "val_accuracy": 0.5})
+    store.delete_dataset(ds.id)
+    doc = write_report(run_dir).read_text(encoding="utf-8")
+    text = plain(parse(doc))
+    assert ("The photos this run was trained on (dataset 'colours') are no longer on this machine, so this report has "
+            "no evaluation") in text and "can still be tested and exported" in text
+    assert "Stored dataset colours (deleted since this run was trained)" in text
+    assert "This report has no evaluation" in text[text.index("Results"):]
+    assert "Error" not in text and "could not be evaluated" not in text and "could not be made" not in text
+    assert "make the report" not in text.lower() and "making the report" not in text.lower()
+    assert not (run_dir / "evaluation.json").exists()
+
+
+def test_the_report_names_the_apps_real_places(trained: tuple[Path, str], tmp_path: Path) -> None:
+    from core.evaluate import EVALUATION_FILE, SUGGESTION_NOTE
+
+    run_dir, doc = trained
+    text = plain(parse(doc))
+    assert "Export the model (in the app: 6 · Runs & export, Export and share tab; or on the command line)" in text
+    assert "Export page" not in text and "Runs page" not in text
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    ev = json.loads((copy / EVALUATION_FILE).read_text())
+    ev["unknown_threshold"] = {"threshold": None, "suggested": 0.8, "chosen_by": None,
+                               "reason": f"It would keep 90 % of the photos. {SUGGESTION_NOTE}"}
+    (copy / EVALUATION_FILE).write_text(json.dumps(ev))
+    text = plain(parse(build_report(copy)))
+    assert "not in use until you choose it (in the app: 6 · Runs & export, Results tab)" in text
+    assert "Runs page" not in text
+    (copy / EVALUATION_FILE).unlink()  # not evaluated (photos still here): how to get the evaluation
+    text = plain(parse(build_report(copy)))
+    assert ("making the report again (in the app: 6 · Runs & export, Export and share tab, Make the HTML report) "
+            "computes it first") in text
+    assert "make the report with evaluation" not in text

@@ -22,6 +22,7 @@ from core.data import store
 from core.data.archive import ArchiveError
 from core.data.samples import ensure_sample_dataset
 from core.data.splits import SplitConfig
+from core.data.usage import describe_runs, runs_using
 from core.settings import datasets_root, subdir
 from views.common import draft, esc, refusal_reason, set_draft, step_page
 
@@ -265,13 +266,34 @@ def _bad_done(stored: int, notes: int) -> str:
     return " and ".join(parts)
 
 
+def _settle(target: store.EditTarget, changed: bool = True) -> None:
+    """After an edit that went into a copy (``store.editing``): choose the copy and say why the original stayed as
+    it was; a copy the edit did not change (no photo added) is removed again."""
+    if target.kept is None:
+        return
+    if not changed:
+        store.delete_dataset(target.id)
+        return
+    old = target.kept
+    if target.runs:
+        why = f"{describe_runs(list(target.runs))} {'was' if len(target.runs) == 1 else 'were'} trained on it"
+    else:
+        why = "it is the built-in sample"
+    _flash("info", f"**{esc(old.name)}** stays as it was, because {esc(why)}. Your change went into a new "
+                   f"dataset, **{esc(store.load_dataset(target.id).name)}**, which is now chosen.")
+    _choose(target.id)
+    _cached_list.clear()
+
+
 def _drop(dataset_id: str, files: list[str], what: str) -> None:
     try:
-        store.drop_files(dataset_id, files)
+        with store.editing(dataset_id) as target:
+            store.drop_files(target.id, files)
     except store.DatasetError as err:
         _flash("error", f"Could not drop the files: {esc(err.reason)}")
         return
     _flash("success", f"Dropped {what}. The report below is up to date.")
+    _settle(target)
     _cached_list.clear()
 
 
@@ -284,35 +306,41 @@ def _set_weights(on: bool) -> None:
 def _add_class(dataset_id: str) -> None:
     name = st.session_state.get("data_new_class", "")
     try:
-        store.add_class(dataset_id, name)
+        with store.editing(dataset_id) as target:
+            store.add_class(target.id, name)
     except store.DatasetError as err:
         _flash("error", esc(err.reason))
         return
     st.session_state["data_new_class"] = ""
     _flash("success", f"Added the class **{esc(name.strip())}**. Add photos to it below.")
+    _settle(target)
 
 
 def _rename_class(dataset_id: str) -> None:
     old = st.session_state.get("data_rename_from")
     new = st.session_state.get("data_rename_to", "")
     try:
-        store.rename_class(dataset_id, old, new)
+        with store.editing(dataset_id) as target:
+            store.rename_class(target.id, old, new)
     except store.DatasetError as err:
         _flash("error", esc(err.reason))
         return
     st.session_state["data_rename_to"] = ""
     _flash("success", f"Renamed **{esc(old)}** to **{esc(new.strip())}**.")
+    _settle(target)
 
 
 def _remove_class(dataset_id: str) -> None:
     name = st.session_state.get("data_remove_class")
     try:
-        store.remove_class(dataset_id, name)
+        with store.editing(dataset_id) as target:
+            store.remove_class(target.id, name)
     except store.DatasetError as err:
         _flash("error", esc(err.reason))
         return
     st.session_state["data_remove_confirm"] = False
     _flash("success", f"Removed the class **{esc(name)}** and its stored photos.")
+    _settle(target)
 
 
 def _delete(dataset_id: str) -> None:
@@ -610,8 +638,9 @@ with st.expander("Edit classes, add photos (camera or files)", icon=":material/e
         if photos and target and st.button(f"Add {len(photos)} photo(s)", key="data_add_files_go") and \
                 _charge(sum(f.size for f in photos)):
             try:
-                res = store.add_images(chosen, target, [(f.name, f.getvalue()) for f in photos],
-                                       on_progress=_progress(("Checking images",)))
+                with store.editing(chosen) as into:
+                    res = store.add_images(into.id, target, [(f.name, f.getvalue()) for f in photos],
+                                           on_progress=_progress(("Checking images",)))
             except (store.DatasetError, OSError) as err:
                 _refund(sum(f.size for f in photos))
                 st.error(f"The photos were not added: {refusal_reason(err)}")
@@ -619,6 +648,7 @@ with st.expander("Edit classes, add photos (camera or files)", icon=":material/e
                 _release(photos)
                 skipped = f" ({len(res.skipped)} skipped: see the problems)" if res.skipped else ""
                 _flash("success", f"Added {res.imported} photo(s) to **{esc(target)}**{skipped}.")
+                _settle(into, changed=bool(res.imported))
                 st.rerun()
     with camera_col:
         if st.toggle("Use the camera", key="data_camera_on", help="Your browser asks for permission first."):
@@ -626,8 +656,9 @@ with st.expander("Edit classes, add photos (camera or files)", icon=":material/e
             if shot is not None and target and st.button(f"Add this photo to {esc(target)}", key="data_camera_add",
                                                          type="primary") and _charge(shot.size):
                 try:
-                    res = store.add_images(chosen, target, [(f"camera-{time.strftime('%Y%m%d-%H%M%S')}.jpg",
-                                                             shot.getvalue())])
+                    with store.editing(chosen) as into:
+                        res = store.add_images(into.id, target, [(f"camera-{time.strftime('%Y%m%d-%H%M%S')}.jpg",
+                                                                  shot.getvalue())])
                 except (store.DatasetError, OSError) as err:
                     _refund(shot.size)
                     st.error(f"The photo was not added: {refusal_reason(err)}")
@@ -638,11 +669,20 @@ with st.expander("Edit classes, add photos (camera or files)", icon=":material/e
                     else:
                         reason = res.skipped[0].reason if res.skipped else "unknown reason"
                         _flash("warning", f"The photo was not added: {esc(reason)}")
+                    _settle(into, changed=bool(res.imported))
                     st.rerun()
 
 with st.expander("Delete this dataset", icon=":material/delete:"):
-    sure = st.checkbox("Yes, delete it with all its stored photos (the originals you uploaded are not affected)",
-                       key="data_delete_confirm")
+    used = runs_using(chosen)
+    if used:
+        st.warning(f"{esc(describe_runs(used))} {'was' if len(used) == 1 else 'were'} trained on this dataset. "
+                   "Deleting it deletes the photos they were trained on: their results can no longer be computed "
+                   "(results computed before stay, also in their reports), and they cannot be resumed or trained "
+                   "again. Their trained models stay: they can still be tested and exported.",
+                   icon=":material/warning:")
+    sure = st.checkbox("Yes, delete it with all its stored photos (the originals you uploaded are not affected)"
+                       + (f", although {_plural(len(used), 'run')} {'was' if len(used) == 1 else 'were'} trained on "
+                          "it" if used else ""), key="data_delete_confirm")
     st.button("Delete dataset", key="data_delete", disabled=not sure, on_click=_delete, args=(chosen,))
 
 st.divider()

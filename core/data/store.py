@@ -5,6 +5,8 @@ Imports copy each file into a staging folder, check that copy in worker processe
 bytes we checked are the bytes we keep. Bad files are skipped and reported; they never abort an import. A new
 dataset becomes visible only when complete (its folder is renamed into place after the manifest is written).
 Every change rewrites ``dataset.json`` atomically (temporary file, fsync, ``os.replace``) under a per-dataset lock.
+The app edits through ``editing``: a dataset runs were trained on, and the built-in sample, stay as they are and the
+edit goes into a new copy (its photos hard-linked), so a run always keeps the photos, classes and name it used.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from core.data.images import ImageInfo, Rejected, check_images
 from core.data.names import clean_label, safe_component
 from core.data.scan import ScanItem, class_names, detect_layout, iter_scan
 from core.data.splits import SplitConfig
+from core.data.usage import RunUse, runs_using
 from core.data.validate import (
     Problem,
     Record,
@@ -642,6 +645,114 @@ def delete_dataset(dataset_id: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _free_title(name: str, own_id: str) -> str:
+    """``name``, or its next free version ('Ants' → 'Ants v2' → 'Ants v3') when another dataset has that name."""
+    taken = {d.name.casefold() for d in list_datasets(task=None) if d.id != own_id}
+    if name.casefold() not in taken:
+        return name
+    found = re.fullmatch(r"(.*\S) v(\d+)", name)
+    base, n = (found.group(1), int(found.group(2)) + 1) if found else (name, 2)
+    while True:
+        suffix = f" v{n}"
+        candidate = clean_label(base, 100 - len(suffix)).rstrip() + suffix
+        if candidate.casefold() not in taken:
+            return candidate
+        n += 1
+
+
+def _copy_name(ds: Dataset) -> tuple[str, dict[str, Any]]:
+    """The name and source of a copy of ``ds``: a copy of the sample (or of an edited sample) is named for its
+    classes, as ``_as_edited`` names it; any other copy is the next version of its name ('Ants' → 'Ants v2')."""
+    source = {**ds.source, "copied_from": ds.id}
+    if ds.source.get("kind") in ("sample", "edited sample"):
+        edited = _as_edited(replace(ds, id="", name="", source={**source, "kind": "sample"}))
+        return edited.name, edited.source
+    return _free_title(ds.name, ""), source
+
+
+def _hard_link(src: Path, dst: Path) -> bool:
+    """Link ``dst`` to ``src``; False where the file system cannot (then the caller copies)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        return False
+    return True
+
+
+def copy_dataset(dataset_id: str) -> Dataset:
+    """A new dataset (new id, named by ``_copy_name``) holding what ``dataset_id`` holds; the original is untouched.
+
+    Stored photos are hard links where the file system allows (they are never changed in place, only removed, so
+    the copies stay independent); other files of the folder (a task's side files) are copied.
+    """
+    src = _dataset_dir(dataset_id)
+    root = datasets_root()
+    new_id = secrets.token_hex(16)
+    work = root / f".importing-{new_id}"
+    with _locked(src):
+        ds = load_dataset(dataset_id)
+        name, source = _copy_name(ds)
+        try:
+            for folder, dirs, files in os.walk(src):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]  # staging folders of an import under way
+                rel = Path(folder).relative_to(src)
+                (work / rel).mkdir(parents=True, exist_ok=True)
+                for file in files:
+                    if file.startswith(".") or (rel == Path() and file == MANIFEST):
+                        continue
+                    if not (rel == Path("files") and _hard_link(src / rel / file, work / rel / file)):
+                        shutil.copy2(src / rel / file, work / rel / file)
+            now = _now()
+            ds = replace(ds, id=new_id, name=name, source=source, created=now, updated=now, root=root / new_id)
+            write_json_atomic(work / MANIFEST, ds.to_dict())
+            flush_filesystem(work)
+            os.rename(work, root / new_id)
+            _fsync_dir(root)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return ds
+
+
+@dataclass(frozen=True)
+class EditTarget:
+    """Where an edit goes: ``id`` is the dataset to change; when the original had to stay as it was, ``id`` is a new
+    copy and ``kept`` the original, with ``runs`` the runs trained on it."""
+
+    id: str
+    kept: Dataset | None = None
+    runs: tuple[RunUse, ...] = ()
+
+
+def must_stay(dataset_id: str) -> tuple[bool, list[RunUse]]:
+    """Whether ``dataset_id`` must stay as it is (the built-in sample, or a dataset runs were trained on: they keep
+    the photos, classes and name they used), and the runs trained on it."""
+    used = runs_using(dataset_id)
+    return bool(used) or load_dataset(dataset_id).source.get("kind") == "sample", used
+
+
+@contextlib.contextmanager
+def editing(dataset_id: str) -> Iterator[EditTarget]:
+    """Where to apply an edit of ``dataset_id``: the dataset itself, or a new copy of it when it must stay as it is
+    (``must_stay``). A copy made for an edit that fails (raises) is removed again::
+
+        with store.editing(dataset_id) as target:
+            store.add_class(target.id, "sand")
+    """
+    keep, used = must_stay(dataset_id)
+    if not keep:
+        yield EditTarget(dataset_id)
+        return
+    original = load_dataset(dataset_id)
+    copy = copy_dataset(dataset_id)
+    try:
+        yield EditTarget(copy.id, original, tuple(used))
+    except BaseException:
+        with contextlib.suppress(DatasetError, OSError):
+            delete_dataset(copy.id)
+        raise
+
+
 def cleanup_incomplete(older_than_s: float = 6 * 3600) -> int:
     """Remove leftovers of interrupted imports/deletes older than ``older_than_s``; returns how many."""
     removed = 0
@@ -670,7 +781,7 @@ def _as_edited(ds: Dataset) -> Dataset:
     if source["kind"] == "edited sample" and ds.name != source.get("title"):
         return ds  # a name the user chose stays
     shown = ", ".join(ds.classes[:6]) + (", …" if len(ds.classes) > 6 else "")
-    title = clean_label(f"Edited sample: {source.get('name', 'sample')} ({shown})", 100)
+    title = _free_title(clean_label(f"Edited sample: {source.get('name', 'sample')} ({shown})", 100), ds.id)
     return replace(ds, name=title, source={**source, "kind": "edited sample", "title": title})
 
 
