@@ -43,7 +43,7 @@ from core.storage import read_json, write_json_atomic
 
 EVALUATION_FILE = "evaluation.json"
 EVALUATION_VERSION = 2  # 2: the chosen "not sure" threshold is only a suggestion until the user picks one
-SUGGESTION_NOTE = "Suggested only: not in use until you choose it (Runs page → Results)."
+SUGGESTION_NOTE = "Suggested only: not in use until you choose it (in the app: 6 · Runs & export, Results tab)."
 DEFAULT_TARGET_ACCURACY = 0.95
 DEFAULT_MIN_COVERAGE = 0.5
 LEARNING_FRACTIONS = (0.1, 0.25, 0.5, 1.0)

@@ -878,7 +878,7 @@ def _calibration(r: _Run) -> str:
 
 def _reason(th: dict) -> str:
     """The threshold's reason as HTML; the place in the app it names is named as the app's navigation shows it."""
-    return _e(th.get("reason")).replace("(Runs page → Results)", f"({IN_APP_RESULTS})")
+    return _e(th.get("reason")).replace("(Runs page → Results)", f"({IN_APP_RESULTS})")  # evaluations before s39
 
 
 def _exports(run_dir: Path) -> list[tuple[str, list[tuple[str, bool]]]]:

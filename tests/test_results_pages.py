@@ -253,5 +253,11 @@ def test_label_errors_say_which_photos_and_fix_the_photo_of_that_split(home: Pat
     at.run()
     at.button(key="res_apply_fixes").click().run()
     _ok(at)
-    left = {it.original_name: it.label for it in store.load_dataset(ds.id).items}
+    new_id = at.session_state["draft_dataset_id"]
+    assert new_id != ds.id  # this run was trained on the dataset: the fixes went into a new version, now chosen
+    left = {it.original_name: it.label for it in store.load_dataset(new_id).items}
     assert left[val_name] == "blue" and train_name not in left
+    kept = {it.original_name: it.label for it in store.load_dataset(ds.id).items}
+    assert kept[val_name] == "red" and train_name in kept  # the run keeps the photos it was trained on
+    assert all(Path(it["path"]).exists() for it in runs.load_dataset(run_dir)["items"])
+    assert any("a new version of the dataset" in s.value for s in at.success)

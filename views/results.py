@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import runs
-from views.common import esc
+from views.common import esc, set_draft
 
 
 def cli_error(stderr: str) -> str:
@@ -243,16 +243,21 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
             source = runs.load_dataset(run_dir).get("source") or {}
             if source.get("kind") == "store" and (to_drop or to_move):
                 if st.button(f"Apply: drop {len(to_drop)}, relabel {len(to_move)}", key="res_apply_fixes"):
-                    from core.data.store import drop_files, load_dataset, relabel_files
+                    from core.data.store import drop_files, editing, load_dataset, relabel_files
 
                     # the same file name can be in two splits: the row's split says which photo it is
                     by_name = {(it.original_name, _split_word(it.split) if it.split != "train" else "training"):
                                it.file for it in load_dataset(source["id"]).items}
-                    for name, where, label in to_move:
-                        if (name, where) in by_name:
-                            relabel_files(source["id"], [by_name[name, where]], label)
-                    drop_files(source["id"], [by_name[key] for key in to_drop if key in by_name])
-                    st.success("Saved in the dataset. Train again (Train page) to learn from the fixed labels.")
+                    # this run was trained on the dataset: the fixes go into a new version, the run keeps its photos
+                    with editing(source["id"]) as target:
+                        for name, where, label in to_move:
+                            if (name, where) in by_name:
+                                relabel_files(target.id, [by_name[name, where]], label)
+                        drop_files(target.id, [by_name[key] for key in to_drop if key in by_name])
+                    set_draft("dataset_id", target.id)
+                    where = (f"a new version of the dataset, **{esc(load_dataset(target.id).name)}**, now chosen "
+                             "(this run keeps the photos it was trained on)" if target.kept else "the dataset")
+                    st.success(f"Saved in {where}. Train again (Train page) to learn from the fixed labels.")
             elif to_drop or to_move:
                 st.caption("This run read a folder directly: fix those files in the folder, then train again.")
 

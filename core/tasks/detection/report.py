@@ -145,7 +145,8 @@ def build_report(run_dir: Path, notes: list[str] | None = None) -> str:
     body.append(_training(run_dir))
     body.append("<h2>Results on the validation images</h2>" + _results(ev))
     body.append("<h2>Example detections</h2>" + _examples(ev))
-    body.append("<h2>How to use the model</h2><p>Export it on the Runs page (safetensors + manifest, or ONNX; each "
+    body.append("<h2>How to use the model</h2><p>Export it in the app (6 · Runs & export, Export and share tab: "
+                "safetensors + manifest, or ONNX; each "
                 "is checked against PyTorch after writing), or from a terminal:</p>"
                 f"<pre>transfer-studio export --run {_e(run_dir)} --format onnx --out model\n"
                 f"transfer-studio predict --run {_e(run_dir)} photo.jpg --json</pre>")
