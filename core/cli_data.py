@@ -181,7 +181,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
                                        for p in report.problems]}, ensure_ascii=False))
         return 0
     err = sys.stderr
-    print(f"imported '{ds.name}': {result.imported} images in {len(ds.classes)} classes "
+    n, k = result.imported, len(ds.classes)
+    print(f"imported '{ds.name}': {n} image{'s' * (n != 1)} in {k} class{'es' * (k != 1)} "
           f"({len(result.skipped)} file(s) skipped), split: {ds.split_mode}", file=err)
     if report.counts:
         print(counts_table(ds.classes, report.counts), file=err)

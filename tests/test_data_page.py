@@ -332,9 +332,13 @@ def test_server_folder_path_import_only_when_local(home: Path, tmp_path: Path,
     _ok(at)
     ds = store.load_dataset(at.session_state["draft_dataset_id"])
     assert ds.name == "on_disk" and len(ds.items) == 6 and (src / "cats" / "img_000.jpg").exists()
+    assert "6 images in 2 classes" in _messages(at.success).replace("\\", "")
     at.text_input(key="data_server_path").set_value(str(tmp_path / "missing")).run()
     at.button(key="data_import_path").click().run()
     assert "There is no folder at" in _messages(at.error)
+    at.text_input(key="data_server_path").set_value("relative/path").run()
+    at.button(key="data_import_path").click().run()  # not resolved against the app's own install folder
+    assert "is not a full path" in _messages(at.error) and str(Path.cwd()) not in _messages(at.error)
 
     monkeypatch.setenv("TRANSFER_STUDIO_SERVER_PATHS", "0")  # e.g. served on a network
     at = _page()

@@ -24,15 +24,16 @@ from core.data.samples import ensure_sample_dataset
 from core.data.splits import SplitConfig
 from core.data.usage import describe_runs, runs_using
 from core.settings import datasets_root, subdir
-from views.common import draft, esc, refusal_reason, set_draft, step_page
+from views.common import count, draft, esc, refusal_reason, set_draft, step_page
 
 QUOTA_ENV = "TRANSFER_STUDIO_UPLOAD_QUOTA_MB"
 SERVER_PATHS_ENV = "TRANSFER_STUDIO_SERVER_PATHS"  # "1" / "0" overrides the local-only rule
 THUMBS_PER_CLASS = 6
 MAX_THUMB_CLASSES = 24
 SPLIT_COLOURS = {"train": "#2563eb", "val": "#f59e0b", "test": "#10b981"}
-SPLIT_MODES = {"folders": "from train/val folders", "folders+stratified": "from folders + stratified val",
-               "stratified": "stratified (seed 0)"}
+SPLIT_MODES = {"folders": "from the train/val folders",
+               "folders+stratified": "from the folders; validation photos drawn from train, the same share per class",
+               "stratified": "validation photos drawn at random, the same share per class (the same draw each time)"}
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "leakage")
 BAD_KINDS = ("unreadable", "unsupported_format", "too_small", "too_large", "low_detail", "not_image_file", "link",
              "too_deep", "outside_class_folder", "unsafe_path", "special_file", "duplicate_name", "nested_archive",
@@ -151,8 +152,9 @@ def _source_label(source: dict) -> str:
 
 def _imported(result: store.ImportResult, how: str) -> None:
     ds = result.dataset
-    skipped = f"; {len(result.skipped)} file(s) skipped (see the problems)" if result.skipped else ""
-    _flash("success", f"{how} **{esc(ds.name)}**: {result.imported:,} images in {len(ds.classes)} classes{skipped}.")
+    skipped = f"; {count(len(result.skipped), 'file')} skipped (see the problems)" if result.skipped else ""
+    classes = count(len(ds.classes), "class", "classes")
+    _flash("success", f"{how} **{esc(ds.name)}**: {count(result.imported, 'image')} in {classes}{skipped}.")
     _choose(ds.id)
     _cached_list.clear()
 
@@ -497,8 +499,12 @@ with st.expander("Add a dataset", expanded=not ids, icon=":material/add_photo_al
             val = c2.slider("Validation share when there is no val/ folder", 0.1, 0.5, 0.2, 0.05, key="data_path_val")
             if st.button("Import this folder", key="data_import_path", type="primary", disabled=not path.strip(),
                          icon=":material/folder_open:"):
-                folder = os.path.abspath(os.path.expanduser(path.strip()))
-                if not os.path.isdir(folder):
+                typed = os.path.expanduser(path.strip())
+                folder = os.path.abspath(typed)
+                if not os.path.isabs(typed):  # relative to wherever the app was started: never what a user means
+                    st.error(f"{esc(path.strip())} is not a full path: type the whole path of the folder, from / "
+                             "(e.g. /home/me/photos/ants-and-bees).")
+                elif not os.path.isdir(folder):
                     st.error(f"There is no folder at {esc(folder)}.")
                 else:
                     try:
@@ -568,7 +574,7 @@ if view["problems"]:
     stored_bad = {f for p in bad for f in p.get("stored", ())}  # files in the dataset: removed
     never_imported = set(bad_files) - stored_bad  # notes about files that were never imported: cleared
     if dup_files or bad_files:
-        st.markdown("**One-click fixes** (only the files named above are removed; everything else stays)")
+        st.markdown("**One-click fixes** (they act only on the files named above; everything else stays)")
         fixes = st.container(horizontal=True)
         if dup_files:
             fixes.button(f"Drop duplicates ({len(dup_files)} file{'s' * (len(dup_files) != 1)})",
