@@ -3,7 +3,11 @@
 A run may train in several sessions (stopped, then resumed): each starts with a `fit_started` event whose
 `resumed_from` names the checkpoint it continues from. The curves read here continue across sessions on the same
 axes: epochs as numbered, batches by step, and time as seconds of training, counted from the first start and leaving
-out the time the run was stopped."""
+out the time the run was stopped.
+
+The live progress line is read from the events too: the speed and the time left come from the current session's
+batches (not the start-up before its first batch, nor an earlier session), a stop asked for shows as stopping until
+the run has stopped, and a run that is starting again says so rather than showing the last session's figures."""
 
 from __future__ import annotations
 
@@ -13,6 +17,20 @@ from pathlib import Path
 
 from core import jobs, runs
 from core.report import format_duration
+
+# a speed is told once a session's batches span this many intervals and seconds: its first two batches alone can be
+# far apart or close together, and a figure from them misleads
+PACE_BATCHES, PACE_SECONDS = 2, 1.0
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The current session's speed, from its batches: images per second between its first batch and its latest
+    (`at`, the time that batch was written), and the seconds left at that speed."""
+
+    images_per_second: float
+    eta_seconds: float
+    at: float
 
 
 @dataclass
@@ -31,27 +49,87 @@ class RunView:
     started: dict | None = None
     queue_position: int | None = None
     seconds: float = 0.0
+    stop_asked: float | None = None  # when Stop was pressed (the STOP file the worker honours), while it stands
+    session_open: bool = False  # the latest session has started and not ended (its fit_ended not written yet)
+    position: tuple[int, int] | None = None  # (epoch index, images into it) the latest session has reached
+    stopped_at: dict | None = None  # the latest session's stop: {"epoch", "pos", "message"} as its fit_ended said
+    pace: Pace | None = None  # the latest session's speed; None until it has a few batches (PACE_*)
 
     @property
     def state(self) -> str:
-        return self.status.get("state", "created")
+        """The run's state; "stopping" from the moment Stop is asked until the run has stopped (the worker's
+        batch updates still say "running" meanwhile)."""
+        state = self.status.get("state", "created")
+        return "stopping" if state in ("queued", "running") and self.stop_asked is not None else state
 
     @property
     def active(self) -> bool:
         return self.state in runs.ACTIVE_STATES
 
+    @property
+    def starting(self) -> bool:
+        """Active, but the session that will train has not started yet: the worker is starting, waiting for the
+        device or preparing images (the events still end with the previous session, if any)."""
+        if not self.active:
+            return False
+        if self.started is None or not self.session_open:
+            return True
+        return float(self.started.get("t") or 0.0) < float(self.status.get("queued_at") or 0.0)
+
+    def stop_waited(self, now: float | None = None) -> float:
+        """Seconds since Stop was asked (0 when it was not)."""
+        if self.stop_asked is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.stop_asked)
+
     def progress_line(self, now: float | None = None) -> str:
         """The live progress text: the run's message, its speed and the time left. The time left counts down
-        from the last status write, so the line moves every second even when a batch takes longer."""
+        from the latest batch, so the line moves every second even when a batch takes longer. Stopping and
+        starting say so, without a speed or a time left."""
         status = self.status
-        parts = [status.get("message") or ""]
-        if status.get("images_per_second"):
-            parts.append(f"{status['images_per_second']:.0f} images/s")
-        eta = status.get("eta_seconds")
+        if self.state == "stopping":
+            return self.stopping_line()
+        message = status.get("message") or ""
+        if self.starting:
+            return message or "Starting…"
+        if self.pace is not None:
+            speed, eta, at = self.pace.images_per_second, self.pace.eta_seconds, self.pace.at
+        elif self.started is None:  # no events to read (a status alone): the worker's own figures
+            speed, eta, at = status.get("images_per_second"), status.get("eta_seconds"), status.get("updated")
+        else:  # this session's first batch is not done yet: no speed to tell
+            speed = eta = at = None
+        parts = [message]
+        if speed:
+            parts.append(f"{speed:.0f} images/s")
         if eta is not None:
-            since = max(0.0, (time.time() if now is None else now) - float(status.get("updated") or 0.0))
+            since = max(0.0, (time.time() if now is None else now) - float(at or 0.0))
             parts.append(f"about {format_duration(max(0.0, float(eta) - since))} left")
         return " · ".join(p for p in parts if p)
+
+    def stopping_line(self) -> str:
+        """What a run that was asked to stop is doing until it has stopped."""
+        if self.starting:
+            return "Stopping before training starts…"
+        started = self.started or {}
+        n_train, epochs = int(started.get("n_train") or 0), int(started.get("epochs") or 0)
+        if self.position is not None and n_train and self.position[1] >= n_train:  # its last batch is done
+            epoch = self.position[0] + 1
+            if epochs and epoch >= epochs:
+                return f"Finishing: epoch {epoch} of {epochs} was the last, it is being validated…"
+            return f"Stopping after epoch {epoch}{f' of {epochs}' if epochs else ''} (validating it first)…"
+        return "Stopping after this batch…"
+
+    def stopped_line(self) -> str:
+        """What a stopped run says: "Stopped after epoch 2 of 8" when it stopped between two epochs (rather than
+        "at epoch 3, image 0"), else the run's own message."""
+        message = self.status.get("message") or "Stopped."
+        at = self.stopped_at
+        if self.state != "stopped" or not at or at.get("message") != self.status.get("message") or at["pos"]:
+            return message
+        epochs = int((self.started or {}).get("epochs") or 0)
+        if not at["epoch"]:
+            return "Stopped before its first batch; resume to continue."
+        return f"Stopped after epoch {at['epoch']}{f' of {epochs}' if epochs else ''}; resume to continue."
 
 
 @dataclass
@@ -107,6 +185,7 @@ class _Reader:
         self.clock = TrainingClock()
         self.step_of_epoch: dict[int, int] = {}  # the step before an epoch's first batch
         self.step_at_phase: dict[int, int] = {}  # the last step seen when a phase began (its epoch may have none)
+        self.done: list[tuple[float, int]] = []  # the latest session's batches: (time, images done over all epochs)
 
     def read(self, ev: dict) -> None:
         """Take in one event."""
@@ -118,39 +197,78 @@ class _Reader:
             view.steps.append(ev["step"])
             view.losses.append(ev["loss"])
             self.step_of_epoch.setdefault(ev["epoch"], ev["step"] - 1)
+            view.position = (int(ev["epoch"]), int(ev.get("pos") or 0))
+            n_train = int((view.started or {}).get("n_train") or 0)
+            self.done.append((t, view.position[0] * n_train + view.position[1]))
         elif kind == "epoch_ended":
             self.clock.saw(t)
             row = {**ev, "elapsed": round(self.clock.at(t), 3)}
             view.history = [h for h in view.history if h["epoch"] != ev["epoch"]] + [row]
+            view.position = (int(ev["epoch"]), 0)
         elif kind == "phase_changed":
             self.clock.saw(t)
-            if not any(p["epoch"] == ev["epoch"] for p in view.phases):
+            if not self.repeats_phase(ev):
                 view.phases.append(ev)
                 self.step_at_phase[ev["epoch"]] = view.steps[-1] if view.steps else 0
         elif kind in ("fit_ended", "fit_failed"):
             self.clock.end(t, ev.get("seconds"))
+            view.session_open = False
+            if kind == "fit_ended" and ev.get("state") == "stopped" and view.position is not None:
+                view.stopped_at = {"epoch": view.position[0], "pos": view.position[1], "message": ev.get("message")}
         if kind in ("notice", "fit_failed"):
             view.notices.append(ev)
+
+    def repeats_phase(self, ev: dict) -> bool:
+        """Whether a phase_changed event names the phase the run is already in: a session resumed within a phase
+        (or where it begins) announces it again, and it is not a second change."""
+        phases = self.view.phases
+        return any(p["epoch"] == ev["epoch"] for p in phases) or (bool(phases) and phases[-1]["label"] == ev["label"])
 
     def fit_started(self, ev: dict) -> None:
         """A session starts: a fresh start resets what we show; a resumed one drops the steps it redoes."""
         view = self.view
         view.started = ev
+        view.session_open, view.stopped_at, self.done = True, None, []
         resumed = ev.get("resumed_from")
         self.clock.begin(_event_time(ev), fresh=resumed is None)
         if resumed is None:
             view.history, view.steps, view.losses, view.phases = [], [], [], []
             self.step_of_epoch, self.step_at_phase = {}, {}
+            view.position = (0, 0)
         else:
             keep = [i for i, s in enumerate(view.steps) if s <= resumed["step"]]
             view.steps = [view.steps[i] for i in keep]
             view.losses = [view.losses[i] for i in keep]
+            view.phases = [p for p in view.phases if p["epoch"] <= resumed["epoch"]]  # later ones come again
+            view.position = (int(resumed["epoch"]), int(resumed.get("pos") or 0))
 
     def finish(self) -> None:
-        """Place each phase at the step it began after, and total the training time."""
-        for ph in self.view.phases:
+        """Place each phase at the step it began after, total the training time, and time the latest session's
+        batches (from its first batch on: loading the model and the images before it is not training speed)."""
+        view = self.view
+        for ph in view.phases:
             ph["step"] = self.step_of_epoch.get(ph["epoch"], self.step_at_phase.get(ph["epoch"], 0))
-        self.view.seconds = round(self.clock.total, 3)
+        view.seconds = round(self.clock.total, 3)
+        started = view.started or {}
+        total = int(started.get("epochs") or 0) * int(started.get("n_train") or 0)
+        if len(self.done) > PACE_BATCHES and total:
+            (t0, done0), (t1, done1) = self.done[0], self.done[-1]
+            if t1 - t0 >= PACE_SECONDS and done1 > done0:
+                rate = (done1 - done0) / (t1 - t0)
+                view.pace = Pace(round(rate, 2), round(max(0, total - done1) / rate, 1), t1)
+
+
+def _stop_asked(run_dir: Path) -> float | None:
+    """When Stop was asked for the run's current job (the STOP file, removed when the job ends or starts again)."""
+    path = run_dir / "STOP"
+    try:
+        text, written = path.read_text().strip(), path.stat().st_mtime
+    except OSError:
+        return None
+    try:
+        return float(text)
+    except ValueError:  # not the time jobs.stop writes: asked when the file was written
+        return written
 
 
 def training_seconds(run_dir: Path) -> float:
@@ -166,6 +284,7 @@ def read_run(run_dir: Path) -> RunView:
     """Everything the Train page shows, from the run folder alone (liveness checked: a dead worker = crashed)."""
     run_dir = Path(run_dir)
     view = RunView(run_dir, jobs.state(run_dir), runs.read_json_config(run_dir))
+    view.stop_asked = _stop_asked(run_dir)
     reader = _Reader(view)
     for ev in runs.read_events(run_dir):
         reader.read(ev)

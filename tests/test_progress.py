@@ -34,12 +34,10 @@ def test_progress_line_leaves_out_what_is_not_known() -> None:
     assert _view(message="", eta_seconds=4000.0, updated=5.0).progress_line(now=5.0) == "about 1 h 6 min left"
 
 
-@pytest.fixture(scope="module")
-def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunView]:
-    """A gradual run of 3 epochs (6 steps each) stopped where its second phase begins, as Stop pressed between two
-    epochs leaves it, read then; and resumed to the end."""
-    root = tmp_path_factory.mktemp("resumed")
-    data = make_colour_folders(root / "data")  # 24 training photos: 6 batches of 4 per epoch
+def _stopped_gradual_run(root: Path, stop_after: int) -> Path:
+    """A gradual run of 3 epochs on 24 training photos (6 batches of 4 per epoch), stopped after `stop_after`
+    batches."""
+    data = make_colour_folders(root / "data")
     cfg = RunConfig("test_efficientnet", str(data), FreezeConfig("gradual"),
                     TrainConfig(epochs=3, batch_size=4, precision="fp32", device="cpu"), pretrained=False)
     run_dir = runs.create_run(cfg, trainset.resolve(str(data)), root / "runs")
@@ -49,7 +47,16 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunView]:
         if isinstance(event, BatchEnded):
             batches.append(event)
 
-    assert engine.fit(run_dir, [count, RunRecorder(run_dir)], should_stop=lambda: len(batches) >= 6).state == "stopped"
+    stop = lambda: len(batches) >= stop_after  # noqa: E731
+    assert engine.fit(run_dir, [count, RunRecorder(run_dir)], should_stop=stop).state == "stopped"
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunView]:
+    """A gradual run of 3 epochs (6 steps each) stopped where its second phase begins, as Stop pressed between two
+    epochs leaves it, read then; and resumed to the end."""
+    run_dir = _stopped_gradual_run(tmp_path_factory.mktemp("resumed"), stop_after=6)
     at_stop = read_run(run_dir)
     assert engine.fit(run_dir, [RunRecorder(run_dir)]).state == "completed"
     return run_dir, at_stop
@@ -121,3 +128,146 @@ def test_a_fresh_start_counts_from_zero_again(tmp_path: Path) -> None:
     ])
     view = read_run(tmp_path / "run")
     assert [h["elapsed"] for h in view.history] == [4.0] and view.seconds == 4.0
+
+
+def test_a_run_resumed_within_a_phase_keeps_one_marker_per_phase(tmp_path: Path) -> None:
+    """A resumed session announces the phase it continues in again: the same phase, not a second change (it drew
+    a second dashed marker and the report listed "From epoch 3: all but…" under "From epoch 2: all but…")."""
+    head = {"type": "phase_changed", "label": "head only", "trainable_params": 10, "frozen_params": 90}
+    rest = {"type": "phase_changed", "label": "all but the first 3 groups", "trainable_params": 80, "frozen_params": 20}
+    _write_events(tmp_path / "run", [
+        {"t": 100.0, "type": "fit_started", "resumed_from": None},
+        {**head, "t": 101.0, "epoch": 0},
+        {"t": 102.0, "type": "batch_ended", "epoch": 0, "pos": 4, "step": 1, "loss": 1.0},
+        {"t": 103.0, "type": "epoch_ended", "epoch": 1},
+        {**rest, "t": 103.5, "epoch": 1},
+        {"t": 104.0, "type": "batch_ended", "epoch": 1, "pos": 4, "step": 2, "loss": 0.9},
+        {"t": 105.0, "type": "epoch_ended", "epoch": 2},
+        {"t": 106.0, "type": "batch_ended", "epoch": 2, "pos": 4, "step": 3, "loss": 0.8},
+        {"t": 107.0, "type": "fit_ended", "state": "stopped", "seconds": 7.0},
+        {"t": 200.0, "type": "fit_started", "resumed_from": {"epoch": 2, "pos": 4, "step": 3}},
+        {**rest, "t": 201.0, "epoch": 2},  # the phase it continues in, announced again
+        {"t": 202.0, "type": "batch_ended", "epoch": 2, "pos": 8, "step": 4, "loss": 0.7},
+        {"t": 203.0, "type": "fit_ended", "state": "cancelled", "seconds": 3.0},
+        {"t": 300.0, "type": "fit_started", "resumed_from": {"epoch": 3, "pos": 0, "step": 4}},
+        {**rest, "t": 301.0, "epoch": 3},  # and again at an epoch's start
+    ])
+    view = read_run(tmp_path / "run")
+    assert [(p["epoch"], p["label"], p["step"]) for p in view.phases] == [
+        (0, "head only", 0), (1, "all but the first 3 groups", 1)]
+
+
+def test_a_single_phase_run_resumed_later_gets_no_phase_marker(tmp_path: Path) -> None:
+    _write_events(tmp_path / "run", [
+        {"t": 100.0, "type": "fit_started", "resumed_from": None},
+        {"t": 101.0, "type": "phase_changed", "epoch": 0, "label": "all layers"},
+        {"t": 103.0, "type": "epoch_ended", "epoch": 1},
+        {"t": 104.0, "type": "fit_ended", "state": "stopped", "seconds": 4.0},
+        {"t": 200.0, "type": "fit_started", "resumed_from": {"epoch": 1, "pos": 0, "step": 1}},
+        {"t": 201.0, "type": "phase_changed", "epoch": 1, "label": "all layers"},
+    ])
+    assert [p["epoch"] for p in read_run(tmp_path / "run").phases] == [0]  # the charts mark phases[1:]
+
+
+@pytest.fixture(scope="module")
+def resumed_mid_phase(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gradual run of 3 epochs (6 steps each) stopped in its third epoch, inside its second phase, and resumed
+    to the end: the engine announces the phase again when the second session starts."""
+    run_dir = _stopped_gradual_run(tmp_path_factory.mktemp("mid_phase"), stop_after=14)
+    assert engine.fit(run_dir, [RunRecorder(run_dir)]).state == "completed"
+    return run_dir
+
+
+def test_the_phases_of_a_run_resumed_mid_phase_are_listed_once(resumed_mid_phase: Path) -> None:
+    from core.report import build_report
+
+    announced = [e["epoch"] for e in runs.read_events(resumed_mid_phase, ("phase_changed",))]
+    assert announced == [0, 1, 2]  # what the engine writes: the second session announces its phase again
+    view = read_run(resumed_mid_phase)
+    assert [(p["epoch"], p["step"]) for p in view.phases] == [(0, 0), (1, 6)]
+    assert len(epoch_curves(view.history, "loss", view.phases).layout.shapes) == 1  # one dashed marker
+    html = build_report(resumed_mid_phase)
+    assert html.count("From epoch") == 2 and "From epoch 3" not in html
+
+
+def _session(n_train: int = 120, epochs: int = 8) -> dict:
+    return {"type": "fit_started", "epochs": epochs, "n_train": n_train}
+
+
+def _batch(t: float, epoch: int, pos: int, step: int) -> dict:
+    return {"t": t, "type": "batch_ended", "epoch": epoch, "pos": pos, "step": step, "loss": 1.0}
+
+
+def _status(run_dir: Path, **fields) -> None:
+    runs.write_status(run_dir, **fields)
+
+
+def test_a_stop_asked_for_stays_stopping_until_the_run_has_stopped(tmp_path: Path) -> None:
+    """The worker's next batch update writes "running" again: the stop asked for still shows (the line went
+    back to "Epoch 2 of 8, image 120 of 120" with Stop and Cancel for seconds)."""
+    run_dir = tmp_path / "run"
+    _write_events(run_dir, [{**_session(), "t": 100.0, "resumed_from": None},
+                            _batch(101.0, 1, 112, 22)])
+    _status(run_dir, state="running", message="Epoch 2 of 8, image 112 of 120", images_per_second=9.0,
+            eta_seconds=80.0)
+    runs.request_stop(run_dir)
+    view = read_run(run_dir)
+    assert view.state == "stopping" and view.active and view.stop_waited(now=view.stop_asked + 3) == 3
+    assert view.progress_line() == "Stopping after this batch…"  # no speed, no time left
+    runs.append_event(run_dir, _batch(102.0, 1, 120, 23))  # the epoch's last batch: validation comes first
+    _status(run_dir, state="running", message="Epoch 2 of 8, image 120 of 120")
+    assert read_run(run_dir).progress_line() == "Stopping after epoch 2 of 8 (validating it first)…"
+    runs.append_event(run_dir, {"type": "epoch_ended", "epoch": 2})
+    assert read_run(run_dir).progress_line() == "Stopping after this batch…"
+    message = "Stopped at epoch 3, image 0 of 120; resume to continue."  # the engine's words
+    runs.append_event(run_dir, {"type": "fit_ended", "state": "stopped", "seconds": 9.0, "message": message})
+    _status(run_dir, state="stopped", message=message)
+    runs.clear_stop(run_dir)  # the worker's last act
+    view = read_run(run_dir)
+    assert view.state == "stopped" and not view.active
+    assert view.stopped_line() == "Stopped after epoch 2 of 8; resume to continue."
+
+
+def test_a_stop_within_an_epoch_keeps_the_runs_words(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    message = "Stopped at epoch 2, image 40 of 120; resume to continue."
+    _write_events(run_dir, [{**_session(), "t": 100.0, "resumed_from": None}, _batch(101.0, 1, 40, 18),
+                            {"t": 102.0, "type": "fit_ended", "state": "stopped", "message": message}])
+    _status(run_dir, state="stopped", message=message)
+    assert read_run(run_dir).stopped_line() == message
+    _status(run_dir, state="stopped", message="Stopped before it started.")  # a later start, stopped while queued
+    assert read_run(run_dir).stopped_line() == "Stopped before it started."
+
+
+def test_a_stop_on_the_last_epochs_validation_says_the_run_finishes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _write_events(run_dir, [{**_session(epochs=2), "t": 100.0, "resumed_from": None}, _batch(101.0, 1, 120, 30)])
+    _status(run_dir, state="stopping", message="Stopping after this batch…")
+    runs.request_stop(run_dir)
+    assert read_run(run_dir).progress_line().startswith("Finishing: epoch 2 of 2 was the last")
+
+
+def test_a_resumed_run_says_it_is_starting_and_times_only_its_own_batches(tmp_path: Path) -> None:
+    """Resumed: the last session's speed and time left kept counting down through the start-up, then the speed
+    counted the start-up (3 images/s where it trained 9)."""
+    run_dir = tmp_path / "run"
+    _write_events(run_dir, [{**_session(), "t": 100.0, "resumed_from": None},
+                            *[_batch(100.0 + k, 0, 8 * k, k) for k in range(1, 5)],
+                            {"t": 105.0, "type": "fit_ended", "state": "stopped", "seconds": 5.0}])
+    _status(run_dir, state="running", message="Starting…", queued_at=500.0, images_per_second=9.0,
+            eta_seconds=83.0, progress=0.03)  # what the last session left, as the new worker starts
+    view = read_run(run_dir)
+    assert view.starting and view.progress_line() == "Starting…"
+    runs.append_event(run_dir, {**_session(), "t": 510.0, "resumed_from": {"epoch": 0, "pos": 32, "step": 4}})
+    _status(run_dir, message="Resumed training")
+    assert not read_run(run_dir).starting and read_run(run_dir).progress_line() == "Resumed training"
+    runs.append_event(run_dir, _batch(520.0, 0, 40, 5))  # 10 s of loading before its first batch
+    _status(run_dir, message="Epoch 1 of 8, image 40 of 120", images_per_second=0.8, eta_seconds=1150.0)
+    assert read_run(run_dir).progress_line(now=520.0) == "Epoch 1 of 8, image 40 of 120"  # no speed yet
+    for k in range(1, 6):
+        runs.append_event(run_dir, _batch(520.0 + k, 0, 40 + 8 * k, 5 + k))  # 8 images a second from here
+    _status(run_dir, message="Epoch 1 of 8, image 80 of 120", images_per_second=3.0, eta_seconds=293.0)
+    view = read_run(run_dir)
+    assert view.pace is not None and view.pace.images_per_second == 8.0
+    assert view.progress_line(now=525.0) == "Epoch 1 of 8, image 80 of 120 · 8 images/s · about 1 min 50 s left"
+    assert view.progress_line(now=530.0).endswith("about 1 min 45 s left")  # counts down from the last batch

@@ -153,9 +153,12 @@ def test_a_dataset_the_data_page_blocks_does_not_start_training(home: Path, tmp_
     at.session_state["draft_backbone"] = "mobilenetv2_100"
     at.session_state["draft_dataset_id"] = ds.id
     at.switch_page("views/train.py").run()
-    at.button(key="train_start").click().run()
     assert not at.exception
-    assert any("cannot be trained on" in e.value and "wasps" in e.value for e in at.error), [e.value for e in at.error]
+    said = [e.value for e in at.error]  # said up front, not only once Start was pressed
+    assert len(said) == 1 and "cannot be trained on" in said[0] and "wasps" in said[0], said
+    assert any(link.proto.label == "Fix the photos on the Data page" for link in at.get("page_link"))
+    for key in ("train_start", "train_quick", "train_lr_find"):  # the buttons that would fail are off
+        assert at.button(key=key).disabled, key
     assert runs.list_runs() == []  # no run was made
 
 
@@ -247,3 +250,35 @@ def test_a_run_cancelled_while_queued_offers_to_start_not_to_resume(home: Path, 
     assert any("Cancelled before it started" in w.value for w in at.warning)
     assert any(c.value == "Run: **never ran**" for c in at.sidebar.caption)  # the sidebar names the run shown
     assert at.button(key="train_resume").label == "Start it"
+
+
+def test_a_run_on_deleted_photos_names_them_not_their_hash(home: Path, tmp_path: Path) -> None:
+    from data_fixtures import make_tree
+
+    from core import trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from core.data import store
+    from core.data.validate import ValidationConfig
+
+    make_tree(tmp_path / "src", {"ants": 8, "bees": 8})
+    ds = store.import_folder(tmp_path / "src", "insects", config=ValidationConfig(workers=0)).dataset
+    run = runs.create_run(RunConfig("mobilenetv2_100", ds.id, FreezeConfig("all"), TrainConfig(epochs=1),
+                                    name="on insects"), trainset.resolve(ds.id))
+    store.delete_dataset(ds.id)  # (the Data page keeps datasets runs used; a run's folder may come from elsewhere)
+    at = _with_sample()
+    at.session_state["draft_run_id"] = run.name
+    at.run()
+    assert not at.exception
+    notes = [i.value for i in at.info if "other choices" in i.value]
+    assert len(notes) == 1 and "photos **insects** (no longer on this machine)" in notes[0], notes
+    assert ds.id not in notes[0]
+    (run / "dataset.json").write_text("{}")  # a manifest that no longer names them either
+    at.run()
+    notes = [i.value for i in at.info if "other choices" in i.value]
+    assert "(photos no longer on this machine)" in notes[0] and ds.id not in notes[0], notes
+    at.session_state["draft_dataset_id"] = ds.id  # the photos chosen were deleted: said, and not started
+    at.run()
+    assert not at.exception
+    assert any("data" not in m.value and "photos no longer on this machine" in m.value for m in at.markdown)
+    assert any("no longer on this machine" in e.value for e in at.error)
+    assert at.button(key="train_start").disabled

@@ -5,7 +5,7 @@ import json
 import streamlit as st
 
 from core.config import DEFAULT_BACKBONE
-from core.settings import sample_data_root
+from core.settings import runs_root, sample_data_root
 from core.tasks import freeze_defaults, get_task
 from views.common import choose_task, draft, set_draft, step_page
 
@@ -56,7 +56,45 @@ STEPS = [
     ("5 · Test", "Try it on new pictures.", step_page("test"), False),
     ("6 · Runs & export", "Results, comparison, export and a report.", step_page("runs"), False),
 ]
-DONE_LABELS = {"4 · Train": "done ✓ — see the run"}  # a run is looked at, not changed
+
+
+def train_step_label(run_id: str | None) -> str | None:
+    """The Train step's link as the current run stands: done only when it finished; else where it is and what to
+    do next (a run stopped or cancelled part-way said "done ✓"). None when there is no run to show."""
+    from core import jobs, runs
+
+    run_dir = runs_root() / str(run_id or "")
+    if not run_id or not runs.is_run_id(run_id) or not (run_dir / "config.json").is_file():
+        return None
+    status = jobs.state(run_dir)  # a worker that died shows as crashed
+    state = status.get("state", "created")
+    if state in ("queued", "running") and runs.stop_requested(run_dir):  # the worker's updates still say running
+        state = "stopping"
+    config = runs.read_json_config(run_dir)
+    quick = bool(config.get("quick"))
+    epochs = status.get("epochs") or (config.get("train") or {}).get("epochs")
+    done = int(status.get("epochs_done") or 0)
+    of = f" of {epochs}" if epochs and not quick else ""
+    if state in ("completed", "created"):  # created: set up and about to start, as Start makes it
+        return "done ✓ — see the run"
+    if state == "queued":
+        return "waiting to train — see the run"
+    if state == "running":
+        return f"training epoch {done + 1}{of} — watch it" if of else "training — watch it"
+    if state == "stopping":
+        return "stopping — see the run"
+    if state in ("failed", "crashed"):
+        return ("failed" if state == "failed" else "stopped unexpectedly") + " — see why"
+    resumable = not quick and (run_dir / "checkpoints" / "last.pt").exists()
+    next_step = "resume or start again" if resumable else "start again"
+    if quick:
+        return f"{state} — {next_step}"
+    if done:
+        return f"{state} after epoch {done}{of} — {next_step}"
+    return f"{state} in epoch 1{of} — {next_step}" if resumable else f"{state} before its first epoch — {next_step}"
+
+
+DONE_LABELS = {"4 · Train": train_step_label(draft("run_id")) or "open →"}  # a run is looked at, not changed
 for title, what, page, done in STEPS:
     cols = st.columns([1, 4, 2])
     cols[0].markdown(f"**{title}**")

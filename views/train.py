@@ -3,6 +3,10 @@ live curves and progress read from the run folder (so a refresh or restart finds
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import streamlit as st
 
 from core import jobs, runs, trainset, zoo
@@ -20,11 +24,70 @@ from views.common import (
     device_plan,
     draft,
     draft_freeze,
+    esc,
     freeze_words,
     need_backbone,
     set_draft,
     step_page,
 )
+
+STORE_ID = re.compile(r"[0-9a-f]{32}")  # how a dataset of the app's store is named (a folder or sample:NAME else)
+
+
+def _gone(dataset: str) -> bool:
+    """Whether `dataset` names a stored dataset that is no longer on this machine (deleted on the Data page)."""
+    from core.data.store import dataset_dir
+
+    if not STORE_ID.fullmatch(dataset) or Path(dataset).exists():
+        return False
+    try:
+        dataset_dir(dataset)
+    except Exception:  # noqa: BLE001 - the store says it has no such dataset
+        return True
+    return False
+
+
+def _photos(dataset: str, run_dir: Path | None = None) -> str:
+    """Photos by their name for the page's sentences: the dataset's name, or for one deleted since, the name a run
+    kept of it (its dataset.json) and that it is gone; never the store's hash."""
+    if not _gone(dataset):
+        return f"photos **{dataset_label(dataset)}**"
+    name = ""
+    if run_dir is not None:
+        try:
+            name = str((runs.load_dataset(run_dir).get("source") or {}).get("name") or "").strip()
+        except (runs.RunError, OSError, ValueError, AttributeError):
+            name = ""
+    return f"photos **{esc(name[:60])}** (no longer on this machine)" if name else "photos no longer on this machine"
+
+
+@st.cache_data(show_spinner=False, ttl=30, max_entries=16)
+def _data_problem(task: str, dataset: str, seed: int, options: str, version: int) -> str | None:  # noqa: ARG001
+    """Why the photos cannot be trained on (what Start would say), or None; checked again when the stored dataset
+    changes (`version`: its manifest's stamp) and at least every 30 s."""
+    try:
+        get_task(task).resolve_data(dataset, seed, **json.loads(options))
+    except trainset.DatasetProblem as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - a store error: said plainly, as Start says it
+        return f"The dataset cannot be used: {err}"
+    return None
+
+
+def _blocked(dataset: str, seed: int) -> str | None:
+    """Why the chosen photos cannot be trained on, or None: said before any button is pressed."""
+    if _gone(dataset):
+        return "The photos chosen are no longer on this machine: choose photos on the Data page."
+    version = 0
+    if STORE_ID.fullmatch(dataset):
+        from core.data.store import manifest_stamp
+
+        try:
+            version = manifest_stamp(dataset)
+        except Exception:  # noqa: BLE001 - gone meanwhile: resolving says so
+            version = -1
+    options = json.dumps(draft(f"{TASK.name}_options") or {}, sort_keys=True, default=str)
+    return _data_problem(TASK.name, dataset, int(seed), options, version)
 
 st.title("4 · Train")
 backbone = need_backbone()
@@ -38,8 +101,14 @@ if not dataset_id:
 freeze = draft_freeze()
 TASK = get_task(current_task())
 plan = device_plan()
-st.write(f"Model **{backbone}**, layers **{freeze_words(freeze.preset)}**, data **{dataset_label(dataset_id)}**.")
+_data_words = "photos no longer on this machine" if _gone(dataset_id) else f"data **{dataset_label(dataset_id)}**"
+st.write(f"Model **{backbone}**, layers **{freeze_words(freeze.preset)}**, {_data_words}.")
 st.caption(plan.note)
+BLOCKED = _blocked(dataset_id, st.session_state.get("train_seed", train_defaults(TASK).seed))
+if BLOCKED:  # said up front, with the buttons that would fail turned off
+    st.error(esc(BLOCKED), icon=":material/block:")
+    st.page_link(step_page("data"), label="Choose photos on the Data page" if _gone(dataset_id) else
+                 "Fix the photos on the Data page", icon=":material/photo_library:")
 
 
 def _use_lr(value: float) -> None:
@@ -49,8 +118,9 @@ def _use_lr(value: float) -> None:
 
 def _lr_finder(freeze, batch: int, seed: int) -> None:
     """A learning-rate range test in a separate process, with its plot and a one-click 'use it'."""
-    if st.button("Find a learning rate", key="train_lr_find", icon=":material/search:",
-                 help="Runs a few dozen short training steps with rising learning rates (about a minute)."):
+    if st.button("Find a learning rate", key="train_lr_find", icon=":material/search:", disabled=bool(BLOCKED),
+                 help="Runs a few dozen short training steps with rising learning rates (about a minute).") \
+            and not BLOCKED:
         with st.spinner("Trying learning rates…"):
             try:
                 res = find_lr_isolated(backbone, dataset_id, freeze, TrainConfig(batch_size=batch, seed=seed))
@@ -182,11 +252,14 @@ def _start(quick: bool, train: TrainConfig) -> None:
 
 
 train = _settings()
+_fix_first = "The photos cannot be trained on yet: see above." if BLOCKED else None
 c1, c2 = st.columns(2) if TASK.has_quick else (None, st.container())  # one button: no empty column beside it
 if TASK.has_quick and c1.button("Quick model (seconds)", key="train_quick", icon=":material/bolt:",
-                                help="Trains only a new head on features of the frozen model: a baseline in seconds."):
+                                disabled=bool(BLOCKED), help=_fix_first or "Trains only a new head on features of "
+                                "the frozen model: a baseline in seconds.") and not BLOCKED:
     _start(True, train)
-if c2.button("Start training", key="train_start", type="primary", icon=":material/play_arrow:"):
+if c2.button("Start training", key="train_start", type="primary", icon=":material/play_arrow:",
+             disabled=bool(BLOCKED), help=_fix_first) and not BLOCKED:
     _start(False, train)
 
 run_id = draft("run_id")
@@ -209,7 +282,7 @@ def _other_choice_note(run_config: dict) -> str | None:
     """Why the run shown is not what the choices above would train (other photos or model), or None."""
     theirs = []
     if run_config.get("dataset") and run_config["dataset"] != dataset_id:
-        theirs.append(f"photos **{dataset_label(run_config['dataset'])}**")
+        theirs.append(_photos(run_config["dataset"], RUN_DIR))
     if run_config.get("backbone") and run_config["backbone"] != backbone:
         theirs.append(f"model **{run_config['backbone']}**")
     if not theirs:
@@ -223,17 +296,22 @@ if _differs:
     st.info(_differs, icon=":material/swap_horiz:")
 
 
-@st.fragment(run_every=1.0)
-def live() -> None:
-    """Re-read the run folder every second; nothing here holds training state."""
-    if not (RUN_DIR / "config.json").exists():
-        st.warning("This run no longer exists.")
-        return
-    view = read_run(RUN_DIR)
-    status = view.status
-    state = view.state
-    started = (RUN_DIR / "checkpoints" / "last.pt").exists()  # something to resume from
-    st.subheader(runs.display_name(RUN_DIR))
+STOP_PATIENCE = 20.0  # seconds a stop may take before Cancel is offered again (preparing images, a long validation)
+JOB_ERROR = "train_job_error"  # a Stop, Cancel or Resume the job refused, said on the next draw
+
+
+def _job(action) -> None:
+    """A control's click, done before the live view draws (so the view shows its effect at once, not the state
+    from before the click)."""
+    try:
+        action(RUN_DIR)
+    except (runs.RunError, OSError) as err:
+        st.session_state[JOB_ERROR] = str(err)
+
+
+def _status(view, resumable: bool) -> None:
+    """The run's state in one line or box."""
+    status, state = view.status, view.state
     if state == "queued":
         pos = view.queue_position
         waiting = "Waiting" in status.get("message", "")
@@ -249,26 +327,59 @@ def live() -> None:
             st.caption(f"{total:.1f} s from the click to the answer, starting the training process included.")
         st.page_link(step_page("test"), label="Next: test it on new photos", icon=":material/science:")
     elif state == "stopped":
-        st.warning(status.get("message", "Stopped."))
+        st.warning(view.stopped_line())
     elif state in ("failed", "crashed"):
         st.error(status.get("message", "Training failed."))
     elif state == "cancelled":
-        st.warning("Cancelled. The last saved checkpoint is kept." if started else
+        st.warning("Cancelled. The last saved checkpoint is kept." if resumable else
                    "Cancelled before its first checkpoint: it would start from the beginning." if view.started else
                    "Cancelled before it started: nothing was trained.")
+    elif state == "created":
+        st.info(status.get("message") or "Ready to train.")
 
-    c1, c2, c3 = st.columns(3)
+
+def _controls(view, resumable: bool) -> None:
+    """Stop and Cancel while it trains; a stop asked for shows as stopping (Cancel again only when it takes long);
+    Resume once it has ended early. Each column always holds one element, so a button never lingers on screen
+    after the state changed (the browser keeps a fragment's old elements when a run of it is cut short)."""
+    state = view.state
+    slots = [col.empty() for col in st.columns(3)]
     if state in ("running", "queued"):
-        if c1.button("Stop", key="train_stop", icon=":material/stop:",
-                     help="Finishes the current batch, saves, and stops. You can resume later."):
-            jobs.stop(RUN_DIR)
-        if c2.button("Cancel now", key="train_cancel", icon=":material/cancel:"):
-            jobs.cancel(RUN_DIR)
-    if state in ("stopped", "crashed", "cancelled", "failed") and not view.config.get("quick"):
-        if c1.button("Resume" if started else "Start it", key="train_resume", icon=":material/play_arrow:",
-                     help="Continues from the last complete checkpoint to the planned end." if started else
-                     "Trains this run with its settings from the beginning."):
-            jobs.start(RUN_DIR)
+        slots[0].button("Stop", key="train_stop", icon=":material/stop:", on_click=_job, args=(jobs.stop,),
+                        help="Finishes the current batch, saves, and stops. You can resume later.")
+        slots[1].button("Cancel now", key="train_cancel", icon=":material/cancel:", on_click=_job,
+                        args=(jobs.cancel,), help="Ends the training process now. The last saved checkpoint is kept.")
+    elif state == "stopping":
+        slots[0].button("Stopping…", key="train_stopping", icon=":material/hourglass_top:", disabled=True,
+                        help="The run saves where it is and stops; you can resume it then.")
+        if view.stop_waited() > STOP_PATIENCE:
+            slots[1].button("Cancel now", key="train_cancel", icon=":material/cancel:", on_click=_job,
+                            args=(jobs.cancel,),
+                            help="The stop is taking long: this ends the training process now instead. The last "
+                                 "saved checkpoint is kept.")
+    elif state in ("stopped", "crashed", "cancelled", "failed") and not view.config.get("quick"):
+        slots[0].button("Resume" if resumable else "Start it", key="train_resume", icon=":material/play_arrow:",
+                        on_click=_job, args=(jobs.start,),
+                        help="Continues from the last complete checkpoint to the planned end." if resumable else
+                        "Trains this run with its settings from the beginning.")
+
+
+@st.fragment(run_every=1.0)
+def live() -> None:
+    """Re-read the run folder every second; nothing here holds training state."""
+    if not (RUN_DIR / "config.json").exists():
+        st.warning("This run no longer exists.")
+        return
+    view = read_run(RUN_DIR)
+    status = view.status
+    resumable = (RUN_DIR / "checkpoints" / "last.pt").exists()  # something to resume from
+    st.subheader(runs.display_name(RUN_DIR))
+    with st.container():  # one element whatever the state: what follows keeps its place on the page
+        _status(view, resumable)
+        refused = st.session_state.pop(JOB_ERROR, None)
+        if refused:
+            st.error(esc(refused))
+    _controls(view, resumable)
 
     if view.history:
         best = status.get("best_val_accuracy")
