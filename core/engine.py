@@ -122,7 +122,8 @@ class StepGuard:
 
     def stopped(self, st: LoopState, epoch: int) -> FitResult:
         """The stop request honoured (the caller has saved its checkpoint)."""
-        msg = f"Stopped at epoch {epoch + 1}, {self.unit} {st.pos} of {self.n_train}; resume to continue."
+        msg = (f"Stopped after epoch {epoch} of {self.epochs}; resume to continue." if st.pos == 0 and epoch > 0
+               else f"Stopped at epoch {epoch + 1}, {self.unit} {st.pos} of {self.n_train}; resume to continue.")
         self.emit(FitEnded("stopped", epoch, st.best, time.time() - self.t0, msg))
         return FitResult("stopped", st.best, epoch, time.time() - self.t0, self.plan.device, st.history, msg)
 

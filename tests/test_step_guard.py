@@ -49,6 +49,8 @@ def test_a_stop_names_the_place_to_resume_from_in_the_task_s_unit() -> None:
     result = _guard(events, unit="photo").stopped(st, 0)
     assert result.state == "stopped" and result.best_val_accuracy == 0.5
     assert result.message == "Stopped at epoch 1, photo 6 of 10; resume to continue."
+    between = _guard(events).stopped(LoopState(epoch=2, pos=0), 2)  # before the first batch of the third epoch
+    assert between.message.startswith("Stopped after epoch 2 of ")  # not "at epoch 3, image 0"
     assert events[-1].type == "fit_ended" and events[-1].state == "stopped"
 
 
