@@ -260,3 +260,10 @@ def test_a_layer_choice_in_the_address_is_checked() -> None:
                 {"preset": "custom", "groups": ["x" * 500]}, {"preset": "custom", "groups": [""]},
                 {"preset": "all", "extra": 1}, {"preset": "nonsense"}):
         assert _freeze_from_url(json.dumps(bad)) is None, bad
+
+
+def test_a_deleted_dataset_is_not_shown_by_its_hash() -> None:
+    from views.common import dataset_label
+
+    assert dataset_label("0123456789abcdef0123456789abcdef") == "(deleted photos)"
+    assert dataset_label("/data/photos/ants_and_bees") == "ants\\_and\\_bees"

@@ -313,8 +313,10 @@ def dataset_label(dataset_id: str) -> str:
 
     try:
         name = load_dataset(dataset_id).name
-    except Exception:  # a folder path or a removed dataset: show the id
-        return esc(dataset_id)
+    except Exception:  # a removed dataset (its id is a hash, meaningless to a user) or a folder path
+        if re.fullmatch(r"[0-9a-f]{32}", dataset_id):
+            return "(deleted photos)"
+        return esc(Path(dataset_id).name or dataset_id)
     return esc(name[:60])
 
 
