@@ -84,6 +84,7 @@ def test_faster_epochs_option_trains_on_smaller_crops(home: Path, sample_texture
     config = runs.load_config(run_dir)
     assert config.train.train_size == 160
     assert config.freeze == CLASSIFICATION.default_freeze()  # no Layers visit: the task's default preset
+    assert config.name == "Fine-tune · mobilenetv2_100 · textures"  # the photos' name: runs told apart
     from core import jobs
 
     jobs.cancel(run_dir)

@@ -243,8 +243,10 @@ def _start(quick: bool, train: TrainConfig) -> None:
     except Exception as err:  # a store error: say it plainly
         st.error(f"The dataset cannot be used: {err}")
         return
+    source = manifest.get("source") or {}  # the photos' name in the run's name: runs told apart at a glance
+    photos = str(source.get("name") or Path(source.get("path") or dataset_id.split(":")[-1]).name)[:40]
     config = RunConfig(backbone, dataset_id, freeze, train, quick=quick, task=TASK.name,
-                       name=("Quick model" if quick else "Fine-tune") + f" · {backbone}"
+                       name=("Quick model" if quick else "Fine-tune") + f" · {backbone} · {photos}"
                        + ("" if TASK.name == "classification" else f" · {TASK.title}"))
     run_dir = runs.create_run(config, manifest)
     jobs.start(run_dir)
