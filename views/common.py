@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from core.config import FreezeConfig
 from core.device import DevicePlan, plan_device
 
+STORE_ID = re.compile(r"[0-9a-f]{32}")  # how a dataset of the app's store is named (else a folder or sample:NAME)
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'%@/])")
 
 
@@ -314,7 +315,7 @@ def dataset_label(dataset_id: str) -> str:
     try:
         name = load_dataset(dataset_id).name
     except Exception:  # a removed dataset (its id is a hash, meaningless to a user) or a folder path
-        if re.fullmatch(r"[0-9a-f]{32}", dataset_id):
+        if STORE_ID.fullmatch(dataset_id):
             return "(deleted photos)"
         return esc(Path(dataset_id).name or dataset_id)
     return esc(name[:60])

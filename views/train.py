@@ -4,7 +4,6 @@ live curves and progress read from the run folder (so a refresh or restart finds
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import streamlit as st
@@ -19,6 +18,7 @@ from core.progress import read_run
 from core.settings import runs_root
 from core.tasks import get_task, train_defaults
 from views.common import (
+    STORE_ID,
     current_task,
     dataset_label,
     device_plan,
@@ -30,8 +30,6 @@ from views.common import (
     set_draft,
     step_page,
 )
-
-STORE_ID = re.compile(r"[0-9a-f]{32}")  # how a dataset of the app's store is named (a folder or sample:NAME else)
 
 
 def _gone(dataset: str) -> bool:
