@@ -176,8 +176,16 @@ def test_a_class_that_blocks_training_can_be_removed_from_the_page(home: Path, t
     assert "Training is blocked" not in _messages(at.error)
 
 
-def test_class_weights_are_stored_in_the_draft(planted: store.Dataset) -> None:
-    at = _page(dataset_id=planted.id)
+def test_class_weights_are_stored_in_the_draft(home: Path, tmp_path: Path) -> None:
+    make_tree(tmp_path / "even", {"ants": 6, "bees": 6})
+    even = store.import_folder(tmp_path / "even", "even", config=FAST).dataset
+    at = _page(dataset_id=even.id)
+    _ok(at)
+    assert not [b for b in at.button if b.key == "data_fix_weights"]  # nothing to balance: not offered
+    assert "nothing to balance" in _messages(at.caption)
+    make_tree(tmp_path / "uneven", {"ants": 12, "bees": 6})
+    uneven = store.import_folder(tmp_path / "uneven", "uneven", config=FAST).dataset
+    at = _page(dataset_id=uneven.id)
     at.button(key="data_fix_weights").click().run()
     _ok(at)
     assert at.session_state["draft_class_weights"] is True

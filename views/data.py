@@ -596,12 +596,14 @@ if draft("class_weights"):
     shown = ", ".join(f"{esc(c)} ×{w:.2f}" for c, w in weights.items())
     st.info(f"Classes are balanced by weights during training: {shown}.", icon=":material/balance:")
     st.button("Stop balancing by class weights", key="data_weights_off", on_click=_set_weights, args=(False,))
-else:
+elif imbalanced or (weights and max(weights.values()) > 1.1 * min(weights.values())):  # else nothing to balance
     if imbalanced:
         st.caption("Some classes have far fewer images than others. Balancing by class weights makes each class "
                    "count the same in training.")
     st.button("Balance by class weights", key="data_fix_weights", icon=":material/balance:",
               type="primary" if imbalanced else "secondary", on_click=_set_weights, args=(True,))
+else:
+    st.caption("Every class has about as many training images as the others: nothing to balance.")
 
 st.markdown("**A few images per class**")
 for c in view["classes"][:MAX_THUMB_CLASSES]:
