@@ -65,9 +65,16 @@ def measured_while_busy(name: str, plan: DevicePlan | None = None) -> bool:
     return bool(entry and entry["busy"])
 
 
-def processor_busy(seconds: float = 0.25) -> bool:
-    """Whether other work uses the processor now (all cores' use over `seconds`, this process idle meanwhile)."""
-    return psutil.cpu_percent(interval=seconds) > BUSY_CPU_PERCENT
+_BUSY_SEEN: dict[str, float] = {}  # the last answer of processor_busy and when (monotonic seconds)
+
+
+def processor_busy(seconds: float = 0.25, max_age: float = 5.0) -> bool:
+    """Whether other work uses the processor now (all cores' use over `seconds`, this process idle meanwhile); an
+    answer younger than `max_age` is reused, so a page listing many models samples once, not once per model."""
+    now = time.monotonic()
+    if now - _BUSY_SEEN.get("at", -1e9) > max_age:
+        _BUSY_SEEN.update(at=now, busy=float(psutil.cpu_percent(interval=seconds) > BUSY_CPU_PERCENT))
+    return bool(_BUSY_SEEN["busy"])
 
 
 def measure_latency(name: str, plan: DevicePlan | None = None, repeats: int = 10, force: bool = False) -> float:
