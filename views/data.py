@@ -249,22 +249,18 @@ def counts_figure(classes: list[str], counts: dict[str, dict[str, int]]) -> go.F
 
 # ------------------------------------------------------------------------------------------------ actions (callbacks)
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' * (n != 1)}"
-
-
 def _bad_label(stored: int, notes: int) -> str:
     """The fix button: files in the dataset are dropped, notes about files never imported are only cleared."""
     if not stored:
         return f"Clear the notes about files never imported ({notes})"
-    return f"Drop bad files ({stored})" + (f" and clear {_plural(notes, 'note')}" if notes else "")
+    return f"Drop bad files ({stored})" + (f" and clear {count(notes, 'note')}" if notes else "")
 
 
 def _bad_done(stored: int, notes: int) -> str:
     """What the fix did, for the message after it ('Dropped …')."""
-    parts = [f"{_plural(stored, 'bad or unusable file')}"] if stored else []
+    parts = [f"{count(stored, 'bad or unusable file')}"] if stored else []
     if notes:
-        parts.append(f"the notes about {_plural(notes, 'file')} that were never imported")
+        parts.append(f"the notes about {count(notes, 'file')} that were never imported")
     return " and ".join(parts)
 
 
@@ -689,7 +685,7 @@ with st.expander("Delete this dataset", icon=":material/delete:"):
                    "again. Their trained models stay: they can still be tested and exported.",
                    icon=":material/warning:")
     sure = st.checkbox("Yes, delete it with all its stored photos (the originals you uploaded are not affected)"
-                       + (f", although {_plural(len(used), 'run')} {'was' if len(used) == 1 else 'were'} trained on "
+                       + (f", although {count(len(used), 'run')} {'was' if len(used) == 1 else 'were'} trained on "
                           "it" if used else ""), key="data_delete_confirm")
     st.button("Delete dataset", key="data_delete", disabled=not sure, on_click=_delete, args=(chosen,))
 
