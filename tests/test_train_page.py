@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -283,3 +284,55 @@ def test_a_run_on_deleted_photos_names_them_not_their_hash(home: Path, tmp_path:
     assert any("data" not in m.value and "photos no longer on this machine" in m.value for m in at.markdown)
     assert any("no longer on this machine" in e.value for e in at.error)
     assert at.button(key="train_start").disabled
+
+
+def _run_on_sample(train, backbone: str = "mobilenetv2_100") -> Path:
+    """A run folder (not started) on the sample textures with the settings `train`."""
+    from core import trainset
+    from core.config import FreezeConfig, RunConfig
+
+    return runs.create_run(RunConfig(backbone, "sample:textures", FreezeConfig("gradual"), train, name="mine"),
+                           trainset.resolve("sample:textures"))
+
+
+def _new_session_showing(run_dir: Path) -> AppTest:
+    """A new session (a reload, F5) whose address names the sample, MobileNetV2 and `run_dir`."""
+    at = _app()
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = "sample:textures"
+    at.session_state["draft_run_id"] = run_dir.name
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    return at
+
+
+def test_after_a_reload_the_settings_are_those_of_the_run_shown(home: Path, sample_textures) -> None:
+    from core.config import TrainConfig
+
+    defaults = CLASSIFICATION.default_train()
+    mine = TrainConfig(epochs=defaults.epochs + 4, batch_size=8, seed=7, lr=0.002, augment=("crop", "flip"),
+                       crop_min_area=0.5, train_size=0, image_fit="pad", class_weights=not defaults.class_weights)
+    at = _new_session_showing(_run_on_sample(mine))
+    assert at.number_input(key="train_epochs").value == mine.epochs
+    assert at.select_slider(key="train_batch").value == 8 and at.number_input(key="train_seed").value == 7
+    assert at.checkbox(key="train_own_lr").value and at.number_input(key="train_lr").value == 0.002
+    assert at.multiselect(key="train_augment").value == ["crop", "flip"]
+    assert at.select_slider(key="train_crop_area").value == 0.5
+    assert at.checkbox(key="train_small_crops").value is False and at.radio(key="train_image_fit").value == "pad"
+    assert at.checkbox(key="train_class_weights").value is mine.class_weights
+    at.number_input(key="train_epochs").set_value(2).run()  # the user's own change afterwards is theirs
+    at.switch_page("views/data.py").run()
+    at.switch_page("views/train.py").run()
+    assert at.number_input(key="train_epochs").value == 2
+
+
+def test_after_a_reload_a_run_on_other_photos_leaves_the_defaults(home: Path, sample_textures, tmp_path) -> None:
+    from core.config import TrainConfig
+
+    defaults = CLASSIFICATION.default_train()
+    run_dir = _run_on_sample(TrainConfig(epochs=defaults.epochs + 4, seed=7))
+    config = runs.read_json_config(run_dir)
+    (run_dir / "config.json").write_text(json.dumps({**config, "dataset": str(tmp_path)}))  # trained on other photos
+    at = _new_session_showing(run_dir)
+    assert at.number_input(key="train_epochs").value == defaults.epochs
+    assert at.number_input(key="train_seed").value == defaults.seed

@@ -18,6 +18,8 @@ from core.progress import read_run
 from core.settings import runs_root
 from core.tasks import get_task, train_defaults
 from views.common import (
+    KEPT_STORE,
+    KEPT_WIDGETS,
     STORE_ID,
     current_task,
     dataset_label,
@@ -135,6 +137,68 @@ def _lr_finder(freeze, batch: int, seed: int) -> None:
                   args=(found["suggestion"],))
 
 
+def _crop_shares(defaults: TrainConfig) -> list[float]:
+    """The shares *Random crops keep at least* offers (the task's default among them)."""
+    return sorted({0.08, 0.25, 0.5, 0.75, 1.0, defaults.crop_min_area})
+
+
+def _crop_sizes(defaults: TrainConfig) -> list[int]:
+    """The training crop sides a crop-size task (segmentation) offers (the task's default among them)."""
+    return sorted({192, 224, 256, 288, 320, 352, 384, 448, 512, defaults.train_size or getattr(TASK, "full_crop", 352)})
+
+
+def _widgets_for(train: TrainConfig) -> dict:
+    """The settings widgets' values that show `train` (a run's settings); a value the widgets cannot show (a size
+    or share set on the command line) is left out, so that widget keeps its default."""
+    defaults = train_defaults(TASK)
+    values: dict = {"train_epochs": train.epochs, "train_seed": train.seed, "train_own_lr": train.lr is not None,
+                    "train_augment": [a for a in train.augment if a in AUGMENTATIONS]}
+    if train.lr is not None:
+        values["train_lr"] = float(train.lr)
+    if train.batch_size in (4, 8, 16, 32, 64, 128):
+        values["train_batch"] = train.batch_size
+    options = getattr(TASK, "train_options", ("lr_finder", "class_weights"))
+    if TASK.name == "classification":
+        if train.crop_min_area in _crop_shares(defaults):
+            values["train_crop_area"] = train.crop_min_area
+        small = TASK.default_train_size(zoo.get_spec(backbone).input_size)
+        if train.train_size in (0, small):
+            values["train_small_crops"] = train.train_size == small
+        if train.image_fit in FITS or train.image_fit == AUTO_FIT:
+            values["train_image_fit"] = train.image_fit
+    if "crop_size" in options and train.train_size in _crop_sizes(defaults):
+        values["train_crop"] = train.train_size
+    if 1 < train.nproc <= len(gpu_rows()):
+        values["train_gpus"] = train.nproc
+    return values
+
+
+SEEDED = "train_settings_from_run"  # once per session: the settings were taken from the run the address named
+
+
+def _settings_from_run() -> None:
+    """A reload (F5) starts a new session: the settings would show the defaults while the run shown (named in the
+    address) trains with its own. Before any setting is drawn in this session, take them from that run when it
+    was trained on the model and photos chosen."""
+    if st.session_state.get(SEEDED) or any(k in st.session_state for k in KEPT_WIDGETS) \
+            or st.session_state.get(KEPT_STORE):
+        return
+    st.session_state[SEEDED] = True
+    run_id = draft("run_id")
+    config = runs.read_json_config(runs_root() / run_id) if run_id and runs.is_run_id(run_id) else {}
+    if (config.get("task") or "classification") != TASK.name or config.get("quick") \
+            or config.get("backbone") != backbone or config.get("dataset") != dataset_id:
+        return
+    try:
+        train = TrainConfig.from_dict(config.get("train") or {})
+    except (TypeError, ValueError):  # a damaged config.json: the defaults stay
+        return
+    st.session_state.update(_widgets_for(train))
+    if "class_weights" in getattr(TASK, "train_options", ("lr_finder", "class_weights")) \
+            and draft("class_weights") is None:
+        set_draft("class_weights", train.class_weights)
+
+
 def _settings() -> TrainConfig:
     defaults = train_defaults(TASK)
     # a key and tracked state keep the panel open across the reruns its own widgets cause (a message appearing above
@@ -165,7 +229,7 @@ def _settings() -> TrainConfig:
         train_size, image_fit, crop_min_area = 0, None, None
         if TASK.name == "classification":
             if "crop" in augment:
-                shares = sorted({0.08, 0.25, 0.5, 0.75, 1.0, defaults.crop_min_area})
+                shares = _crop_shares(defaults)
                 crop_min_area = float(st.select_slider(
                     "Random crops keep at least", shares, value=defaults.crop_min_area, key="train_crop_area",
                     format_func=lambda v: f"{v:.0%} of the photo",
@@ -192,7 +256,7 @@ def _settings() -> TrainConfig:
                                       "unless borders are clearly better. Predictions use the same choice.")
         if "crop_size" in options:
             full = getattr(TASK, "full_crop", 352)
-            sizes = sorted({192, 224, 256, 288, 320, 352, 384, 448, 512, defaults.train_size or full})
+            sizes = _crop_sizes(defaults)
             train_size = int(st.select_slider(
                 "Training crop (pixels)", sizes, value=defaults.train_size or full, key="train_crop",
                 help=f"Side of the random crops the model trains on; validation and predictions use whole images. "
@@ -251,6 +315,7 @@ def _start(quick: bool, train: TrainConfig) -> None:
     set_draft("run_id", run_dir.name)
 
 
+_settings_from_run()
 train = _settings()
 _fix_first = "The photos cannot be trained on yet: see above." if BLOCKED else None
 c1, c2 = st.columns(2) if TASK.has_quick else (None, st.container())  # one button: no empty column beside it
