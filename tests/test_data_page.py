@@ -455,3 +455,61 @@ def test_deleting_a_dataset_names_the_runs_trained_on_it(planted: store.Dataset)
     at.button(key="data_delete").click().run()
     _ok(at)
     assert store.list_datasets() == []
+
+
+def _claims_to_train(run_dir: Path, pid: int) -> None:
+    """The run's status says it trains, and its job record names process `pid`."""
+    import json
+
+    import psutil
+
+    from core import runs
+
+    runs.write_status(run_dir, state="running", message="Epoch 1")
+    created = psutil.Process(pid).create_time() if psutil.pid_exists(pid) else 0.0
+    (run_dir / "job.json").write_text(json.dumps({"pid": pid, "create_time": created, "started": 0}))
+
+
+def test_a_dataset_cannot_be_deleted_while_a_run_trains_on_it(planted: store.Dataset) -> None:
+    import os
+
+    from core import runs
+
+    run_dir = _run_on(planted.id, "still training")
+    _claims_to_train(run_dir, os.getpid())  # a live process: this test's own
+    at = _page(dataset_id=planted.id)
+    _ok(at)
+    said = _messages(at.error).replace("\\", "")
+    assert "1 run ('still training') is training on this dataset now: it cannot be deleted until it stops" in said
+    assert at.checkbox(key="data_delete_confirm").disabled and at.button(key="data_delete").disabled
+    runs.write_status(run_dir, state="completed", message="Done.")  # it ends: the panel lets the user go on
+    at = _page(dataset_id=planted.id)
+    at.checkbox(key="data_delete_confirm").check().run()
+    _claims_to_train(run_dir, os.getpid())  # ... but it was started again before the click
+    at.button(key="data_delete").click().run()
+    _ok(at)
+    assert [d.id for d in store.list_datasets()] == [planted.id], "nothing deleted under a training run"
+    assert "Not deleted: 1 run ('still training') is training on this dataset now" in \
+        _messages(at.error).replace("\\", "")
+
+
+def test_a_run_whose_process_died_does_not_block_deleting_its_dataset(planted: store.Dataset) -> None:
+    from core import runs
+
+    run_dir = _run_on(planted.id, "died")
+    _claims_to_train(run_dir, 2**22 + 12345)  # no such process
+    at = _page(dataset_id=planted.id)
+    _ok(at)
+    assert "training on this dataset now" not in _messages(at.error)
+    assert runs.read_status(run_dir)["state"] == "crashed"
+    at.checkbox(key="data_delete_confirm").check().run()
+    at.button(key="data_delete").click().run()
+    _ok(at)
+    assert store.list_datasets() == []
+
+
+def test_the_data_package_counts_the_same_states_as_active_as_the_run_store() -> None:
+    from core import runs
+    from core.data import usage
+
+    assert usage.ACTIVE_STATES == runs.ACTIVE_STATES

@@ -22,7 +22,7 @@ from core.data import store
 from core.data.archive import ArchiveError
 from core.data.samples import ensure_sample_dataset
 from core.data.splits import SplitConfig
-from core.data.usage import describe_runs, runs_using
+from core.data.usage import ACTIVE_STATES, describe_runs, runs_using
 from core.settings import datasets_root, subdir
 from views.common import count, draft, esc, refusal_reason, set_draft, step_page
 
@@ -341,7 +341,25 @@ def _remove_class(dataset_id: str) -> None:
     _settle(target)
 
 
+def _training_on(dataset_id: str) -> list:
+    """The runs training on (or queued for) the dataset now, checked against their processes (a run whose process
+    died is marked crashed and is not counted)."""
+    claimed = [u for u in runs_using(dataset_id) if u.says_active]
+    if not claimed:
+        return []
+    from core import jobs  # loads torch: only when a run says it trains
+    from core.settings import runs_root
+
+    return [u for u in claimed if jobs.state(runs_root() / u.run_id).get("state") in ACTIVE_STATES]
+
+
 def _delete(dataset_id: str) -> None:
+    busy = _training_on(dataset_id)  # checked again at the click: a run may have started since the page was drawn
+    if busy:
+        _flash("error", f"Not deleted: {esc(describe_runs(busy))} "
+                        f"{'is' if len(busy) == 1 else 'are'} training on this dataset now. Stop "
+                        f"{'it' if len(busy) == 1 else 'them'} on the Train page first.")
+        return
     try:
         store.delete_dataset(dataset_id)
     except store.DatasetError as err:
@@ -684,10 +702,16 @@ with st.expander("Delete this dataset", icon=":material/delete:"):
                    "(results computed before stay, also in their reports), and they cannot be resumed or trained "
                    "again. Their trained models stay: they can still be tested and exported.",
                    icon=":material/warning:")
+    busy = _training_on(chosen) if any(u.says_active for u in used) else []
+    if busy:  # its photos are being read right now: deleting them would break that run midway
+        st.error(f"{esc(describe_runs(busy))} {'is' if len(busy) == 1 else 'are'} training on this dataset now: "
+                 f"it cannot be deleted until {'it stops' if len(busy) == 1 else 'they stop'} (Stop on the Train "
+                 "page, or wait for the end).", icon=":material/block:")
     sure = st.checkbox("Yes, delete it with all its stored photos (the originals you uploaded are not affected)"
                        + (f", although {count(len(used), 'run')} {'was' if len(used) == 1 else 'were'} trained on "
-                          "it" if used else ""), key="data_delete_confirm")
-    st.button("Delete dataset", key="data_delete", disabled=not sure, on_click=_delete, args=(chosen,))
+                          "it" if used else ""), key="data_delete_confirm", disabled=bool(busy))
+    st.button("Delete dataset", key="data_delete", disabled=not sure or bool(busy), on_click=_delete,
+              args=(chosen,))
 
 st.divider()
 if view["blocking"]:

@@ -1,8 +1,8 @@
 """Which runs were trained on a stored dataset, read from the runs' own folders.
 
 A run names its dataset in ``<run>/config.json`` (``"dataset"``: a store id or a folder path) and keeps the exact
-file list it trained on in ``<run>/dataset.json``. Only the small ``config.json`` and ``meta.json`` are read here,
-with plain JSON (``core.runs`` loads torch, which the data package never needs).
+file list it trained on in ``<run>/dataset.json``. Only the small ``config.json``, ``meta.json`` and ``status.json``
+are read here, with plain JSON (``core.runs`` loads torch, which the data package never needs).
 """
 
 from __future__ import annotations
@@ -14,13 +14,22 @@ from typing import Any
 
 from core.settings import runs_root
 
+ACTIVE_STATES = ("queued", "running", "stopping")  # = core.runs.ACTIVE_STATES (a test keeps them equal)
+
 
 @dataclass(frozen=True)
 class RunUse:
-    """A run trained on a dataset: its folder name and the name the user knows it by."""
+    """A run trained on a dataset: its folder name, the name the user knows it by and its state as its status.json
+    says (``core.jobs.state`` tells whether a run that says it trains still has a live process)."""
 
     run_id: str
     name: str
+    state: str = ""
+
+    @property
+    def says_active(self) -> bool:
+        """Queued, training or stopping, by its own status file."""
+        return self.state in ACTIVE_STATES
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -44,7 +53,7 @@ def runs_using(dataset_id: str, runs_dir: Path | None = None) -> list[RunUse]:
             continue
         meta = _read(folder / "meta.json")
         name = str(meta.get("name") or "").strip() or str(config.get("name") or "").strip() or folder.name
-        found.append(RunUse(folder.name, name))
+        found.append(RunUse(folder.name, name, str(_read(folder / "status.json").get("state") or "")))
     return found
 
 
