@@ -119,6 +119,7 @@ class StepGuard:
     bad: int = 0
     images: int = 0
     started: float = field(default_factory=time.time)
+    first: tuple[float, int] | None = None  # (when, images so far) at the end of this session's first batch
 
     def stopped(self, st: LoopState, epoch: int) -> FitResult:
         """The stop request honoured (the caller has saved its checkpoint)."""
@@ -179,12 +180,20 @@ class StepGuard:
         self.emit(Notice("warning", "A step gave a non-finite loss and was skipped."))
         return None
 
+    def _rate(self, now: float) -> float:
+        """Images per second counted from the end of the first batch, so the start-up before it (loading the
+        model and photos, the first kernels) does not drag the speed and the time left for the whole run."""
+        if self.first is None:
+            self.first = (now, self.images)
+            return self.images / max(1e-6, now - self.started)
+        return (self.images - self.first[1]) / max(1e-6, now - self.first[0])
+
     def advance(self, st: LoopState, epoch: int, n: int, loss: float, lr: float) -> None:
         """Move past a batch of `n` images and report it."""
         st.pos += n
         st.step += 1
         self.images += n
-        rate = self.images / max(1e-6, time.time() - self.started)
+        rate = self._rate(time.time())
         left = (self.epochs - epoch) * self.n_train - st.pos
         self.emit(BatchEnded(epoch, st.pos, st.step, self.total_steps, loss, lr, round(rate, 2),
                              round(left / max(rate, 1e-6), 1)))

@@ -59,3 +59,17 @@ def test_bf16_asked_for_on_a_cpu_without_native_bf16_says_it_is_slower_there() -
     assert plan_device("cpu", "bf16").amp_dtype == "bfloat16"
     assert ("no native bf16" in note) is (not cpu_supports_bf16())
     assert "no native bf16" not in plan_device("cpu", "auto").note
+
+
+def test_the_speed_counts_from_the_first_batch_not_from_the_start_up_before_it() -> None:
+    import time
+
+    events: list = []
+    guard, st = _guard(events), LoopState(batch_size=5)
+    guard.started = time.time() - 100.0  # 100 s of loading before the first batch ended
+    guard.advance(st, 0, 5, 0.5, 0.01)
+    time.sleep(0.05)
+    guard.advance(st, 0, 5, 0.5, 0.01)
+    first, second = (e.images_per_second for e in events)
+    assert first < 0.1  # 5 images in 100 s: all it knows yet
+    assert 5 / 1.0 < second <= 5 / 0.05 + 1e-6  # 5 images in the ~0.05 s since: start-up left out
