@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cli_eval import register as register_eval
 
     register_eval(sub)
+    from core.cli_runs import register as register_runs
+
+    register_runs(sub)
 
     p = sub.add_parser("report", help="write a run's self-contained HTML report for people")
     p.add_argument("--run", required=True, metavar="RUN_DIR")

@@ -1,0 +1,71 @@
+"""One row per run, read from its folder only: the Runs page's table and `transfer-studio runs list` show the same
+facts (name, task, photos, settings, state, best score, time)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from core import jobs, runs
+from core.storage import read_json
+from core.tasks import list_tasks
+
+STORE_HASH = re.compile(r"[0-9a-f]{32}")  # a stored dataset's id
+
+
+def stored_name(dataset: str) -> str | None:
+    """A stored dataset's name; None for a folder path or a dataset deleted since."""
+    from core.data.store import load_dataset
+
+    try:
+        return load_dataset(dataset).name
+    except Exception:  # noqa: BLE001 - a folder path or a dataset deleted since
+        return None
+
+
+def recorded_source(run_dir: Path) -> dict:
+    """What the run recorded about its photos (dataset.json's "source"); {} when unreadable."""
+    try:
+        return runs.load_dataset(Path(run_dir)).get("source") or {}
+    except runs.RunError:
+        return {}
+
+
+def dataset_cell(dataset: str, stored: str | None, source: dict) -> str:
+    """The photos a run trained on, as text: the stored dataset's name (`stored`); for one deleted since
+    "(deleted) <the name the run recorded in `source`>"; else the folder's name."""
+    if stored is not None:
+        return stored
+    if source.get("kind") in ("store", "stored") or STORE_HASH.fullmatch(dataset):
+        return f"(deleted) {source['name']}" if source.get("name") else "(deleted)"
+    return Path(dataset).name or dataset
+
+
+def run_row(run_dir: Path, dataset: str | None = None) -> dict:
+    """The run's row: `dataset` is its photos' cell when the caller has it (a cached `dataset_cell`), else it is
+    worked out here. The state comes from `core.jobs.state` (a run whose process died reads "crashed")."""
+    run_dir = Path(run_dir)
+    cfg, status = runs.read_json_config(run_dir), runs.read_status(run_dir)
+    meta = read_json(run_dir / "meta.json", {}) or {}
+    train, quick = cfg.get("train", {}), bool(cfg.get("quick"))
+    if dataset is None:
+        name = str(cfg.get("dataset") or "")
+        dataset = dataset_cell(name, stored_name(name), recorded_source(run_dir))
+    created = status.get("created") or run_dir.stat().st_mtime
+    task = runs.run_task(run_dir)
+    best = status.get("best_val_accuracy")
+    return {"run": run_dir.name, "name": runs.display_name(run_dir),
+            "task": {t.name: t.title for t in list_tasks()}.get(task, task),
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
+            "dataset": dataset, "freeze": "quick" if quick else cfg.get("freeze", {}).get("preset"),
+            "pretrained": cfg.get("pretrained", True),
+            # a quick model is one pass over cached features: epochs, batch and lr of the form do not apply
+            "epochs": None if quick else train.get("epochs"),
+            "batch": None if quick else train.get("batch_size"),
+            "lr": "" if quick else f"{train['lr']:.3g}" if train.get("lr") else "auto",
+            "status": jobs.state(run_dir).get("state", status.get("state")),
+            # rounded as the Train page writes it (0.8125 → 0.812): a table's printf would show 0.813
+            "best_val_accuracy": None if best is None else round(best, 3),
+            "seconds": round(status.get("seconds") or 0, 1), "device": status.get("device", ""),
+            "note": meta.get("note", "")}
