@@ -172,3 +172,24 @@ def test_results_tab_shows_the_trade_off_and_evaluates_a_folder(face_run) -> Non
     assert read_json(run_dir / "gallery.json")["target_far"] == 0.1 and before["state"] == "completed"
     assert "New threshold" in _texts(at) and "estimated from the reference strangers" in _texts(at)  # after its rerun
     assert read_json(run_dir / "gallery.json")["calibration"]["target_far"] == 0.1
+
+
+def test_train_page_choices_stay_while_the_user_visits_other_pages(home: Path, tmp_path: Path) -> None:
+    from core.tasks.faces.gallery import KINDS
+    from core.tasks.faces.threshold import TARGET_FARS
+
+    at = _app("views/train.py", dataset_id=str(tmp_path), backbone="mobilenetv2_100")
+    at.run()
+    _ok(at)
+    at.radio(key="faces_model").set_value("mobilenetv2_100").run()
+    gallery = [k for k in KINDS if k != at.radio(key="faces_gallery").value][0]
+    far = [f for f in TARGET_FARS if f != at.select_slider(key="faces_far").value][0]
+    at.radio(key="faces_gallery").set_value(gallery).run()
+    at.select_slider(key="faces_far").set_value(far).run()
+    at.number_input(key="faces_epochs").set_value(3).run()
+    for page in ("views/faces_data.py", "views/layers.py", "views/faces_train.py"):
+        at.switch_page(page).run()
+        _ok(at)
+    assert at.radio(key="faces_model").value == "mobilenetv2_100"
+    assert (at.radio(key="faces_gallery").value, at.select_slider(key="faces_far").value) == (gallery, far)
+    assert at.number_input(key="faces_epochs").value == 3
