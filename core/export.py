@@ -17,6 +17,7 @@ never unpickled; ONNX and TorchScript files are never loaded from users.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -370,6 +371,35 @@ def previous_export(folder: Path, manifest: dict, file_names: dict[str, str] = F
 def read_export_record(folder: str | os.PathLike) -> dict | None:
     """export.json of an export folder (the checks of every format in it)."""
     return read_json(Path(folder) / EXPORT_FILE)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:  # noqa: ARG001 - mtime and size: the cache key
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _threshold_words(threshold: float | None) -> str:
+    return "always answer" if threshold is None else f"answer “not sure” below {threshold:.0%}"
+
+
+def out_of_date(folder: str | os.PathLike, run_dir: str | os.PathLike) -> list[str]:
+    """Why an export folder no longer matches its run, in plain words ([] when it does): the run's weights changed
+    since (trained more or resumed), or a classification run's "not sure" threshold was chosen or changed since."""
+    from core.inference import stored_threshold
+
+    manifest = read_json(Path(folder) / MANIFEST_FILE)
+    weights = Path(run_dir) / "checkpoints" / "best.safetensors"
+    if not isinstance(manifest, dict) or not weights.is_file():
+        return []
+    why = []
+    st = weights.stat()
+    if (manifest.get("source") or {}).get("weights_sha256") != _file_sha256(str(weights), st.st_mtime_ns, st.st_size):
+        why.append("the run's weights changed since (it trained further)")
+    if manifest.get("task", "classification") == "classification":
+        now, then = stored_threshold(Path(run_dir)), manifest.get("threshold")
+        if now != then:
+            why.append(f"its files {_threshold_words(then)}, but the run now says to {_threshold_words(now)}")
+    return why
 
 
 def zip_export(folder: str | os.PathLike) -> bytes:
@@ -757,14 +787,18 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
 
 _EXAMPLE = '''"""Classify images with the model exported here by Transfer Studio (run __RUN__).
 
+Unzip the download, open a terminal in its folder, install what the format needs, then:
+
     python predict_example.py IMAGE [IMAGE ...] [--format __FORMAT_CHOICES__] [--top-k 3]
 
-Needs: pip install pillow numpy __NEEDS__
+Needs: pip install pillow numpy, plus __NEEDS__ (default format: __DEFAULT__)
 Preprocessing is the app's own (see manifest.json): RGB, __SQUARE__ (__INTERP__), centre crop
-__SIZE__ px, normalise with the manifest's mean and std. 16-bit images: convert them to 8-bit first.
+__SIZE__ px, normalise with the manifest's mean and std. A file that cannot be read is named and skipped.
 """
 import argparse
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -775,8 +809,28 @@ MANIFEST = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
 PREP = MANIFEST["preprocessing"]
 CLASSES = MANIFEST["classes"]
 FORMATS = __FORMATS__
+DEFAULT = "__DEFAULT__"
+NEEDS = __NEEDS_BY_FORMAT__
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+def to_8bit(im):
+    """A 16-bit, 32-bit or float grey image as 8-bit values, scaled by its type's range (not clipped to white)."""
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if im.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        a = a * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0:
+        a = a / 257.0
+    else:
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
 def preprocess(path):
@@ -784,7 +838,9 @@ def preprocess(path):
     with Image.open(path) as im:
         im.seek(0)
         im = ImageOps.exif_transpose(im)
-        if im.mode != "RGB" or "transparency" in im.info:
+        if im.mode.startswith("I") or im.mode == "F":  # 16-bit or float grey: scaled to 8 bits as the app does
+            im = Image.fromarray(to_8bit(im), "L").convert("RGB")
+        elif im.mode != "RGB" or "transparency" in im.info:
             rgba = im.convert("RGBA")
             im = Image.new("RGB", rgba.size, (255, 255, 255))
             im.paste(rgba, mask=rgba.getchannel("A"))
@@ -842,7 +898,9 @@ def load_onnx():
 def load_torchscript():
     import torch
 
-    model = torch.jit.load(str(HERE / "model.torchscript.pt"), map_location="cpu")  # only load files you trust
+    with warnings.catch_warnings():  # torch announces a future change on every load: not this script's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        model = torch.jit.load(str(HERE / "model.torchscript.pt"), map_location="cpu")  # only load files you trust
     model.eval()
 
     def run(x):
@@ -867,17 +925,28 @@ def classify(run, path, top_k=3):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Classify images with this exported model.")
     parser.add_argument("images", nargs="+")
-    parser.add_argument("--format", choices=FORMATS, default=FORMATS[0])
+    parser.add_argument("--format", choices=FORMATS, default=DEFAULT)
     parser.add_argument("--top-k", type=int, default=3)
     args = parser.parse_args(argv)
-    run = LOADERS[args.format]()
+    try:
+        run = LOADERS[args.format]()
+    except ImportError as err:
+        parser.exit(2, f"--format {args.format} needs {NEEDS[args.format]} ({err}): pip install "
+                       f"{NEEDS[args.format]}\\n")
+    unread = 0
     for path in args.images:
-        label, top = classify(run, path, args.top_k)
+        try:
+            label, top = classify(run, path, args.top_k)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # not an image, unreadable, too big
+            unread += 1
+            print(f"{path}: cannot read this file ({err})", file=sys.stderr)
+            continue
         print(f"{path}: {label}  (" + ", ".join(f"{c} {p:.1%}" for c, p in top) + ")")
+    return 1 if unread else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
 '''
 
 
@@ -895,13 +964,18 @@ def _square_words(prep: dict) -> str:
         prep.get("fit", "crop"), f"shorter side to {s} px and its centre square")
 
 
+EXAMPLE_NEEDS = {"safetensors": "torch timm safetensors", "onnx": "onnxruntime", "torchscript": "torch"}
+
+
 def example_script(manifest: dict) -> str:
     """predict_example.py for the formats listed in the manifest."""
     formats = [f for f in FORMATS if f in (manifest.get("files") or {})] or ["safetensors"]
-    needs = {"safetensors": ["torch", "timm", "safetensors"], "onnx": ["onnxruntime"], "torchscript": ["torch"]}
-    pkgs = sorted({p for f in formats for p in needs[f]})
+    needs = {f: EXAMPLE_NEEDS[f] for f in formats}
+    default = next(f for f in ("onnx", "torchscript", "safetensors") if f in formats)  # the fewest packages
     prep = manifest["preprocessing"]
     return (_EXAMPLE.replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))
             .replace("__FORMAT_CHOICES__", "|".join(formats)).replace("__FORMATS__", repr(formats))
-            .replace("__NEEDS__", " ".join(pkgs)).replace("__SQUARE__", _square_words(prep))
+            .replace("__NEEDS_BY_FORMAT__", repr(needs)).replace("__DEFAULT__", default)
+            .replace("__NEEDS__", "; ".join(f"{p} for --format {f}" for f, p in needs.items()))
+            .replace("__SQUARE__", _square_words(prep))
             .replace("__INTERP__", str(prep["interpolation"])).replace("__SIZE__", str(prep["size"])))

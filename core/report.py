@@ -864,7 +864,7 @@ def _calibration(r: _Run) -> str:
     if not th:
         out.append("<p>No threshold has been chosen.</p>")
     elif th.get("threshold") is None:
-        out.append(f"<p>None: the model always answers. {_reason(th)}</p>")
+        out.append(f"<p>Not in use: the model always answers. {_reason(th)}</p>")
     else:
         who = "chosen by you" if th.get("chosen_by") == "user" else f"chosen on the {_e(word)} photos"
         out.append(f"<p>The model answers \"not sure\" when its top probability is below <b>{_pct(th['threshold'])}"

@@ -34,11 +34,14 @@ def recorded_source(run_dir: Path) -> dict:
 
 def dataset_cell(dataset: str, stored: str | None, source: dict) -> str:
     """The photos a run trained on, as text: the stored dataset's name (`stored`); for one deleted since
-    "(deleted) <the name the run recorded in `source`>"; else the folder's name."""
+    "(deleted) <the name the run recorded in `source`>"; else the folder's name ("(folder gone) <name>" when it
+    is no longer there)."""
     if stored is not None:
         return stored
     if source.get("kind") in ("store", "stored") or STORE_HASH.fullmatch(dataset):
         return f"(deleted) {source['name']}" if source.get("name") else "(deleted)"
+    if dataset and not Path(dataset).exists():  # a folder read directly, moved or deleted since
+        return f"(folder gone) {Path(dataset).name or dataset}"
     return Path(dataset).name or dataset
 
 

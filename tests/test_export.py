@@ -385,3 +385,68 @@ def test_a_run_exports_its_image_fit_and_the_example_script_does_the_same(tmp_pa
     bad = {**manifest, "preprocessing": {**manifest["preprocessing"], "fit": "letterbox"}}
     with pytest.raises(ExportError, match="preprocessing.fit"):
         validate_manifest(bad)
+
+
+def _example(folder: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, folder / "predict_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_script_skips_a_bad_file_and_reads_16_bit_photos_as_the_app(exported, tmp_path: Path,
+                                                                               capsys) -> None:
+    """One unreadable file stopped the script with a traceback (the photos after it got no answer), and a 16-bit
+    PNG was clipped to white, so the script's answer differed from the app's."""
+    run_dir, folder, _ = exported
+    photo = sorted((Path(runs.load_config(run_dir).dataset) / "val").rglob("*.png"))[0]
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.asarray(Image.open(photo).convert("L")).astype(np.uint16) * 257).save(grey16)
+    assert Image.open(grey16).mode.startswith("I")
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    example = _example(folder, "predict_example_bad_files")
+    prep = load_predictor(run_dir).prep
+    assert np.array_equal(example.preprocess(grey16), predict_input(str(grey16), prep).numpy())
+    assert example.DEFAULT == "onnx"  # the format that needs the fewest packages (no torch)
+    assert example.main([str(notes), str(photo), "--top-k", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert f"{notes}: cannot read this file" in err
+    want = load_predictor(run_dir).predict([str(photo)], top_k=1)[0].label
+    assert out.startswith(f"{photo}: {want}  (")
+
+
+def test_the_example_script_says_which_package_a_format_needs(exported, monkeypatch) -> None:
+    _, folder, _ = exported
+    example = _example(folder, "predict_example_missing")
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'onnxruntime'")
+
+    monkeypatch.setitem(example.LOADERS, "onnx", missing)
+    with pytest.raises(SystemExit) as stop:
+        example.main(["photo.jpg", "--format", "onnx"])
+    assert stop.value.code == 2
+    assert "Needs: pip install pillow numpy, plus" in example.__doc__ and "onnxruntime for --format onnx" in \
+        example.__doc__
+
+
+def test_an_export_says_when_the_runs_threshold_or_weights_changed_after_it(exported, tmp_path: Path) -> None:
+    """A threshold chosen after exporting was silently missing from the download the Runs page still offered."""
+    from core.evaluate import EVALUATION_FILE
+    from core.export import out_of_date
+
+    run_dir, folder, _ = exported
+    run_copy, out = tmp_path / run_dir.name, tmp_path / "out"
+    shutil.copytree(run_dir, run_copy)
+    shutil.copytree(folder, out)
+    assert out_of_date(out, run_copy) == []
+    weights = run_copy / "checkpoints" / "best.safetensors"
+    made_for = {"name": "best", "bytes": weights.stat().st_size, "mtime_ns": weights.stat().st_mtime_ns}
+    (run_copy / EVALUATION_FILE).write_text(json.dumps({"weights": made_for, "unknown_threshold": {
+        "threshold": 0.61, "chosen_by": "user"}}))  # "Use this threshold" on the Results tab
+    assert out_of_date(out, run_copy) == ["its files always answer, but the run now says to answer “not sure” "
+                                          "below 61%"]
+    (run_copy / EVALUATION_FILE).unlink()
+    weights.write_bytes(weights.read_bytes() + b" ")  # trained further
+    assert out_of_date(out, run_copy) == ["the run's weights changed since (it trained further)"]

@@ -307,6 +307,7 @@ def test_the_report_names_the_apps_real_places(trained: tuple[Path, str], tmp_pa
     (copy / EVALUATION_FILE).write_text(json.dumps(ev))
     text = plain(parse(build_report(copy)))
     assert "not in use until you choose it (in the app: 6 · Runs & export, Results tab)" in text
+    assert "Not in use: the model always answers." in text and "None:" not in text  # was "None: the model …"
     assert "Runs page" not in text
     (copy / EVALUATION_FILE).unlink()  # not evaluated (photos still here): how to get the evaluation
     text = plain(parse(build_report(copy)))

@@ -261,3 +261,89 @@ def test_label_errors_say_which_photos_and_fix_the_photo_of_that_split(home: Pat
     assert kept[val_name] == "red" and train_name in kept  # the run keeps the photos it was trained on
     assert all(Path(it["path"]).exists() for it in runs.load_dataset(run_dir)["items"])
     assert any("a new version of the dataset" in s.value for s in at.success)
+
+
+def test_test_page_answers_the_same_photo_dropped_twice_and_explains_a_heic(trained: Path) -> None:
+    """The same photo twice used to stop the page (two charts with one key); a HEIC was refused by the uploader
+    with a bare "image/heif files are not allowed"."""
+    at = _app("views/test.py")
+    at.session_state["draft_run_id"] = trained.name
+    at.run()
+    at.toggle(key="test_gradcam").set_value(False)
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    at.file_uploader(key="test_files").set_value([("red.png", _png("red"), "image/png"),
+                                                  ("red.png", _png("red"), "image/png"),
+                                                  ("IMG_0001.HEIC", heic, "image/heic")]).run()
+    _ok(at)
+    assert sum("ms for this photo" in c.value for c in at.caption) == 2
+    assert any(m.value.startswith("**IMG") and "HEIC" in m.value for m in at.markdown)  # named
+    assert any("a HEIC file" in e.value and "Save it as JPEG or PNG" in e.value for e in at.error)
+
+
+def test_test_page_does_not_classify_and_explain_again_when_a_setting_moves(trained: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every click (a toggle, the top-k slider) used to classify and explain every photo again: 40 s for 30 photos
+    with the heat-maps on."""
+    import core.gradcam
+    from core.inference import Predictor
+
+    calls = {"predict": 0, "explain": 0}
+    predict, explain = Predictor.predict, core.gradcam.explain
+
+    def counted_predict(self, *args, **kwargs):
+        calls["predict"] += 1
+        return predict(self, *args, **kwargs)
+
+    def counted_explain(*args, **kwargs):
+        calls["explain"] += 1
+        return explain(*args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", counted_predict)
+    monkeypatch.setattr(core.gradcam, "explain", counted_explain)
+    at = _app("views/test.py")
+    at.session_state["draft_run_id"] = trained.name
+    at.run()
+    at.file_uploader(key="test_files").set_value([("red.png", _png("red"), "image/png"),
+                                                  ("blue.png", _png("blue"), "image/png")]).run()
+    _ok(at)
+    assert calls == {"predict": 1, "explain": 2}
+    at.slider(key="test_top_k").set_value(1).run()
+    at.toggle(key="test_gradcam").set_value(False).run()
+    at.toggle(key="test_gradcam").set_value(True).run()
+    _ok(at)
+    assert calls == {"predict": 1, "explain": 2}
+    charts = [c for c in at.get("plotly_chart")]
+    assert charts and all(len(json.loads(c.proto.spec)["data"][0]["y"]) == 1 for c in charts)  # top 1 shown
+
+
+def test_export_tab_says_an_export_made_before_the_threshold_is_out_of_date(trained: Path) -> None:
+    """After "Use this threshold" the tab kept offering the earlier download, whose files always answer."""
+    from core.evaluate import evaluate_run, set_threshold
+    from core.export import export_run
+
+    evaluate_run(trained, with_learning_curve=False)
+    export_run(trained, "safetensors", trained / "exports" / "model", n_check=2)
+    at = _app("views/runs.py").run()
+    _ok(at)
+    assert not any("out of date" in w.value for w in at.warning)
+    assert any("The zip holds every format exported for these weights (safetensors)" in c.value for c in at.caption)
+    assert any("python predict_example.py photo.jpg --format safetensors" in m.value for m in at.markdown)
+    set_threshold(trained, 0.9)
+    at.run()
+    _ok(at)
+    assert any("This export is out of date" in w.value and "below 90" in w.value for w in at.warning)
+
+
+def test_compare_uses_the_tables_words_and_the_chosen_order_and_a_gone_folder_is_named(trained: Path) -> None:
+    twin = trained.parent / runs.new_run_id()
+    shutil.copytree(trained, twin)
+    shutil.rmtree(runs.load_config(trained).dataset)  # the folder both runs read, deleted since
+    at = _app("views/runs.py").run()
+    _ok(at)
+    table = next(d.value for d in at.dataframe if "dataset" in d.value.columns)
+    assert table["dataset"].str.startswith("(folder gone) ").all()
+    at.multiselect(key="runs_compare").set_value([twin.name, trained.name]).run()
+    _ok(at)
+    side = next(d.value for d in at.dataframe if f"tiny colours ({twin.name})" in d.value.columns)
+    assert list(side.columns) == [f"tiny colours ({twin.name})", f"tiny colours ({trained.name})"]  # as chosen
+    assert list(side.index[:4]) == ["task", "date", "status", "best score"]  # the score in sight, as in the table

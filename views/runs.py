@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +15,9 @@ import streamlit as st
 from core import jobs, runs
 from core.evaluate import load_evaluation, set_threshold
 from core.progress import read_run
+from core.run_table import dataset_cell, recorded_source, run_row, stored_name
 from core.settings import PROJECT_ROOT, runs_root
 from core.storage import read_json, write_json_atomic
-from core.tasks import list_tasks
 from views.common import download_stem, draft, esc, results_not_computed, set_draft, step_page
 from views.results import cli_error
 
@@ -42,27 +40,18 @@ def _meta(run_dir) -> dict:
 
 @st.cache_data(show_spinner=False, ttl=60)
 def _stored_name(dataset: str) -> str | None:
-    """A stored dataset's name; None for a folder path or a dataset deleted since."""
-    from core.data.store import load_dataset
-
-    try:
-        return load_dataset(dataset).name
-    except Exception:  # a folder path or a dataset deleted since
-        return None
+    """A stored dataset's name (None for a folder path or a dataset deleted since), read at most once a minute."""
+    return stored_name(dataset)
 
 
 @st.cache_data(show_spinner=False)
-def _recorded_source(run_dir: str, stamp: float) -> dict:
-    """What the run recorded about its photos (dataset.json's "source"), read again when the file changes."""
-    try:
-        return runs.load_dataset(Path(run_dir)).get("source") or {}
-    except runs.RunError:
-        return {}
+def _recorded_source(run_dir: str, stamp: float) -> dict:  # noqa: ARG001 - stamp: read again when the file changes
+    """What the run recorded about its photos (dataset.json's "source")."""
+    return recorded_source(Path(run_dir))
 
 
 def _dataset_cell(run_dir: Path, dataset: str) -> str:
-    """The runs table's dataset: its name; "(deleted) <name the run recorded>" for a stored dataset deleted since;
-    else the folder's name (tables show it as plain text)."""
+    """The runs table's dataset (`core.run_table.dataset_cell`), from cached reads."""
     stored = _stored_name(dataset)
     if stored is not None:
         return stored
@@ -70,10 +59,7 @@ def _dataset_cell(run_dir: Path, dataset: str) -> str:
         stamp = (run_dir / "dataset.json").stat().st_mtime
     except OSError:
         stamp = 0.0
-    source = _recorded_source(str(run_dir), stamp)
-    if source.get("kind") in ("store", "stored") or re.fullmatch(r"[0-9a-f]{32}", dataset):
-        return f"(deleted) {source['name']}" if source.get("name") else "(deleted)"
-    return Path(dataset).name or dataset
+    return dataset_cell(dataset, None, _recorded_source(str(run_dir), stamp))
 
 
 def _is_zoo_backbone(name: str) -> bool:
@@ -87,29 +73,30 @@ def _is_zoo_backbone(name: str) -> bool:
     return True
 
 
-TASK_TITLES = {t.name: t.title for t in list_tasks()}
+COLUMNS = ["task", "date", "status", "best_val_accuracy", "backbone", "dataset", "freeze", "pretrained", "epochs",
+           "batch", "lr", "seconds", "device", "note"]  # the runs table's order, also the compare table's rows
+COLUMN_TITLES = {"best_val_accuracy": "best score", "seconds": "seconds training"}  # as the runs table heads them
 
 
-def _row(run_dir) -> dict:
-    cfg, status, meta = runs.read_json_config(run_dir), runs.read_status(run_dir), _meta(run_dir)
-    train = cfg.get("train", {})
-    created = status.get("created") or run_dir.stat().st_mtime
-    return {"run": run_dir.name, "name": runs.display_name(run_dir),
-            "task": TASK_TITLES.get(runs.run_task(run_dir), runs.run_task(run_dir)),
-            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
-            "dataset": _dataset_cell(run_dir, str(cfg.get("dataset") or "")),
-            "freeze": "quick" if cfg.get("quick") else cfg.get("freeze", {}).get("preset"),
-            "pretrained": cfg.get("pretrained", True),
-            # a quick model is one pass over cached features: epochs, batch and lr of the form do not apply
-            "epochs": None if cfg.get("quick") else train.get("epochs"),
-            "batch": None if cfg.get("quick") else train.get("batch_size"),
-            "lr": "" if cfg.get("quick") else f"{train['lr']:.3g}" if train.get("lr") else "auto",
-            "status": jobs.state(run_dir).get("state", status.get("state")),
-            # rounded here as the Train page writes it (0.8125 → 0.812): the table's printf would show 0.813
-            "best_val_accuracy": None if status.get("best_val_accuracy") is None else
-            round(status["best_val_accuracy"], 3),
-            "seconds": round(status.get("seconds") or 0, 1), "device": status.get("device", ""),
-            "note": meta.get("note", "")}
+def _row(run_dir: Path) -> dict:
+    """The run's row of the table (`core.run_table.run_row`, also `transfer-studio runs list`)."""
+    return run_row(run_dir, _dataset_cell(run_dir, str(runs.read_json_config(run_dir).get("dataset") or "")))
+
+
+def export_contents(formats: list[str]) -> str:
+    """What the export download holds, in words (every checked format exported for the run's current weights)."""
+    if not formats:
+        return "The zip holds no model file: none passed its check."
+    return (f"The zip holds every format exported for these weights ({', '.join(formats)}), with manifest.json "
+            "(classes and how photos are prepared) and predict_example.py.")
+
+
+def example_steps(formats: list[str], needs: dict[str, str]) -> str:
+    """How to run predict_example.py from the download, as numbered steps (markdown)."""
+    fmt = next((f for f in ("onnx", "torchscript", "safetensors") if f in formats), "safetensors")
+    return (f"1. Unzip the download and open a terminal in its folder.\n"
+            f"2. `pip install pillow numpy {needs.get(fmt, '')}`\n"
+            f"3. `python predict_example.py photo.jpg --format {fmt}` (several photos at once work too).")
 
 
 def _cell(value: object) -> str:
@@ -121,11 +108,11 @@ def _cell(value: object) -> str:
 
 
 def _side_by_side(table: pd.DataFrame, chosen: list[str]) -> pd.DataFrame:
-    """One column per chosen run (headed by its name and id: names need not be unique), one row per setting,
-    as text (each row mixes numbers and words)."""
-    rows = table[table["run"].isin(chosen)]
+    """One column per chosen run, in the order chosen (headed by its name and id: names need not be unique), one
+    row per setting named as the runs table names it, as text (each row mixes numbers and words)."""
+    rows = table.set_index("run").loc[[r for r in chosen if r in set(table["run"])]].reset_index()
     labels = [f"{name} ({run})" for name, run in zip(rows["name"], rows["run"], strict=True)]
-    return rows.drop(columns=["name", "run"]).set_axis(labels).T.map(_cell)
+    return rows[COLUMNS].set_axis(labels).T.map(_cell).rename(index=COLUMN_TITLES)
 
 
 if deleted := st.session_state.pop("runs_deleted", None):
@@ -138,8 +125,7 @@ if not all_runs:
 
 table = pd.DataFrame([_row(p) for p in all_runs])
 st.dataframe(table, hide_index=True, key="runs_table",
-             column_order=["name", "task", "date", "status", "best_val_accuracy", "backbone", "dataset", "freeze",
-                           "pretrained", "epochs", "batch", "lr", "seconds", "device", "note", "run"],
+             column_order=["name", *COLUMNS, "run"],
              column_config={"best_val_accuracy": st.column_config.ProgressColumn(
                  "best score", min_value=0, max_value=1, format="%.3f",
                  help="On the validation photos: accuracy (classification), mAP@0.5 (detection), mean IoU "
@@ -217,7 +203,7 @@ with export:
     if not has_weights:
         st.info("Train this run first.")
     else:
-        from core.export import read_export_record, reproduce_command, zip_export
+        from core.export import EXAMPLE_NEEDS, out_of_date, read_export_record, reproduce_command, zip_export
         from core.tasks import export_formats, get_task
 
         # only what this run can export (detection: no TorchScript; the frozen face model: its gallery alone)
@@ -244,11 +230,18 @@ with export:
                 else:
                     st.error(f"{name}: the check FAILED ({detail}); do not use this file. It is left out of the "
                              "download below.")
+            if stale := out_of_date(out, RUN):
+                st.warning("This export is out of date: " + "; ".join(esc(w) for w in stale) + ". Click “Export "
+                           "and check” again before downloading it.", icon=":material/warning:")
+            checked = [name for name, entry in (record.get("formats") or {}).items()
+                       if (entry.get("check") or {}).get("ok")]
             st.download_button("Download the export (.zip)", zip_export(out), file_name=f"{STEM}-model.zip",
                                key="runs_download", mime="application/zip")
+            st.caption(export_contents(checked))
             example = out / "predict_example.py"
             if example.exists():
                 with st.expander("Use it in Python"):
+                    st.markdown(example_steps(checked, EXAMPLE_NEEDS))
                     st.code(example.read_text(), language="python")
         st.subheader("Reproduce")
         st.code(reproduce_command(RUN), language="bash")

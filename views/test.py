@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import runs
-from core.inference import PredictError, Predictor, stored_threshold
+from core.gradcam import CamResult
+from core.inference import PredictError, Prediction, Predictor, stored_threshold
 from core.settings import runs_root, subdir
 from views.common import draft, esc, set_draft, step_page
 
@@ -72,6 +75,72 @@ def _choose_model() -> Predictor | None:
     return predictor
 
 
+# what the uploader lets through: the app's image formats, and phone formats it cannot open (HEIC, AVIF), so the
+# page can say why per photo instead of the uploader's bare "files are not allowed"
+UPLOAD_TYPES = ("jpg", "jpeg", "jfif", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif", "avif")
+CACHE_SIZE = 300  # answers kept per browser session (small: each photo's class probabilities)
+
+
+def unreadable_message(reason: str) -> str:
+    """Why a dropped file got no answer, with what to do about a photo format the app cannot open."""
+    fmt = re.fullmatch(r"format (.+) not allowed", reason)
+    if fmt:
+        return (f"This file cannot be read: it is a {fmt.group(1)} file, a format this app cannot open. Save it as "
+                "JPEG or PNG (most photo apps can: Export or Save as) and drop it again.")
+    return f"This file cannot be read: {esc(reason)}"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _model_key(predictor: Predictor) -> str:
+    """Names the loaded model and its weights: answers kept for another model or older weights are not reused."""
+    path = predictor.path or Path(predictor.backbone)
+    weights = path / "checkpoints" / "best.safetensors"
+    stamp = weights.stat().st_mtime_ns if weights.is_file() else 0
+    return f"{predictor.origin}:{path}:{stamp}"
+
+
+def _kept(name: str) -> dict:
+    """A per-session store of computed answers (oldest dropped first): a rerun (a slider moved, a toggle) does
+    not classify every photo again."""
+    return st.session_state.setdefault(name, {})
+
+
+def _keep(store: dict, key: tuple, value: object) -> None:
+    store[key] = value
+    while len(store) > CACHE_SIZE:
+        store.pop(next(iter(store)))
+
+
+def _answers(predictor: Predictor, model_key: str, inputs: list[tuple[str, bytes]]) -> list[Prediction]:
+    """Every class's probability for each photo (the page shows the top few), computed once per photo and
+    model: only photos not seen before are classified."""
+    store = _kept("test_answers")
+    keys = [(model_key, predictor.threshold, _digest(data)) for _, data in inputs]
+    todo = [i for i, key in enumerate(keys) if key not in store]
+    if todo:
+        fresh = predictor.predict([inputs[i][1] for i in todo], top_k=len(predictor.classes),
+                                  names=[inputs[i][0] for i in todo])
+        for i, answer in zip(todo, fresh, strict=True):
+            _keep(store, keys[i], answer)
+    return [replace(store[key], name=name) for key, (name, _) in zip(keys, inputs, strict=True)]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _heatmap(_predictor: Predictor, model_key: str, digest: str, _data: bytes) -> CamResult | str:  # noqa: ARG001
+    """The Grad-CAM of one photo (computed once per photo and model: `model_key` and the photo's `digest` key the
+    cache; heat-maps are images, so they live in Streamlit's bounded cache, not in the session), or why there is
+    none."""
+    from core.gradcam import explain
+
+    try:
+        return explain(_predictor, _data)
+    except Exception as err:  # noqa: BLE001 - Grad-CAM is an extra: explain, never break the page
+        return str(err)
+
+
 def _bars(top_k: tuple[tuple[str, float], ...]) -> go.Figure:
     labels = [c for c, _ in top_k][::-1]
     fig = go.Figure(go.Bar(x=[p for _, p in top_k][::-1], y=labels, orientation="h", marker_color="#2563eb",
@@ -90,8 +159,7 @@ st.caption(f"{len(predictor.classes)} classes: " + ", ".join(esc(c) for c in pre
 if predictor.threshold is not None:
     st.caption(f"Answers below {predictor.threshold:.0%} confidence are shown as “not sure”.")
 
-files = st.file_uploader("Photos to test", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
-                         accept_multiple_files=True, key="test_files")
+files = st.file_uploader("Photos to test", type=list(UPLOAD_TYPES), accept_multiple_files=True, key="test_files")
 camera = st.camera_input("Or take a photo", key="test_camera") if st.toggle("Use the camera",
                                                                              key="test_camera_on") else None
 show_cam = st.toggle("Show where the model looked (Grad-CAM)", value=True, key="test_gradcam")
@@ -105,33 +173,32 @@ if not inputs:
     st.info("Drop one or more photos above.")
     st.stop()
 
+model_key = _model_key(predictor)
 try:
-    answers = predictor.predict([data for _, data in inputs], top_k=top_k, names=[n for n, _ in inputs])
+    answers = _answers(predictor, model_key, inputs)
 except PredictError as err:
     st.error(str(err))
     st.stop()
 
-for (name, data), answer in zip(inputs, answers, strict=True):
+for i, ((name, data), answer) in enumerate(zip(inputs, answers, strict=True)):
     st.divider()
     left, mid, right = st.columns([1, 2, 1])
     left.markdown(f"**{esc(name)}**")
     if not answer.ok:
-        left.error(f"This file cannot be read: {answer.error}")
+        left.error(unreadable_message(answer.error))
         continue
     left.image(data, width="stretch")
     verdict = "not sure" if answer.unsure else esc(answer.label)
     mid.markdown(f"### {verdict}")
-    mid.plotly_chart(_bars(answer.top_k), key=f"test_bars_{name}_{hashlib.md5(data).hexdigest()[:8]}")
+    # the same photo may be dropped twice: the position keeps the keys apart
+    mid.plotly_chart(_bars(answer.top_k[:top_k]), key=f"test_bars_{i}_{_digest(data)[:8]}")
     mid.caption(f"{answer.seconds * 1000:.0f} ms for this photo on {predictor.plan.device}")
     if show_cam:
-        from core.gradcam import explain
-
-        try:
-            cam = explain(predictor, data)
-        except Exception as err:  # Grad-CAM is an extra: explain, never break the page
-            right.caption(f"No heat-map for this model: {err}")
-            continue
-        if cam.has_evidence:
-            right.image(cam.overlay, caption=f"Where it looked for “{cam.target_label}”", width="stretch")
+        cam = _heatmap(predictor, model_key, _digest(data), data)
+        if isinstance(cam, str):  # Grad-CAM is an extra: explain, never break the page
+            right.caption(f"No heat-map for this model: {esc(cam)}")
+        elif cam.has_evidence:
+            right.image(cam.overlay, caption=f"Where it looked for “{esc(cam.target_label)}” (the square the model "
+                        "sees)", width="stretch")
         else:
             right.caption("Nothing in this photo speaks for the predicted class.")

@@ -174,3 +174,31 @@ def test_export_onnx_then_download_the_zip(page, app_url, st_helpers, run_id, tm
         manifest = json.loads(zf.read("manifest.json"))
         assert zf.read("model.onnx")[:1] == b"\x08"  # an ONNX protobuf starts with field 1 (ir_version)
     assert manifest["classes"] == list(CLASSES), manifest
+
+
+def test_the_same_photo_twice_and_an_iphone_photo(page, app_url, st_helpers, run_id, tmp_path: Path):
+    """Dropping one photo twice stopped the page with an error (two charts with one key); a HEIC photo was refused
+    by the uploader with a bare "image/heif files are not allowed"."""
+    from playwright.sync_api import expect
+
+    st = st_helpers
+    main = st.main(page)
+    _open(page, app_url, st, "5 · Test", "test", "5 · Test your model")
+    _choose_run(page, "Run", run_id)
+    st.wait_idle(page)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    for folder in (first, second):
+        (folder / "red.png").write_bytes(_png("red"))
+    (first / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    uploader = page.locator(".st-key-test_files input[type=file]")
+    uploader.set_input_files([str(first / "red.png"), str(first / "IMG_0001.HEIC")])
+    st.wait_idle(page)
+    uploader.set_input_files([str(second / "red.png")])  # the same photo again, from another folder
+    answers = _fresh(main.get_by_role("heading", name=ANSWER))
+    expect(answers).to_have_count(2, timeout=st.SLOW_MS)
+    st.wait_idle(page)
+    expect(_fresh(main.get_by_test_id("stAlert").filter(
+        has_text="it is a HEIC file, a format this app cannot open. Save it as JPEG or PNG"))).to_have_count(1)
+    _no_traceback(page)
