@@ -44,6 +44,19 @@ def count(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
+def session_memo(name: str) -> dict:
+    """A per-session store of small computed values (answers, boxes) under `name`: a rerun (a slider moved, a
+    toggle) reuses them instead of running the model on every photo again. Images belong in st.cache_data."""
+    return st.session_state.setdefault(name, {})
+
+
+def memo_put(store: dict, key: tuple, value: object, limit: int) -> None:
+    """Keep `value` under `key` in a `session_memo` store, dropping the oldest past `limit` entries."""
+    store[key] = value
+    while len(store) > limit:
+        store.pop(next(iter(store)))
+
+
 def esc(text: object) -> str:
     """User text made inert for st.markdown & co.: Markdown, HTML, LaTeX ($) and :directives: are escaped."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))

@@ -16,6 +16,7 @@ from core.tasks.detection.data import AnnotationError, summary
 from views.common import count, draft, esc, refusal_reason, set_draft, step_page
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
+FLASH = "det_flash"  # the id of the dataset just imported
 
 st.title("2 · Data: photos with boxes")
 st.write("Bring photos with their boxes (a folder or zip with COCO .json, Pascal VOC .xml or YOLO .txt — the format "
@@ -34,6 +35,7 @@ def _imported(dataset_id: str) -> None:
     _choose(dataset_id)
     st.session_state["det_pending_select"] = dataset_id  # the picker still held the old set: it won over the new one
     st.session_state["det_add_panel_close"] = True
+    st.session_state[FLASH] = dataset_id  # confirmed above the report while this set is the one shown
     st.rerun()
 
 
@@ -63,8 +65,19 @@ if st.session_state.pop("det_add_panel_close", False):
 with st.expander("Bring new photos", expanded=not ids, key="det_add_panel", on_change="rerun"):
     typed = st.text_input("Name of the new dataset", key="det_new_name", max_chars=100,
                           placeholder="the zip's or folder's name, else “My boxes”").strip()
-    zip_tab, images_tab, folder_tab, sample_tab = st.tabs(["Zip with annotations", "Photos only (draw boxes)",
-                                                           "Folder on this computer", "Sample"])
+    drop_tab, zip_tab, images_tab, folder_tab, sample_tab = st.tabs(
+        ["Drop a folder", "Zip with annotations", "Photos only (draw boxes)", "Folder on this computer", "Sample"])
+    with drop_tab:
+        dropped = st.file_uploader("A folder of photos with their COCO .json, Pascal VOC .xml or YOLO .txt files",
+                                   accept_multiple_files="directory", key="det_dir")
+        if dropped and st.button("Import the folder", key="det_dir_import"):
+            with st.spinner("Checking every photo and box…"):
+                try:  # no name typed: the dropped folder's
+                    new_id, _ = dstore.import_uploads([(f.name, f.getvalue()) for f in dropped], typed or None)
+                except Exception as err:  # noqa: BLE001 - annotation or store errors: say them plainly
+                    _import_error(err)
+                else:
+                    _imported(new_id)
     with zip_tab:
         up = st.file_uploader("A .zip of images with COCO / VOC / YOLO annotations", type=["zip"], key="det_zip")
         if up is not None and st.button("Import the zip", key="det_zip_import"):
@@ -127,6 +140,13 @@ except store.DatasetError as err:
     st.stop()
 
 report = summary(ds)
+if st.session_state.get(FLASH) == current:
+    name = next((s.name for s in sets if s.id == current), "")
+    st.success(f"Imported “{esc(name)}”: {count(report['n_images'], 'photo')} with "
+               f"{count(report['n_boxes'], 'box', 'boxes')}"
+               + (f"; {count(len(ds.problems), 'problem')} listed below." if ds.problems else "."))
+else:
+    st.session_state.pop(FLASH, None)
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Photos", report["n_images"])
 c2.metric("Boxes", report["n_boxes"])
@@ -138,6 +158,17 @@ st.caption(f"Split: {split.get('train', 0)} training, {split.get('val', 0)} vali
            f"Annotation format: {esc(ds.format)}.")
 for line in report["blocking"]:
     st.warning(line)
+UNSURE = ("no_annotation_file", "boxes_lost")  # photos that count as empty without the user saying so
+empty_now = {a.name for a in ds.images if not a.boxes}
+unsure = list(dict.fromkeys(p.file for p in ds.problems if p.kind in UNSURE and p.file in empty_now))
+if unsure:
+    shown = ", ".join(esc(n) for n in unsure[:5]) + (f" and {len(unsure) - 5} more" if len(unsure) > 5 else "")
+    many = len(unsure) > 1
+    st.warning(f"{count(len(unsure), 'photo')} had no annotation file or lost every box, so "
+               f"{'they count as photos' if many else 'it counts as a photo'} with nothing to find: {shown}. If "
+               f"{'they show' if many else 'it shows'} objects, draw {'their' if many else 'its'} boxes in 'Draw "
+               f"boxes' (turn on 'Only photos without boxes'); else {'they teach' if many else 'it teaches'} the "
+               "model that there is nothing there. The problems below say why.", icon=":material/warning:")
 FEW_VAL = 5  # below this, one photo more or less found moves mAP by 20 points or more
 if 0 < split.get("val", 0) < FEW_VAL and split.get("train", 0):
     st.warning(f"Only {count(split['val'], 'validation photo')}: the mAP measured on so few will jump from run to "

@@ -34,6 +34,12 @@ def _picture(path: str, gt: dict, pred: dict, matched: dict, classes: tuple[str,
     return comparison_image(path, gt, pred, matched, list(classes), threshold)
 
 
+def best_score(images: list[dict]) -> float | None:
+    """The highest score of any predicted box on the validation photos, None when there is none."""
+    scores = [float(v) for img in images for v in (img.get("pred") or {}).get("scores") or []]
+    return max(scores) if scores else None
+
+
 def show(run_dir: Path) -> None:
     """The Results tab for one detection run."""
     run_dir = Path(run_dir)
@@ -82,6 +88,10 @@ def show(run_dir: Path) -> None:
     total_hit = sum(len(m["hits"]) for _, _, m in scored)
     st.write(f"At {threshold:.2f}: **{total_hit}** boxes found, **{total_miss}** missed, **{total_fp}** false boxes "
              "(IoU ≥ 0.5 with a true box of the same class counts as found).")
+    top = best_score(ev.get("images") or [])
+    if total_hit + total_fp == 0 and top is not None and top < threshold:
+        st.info(f"No box scored {threshold:.2f} or more: the model's best box scored {top:.2f}. Lower the threshold "
+                "to see what it finds; a model that is never sure needs more epochs or more photos.")
     st.caption("Blue: found · red dashed: missed · orange: a box where there is none. Worst photos first.")
     shown = st.session_state.get("det_results_more", PAGE)
     cols = st.columns(3)

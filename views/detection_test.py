@@ -13,7 +13,7 @@ from core.inference import export_refusal
 from core.settings import subdir
 from core.tasks.detection.draw import detections_image
 from core.tasks.detection.predict import Detector
-from views.common import count, draft, esc, set_draft, step_page
+from views.common import count, draft, esc, memo_put, session_memo, set_draft, step_page
 
 st.title("5 · Test your detector")
 
@@ -36,7 +36,17 @@ def _detection_runs() -> list[Path]:
     return [p for p in runs.list_runs(task="detection") if (p / "checkpoints" / "best.safetensors").exists()]
 
 
-def _choose() -> Detector | None:
+def _detect(model_key: str, detector: Detector, name: str, data: bytes):
+    """The photo's boxes scoring at least 0.05, computed once per model and photo: moving the threshold re-draws,
+    it does not detect again."""
+    store, key = session_memo("dtest_results"), (model_key, hashlib.sha256(data).hexdigest(), name)
+    if key not in store:
+        memo_put(store, key, detector.detect(data, name=name, threshold=0.05), 64)
+    return store[key]
+
+
+def _choose() -> tuple[Detector, str] | None:
+    """The detector chosen and a key naming its weights (run and file time, or the export's digest)."""
     source = st.radio("Model", ["A run trained here", "An exported model (.zip)"], key="dtest_source",
                       horizontal=True)
     if source.startswith("An exported"):
@@ -53,7 +63,7 @@ def _choose() -> Detector | None:
         if not path.exists():
             path.write_bytes(data)
         try:
-            return _export_detector(str(path), digest)
+            return _export_detector(str(path), digest), f"export:{digest}"
         except Exception as err:  # noqa: BLE001 - ExportError and friends: a message, never a traceback
             st.error(f"This file cannot be used: {esc(export_refusal(path, str(err), upload.name))}")
             return None
@@ -71,12 +81,13 @@ def _choose() -> Detector | None:
     run_dir = done[names.index(chosen)]
     stamp = (run_dir / "checkpoints" / "best.safetensors").stat().st_mtime
     with st.spinner("Loading the detector…"):
-        return _run_detector(str(run_dir), stamp)
+        return _run_detector(str(run_dir), stamp), f"run:{run_dir}:{stamp}"
 
 
-detector = _choose()
-if detector is None:
+chosen = _choose()
+if chosen is None:
     st.stop()
+detector, model_key = chosen
 st.caption(f"Classes: {esc(', '.join(detector.classes))}")
 threshold = st.slider("Show boxes scoring at least", 0.05, 0.95, 0.5, 0.05, key="dtest_threshold",
                       help="Lower finds more objects but also more false boxes.")
@@ -86,7 +97,7 @@ shot = st.camera_input("Or take a photo", key="dtest_camera") if st.toggle("Use 
                                                                          key="dtest_camera_on") else None
 inputs = [(f.name, f.getvalue()) for f in files or []] + ([("camera photo", shot.getvalue())] if shot else [])
 for n, (name, data) in enumerate(inputs):
-    result = detector.detect(data, name=name, threshold=0.05)
+    result = _detect(model_key, detector, name, data)
     st.subheader(esc(name))
     if not result.ok:
         st.error(f"{esc(name)} cannot be read: {esc(result.error)}")
@@ -100,7 +111,11 @@ for n, (name, data) in enumerate(inputs):
         right.dataframe(pd.DataFrame([{"class": d["label"], "score": d["score"],
                                        "box (x1, y1, x2, y2)": ", ".join(f"{v:.0f}" for v in d["box"])}
                                       for d in shown]), hide_index=True, key=f"dtest_table_{n}")
+    elif result.detections:
+        best = max(d.score for d in result.detections)
+        right.info(f"No box scored {threshold:.2f} or more; the best one scored {best:.2f}. Lower 'Show boxes "
+                   "scoring at least' to see the weaker boxes; a model that is never sure needs more training.")
     else:
-        right.info("Nothing found above the threshold.")
+        right.info("The model found nothing in this photo, not even a weak box.")
     right.caption(f"{count(len(shown), 'box', 'boxes')} · {1000 * result.seconds:.0f} ms for this photo "
                   f"({result.width}×{result.height} px)")

@@ -17,7 +17,7 @@ from core.data import store
 from core.settings import datasets_root
 from core.tasks import get_task
 from core.tasks.segmentation import data as segdata
-from views.common import draft, esc, refusal_reason, set_draft, step_page
+from views.common import count, draft, esc, refusal_reason, set_draft, step_page
 from views.segmentation_results import jpeg, legend
 
 QUOTA_ENV = "TRANSFER_STUDIO_UPLOAD_QUOTA_MB"
@@ -60,11 +60,42 @@ def _server_paths_allowed() -> bool:
     return str(st.get_option("server.address") or "") in ("127.0.0.1", "localhost", "::1")
 
 
-def _chosen(dataset_id: str, report: segdata.SegReport) -> None:
+UPLOAD_GEN = "seg_data_upload_gen"  # bumped after an import: the uploaders come back empty (no second import)
+PENDING_PICK = "seg_data_pending_pick"  # a dataset just made: the picker shows it on the next run
+
+
+def _select(dataset_id: str) -> None:
+    """Make `dataset_id` the chosen dataset, in the draft and in the picker (whose old value would win otherwise)."""
     set_draft("dataset_id", dataset_id)
-    st.session_state["seg_flash"] = (f"Imported {sum(report.splits.values())} image + mask pairs"
-                                     + (f"; {len(report.problems)} problems are listed below." if report.problems
-                                        else "."))
+    st.session_state[PENDING_PICK] = dataset_id
+
+
+def _chosen(dataset_id: str, report: segdata.SegReport, name: str) -> None:
+    _select(dataset_id)
+    st.session_state[UPLOAD_GEN] = int(st.session_state.get(UPLOAD_GEN, 0)) + 1
+    _flash(dataset_id, f"Imported “{esc(name)}”: {sum(report.splits.values())} usable image + mask pairs"
+           + (f"; {len(report.problems)} problems are listed below." if report.problems else "."))
+
+
+def _flash(dataset_id: str, message: str) -> None:
+    """A confirmation shown above the page for as long as `dataset_id` is the one shown: the reruns that follow an
+    import (the emptied uploader sends one) do not hide it."""
+    st.session_state["seg_flash"] = {"dataset": dataset_id, "message": message}
+
+
+def _upload_key(base: str) -> str:
+    """The uploader's key: `base` until the first import, then a new one per import (an empty uploader)."""
+    gen = int(st.session_state.get(UPLOAD_GEN, 0))
+    return base if gen == 0 else f"{base}_{gen}"
+
+
+def dataset_labels(datasets: list[store.DatasetSummary]) -> dict[str, str]:
+    """The picker's label of each dataset: its name and size, and when it was imported if another has its name."""
+    names = [d.name for d in datasets]
+    labels = {d.id: f"{d.name} ({d.images} images" + (f", imported {d.created[:19].replace('T', ' ')})"
+                                                     if names.count(d.name) > 1 else ")") for d in datasets}
+    shown = list(labels.values())
+    return {i: f"{label} · {i[:6]}" if shown.count(label) > 1 else label for i, label in labels.items()}
 
 
 def _options() -> dict:
@@ -90,10 +121,13 @@ def _import_section() -> None:
     parts = st.tabs(tabs)
     with parts[0]:
         uploads = st.file_uploader("Drop a folder holding images/ and masks/ (or train/ and val/)",
-                                   accept_multiple_files="directory", key="seg_data_upload")
+                                   accept_multiple_files="directory", key=_upload_key("seg_data_upload"))
         if uploads:
             opts = _options()
-            name = st.text_input("Dataset name", "My segmentation set", key="seg_data_name", max_chars=100)
+            folder_name = segdata.upload_folder_name([f.name for f in uploads]) or "My segmentation set"
+            typed = st.text_input("Dataset name", key="seg_data_name", max_chars=100,
+                                  placeholder=f"{folder_name} (the folder's name)").strip()
+            name = typed or folder_name
             if st.button("Import these images and masks", key="seg_data_import_upload", type="primary") and \
                     _charge(sum(f.size for f in uploads)):
                 with st.spinner("Checking every image and mask…"):
@@ -103,22 +137,22 @@ def _import_section() -> None:
                     except Exception as err:  # noqa: BLE001 - SegDataError, DatasetError: a message, never a traceback
                         st.error(f"Could not import: {refusal_reason(err)}")
                     else:
-                        _chosen(dataset_id, report)
+                        _chosen(dataset_id, report, name)
                         st.rerun()
     with parts[1]:
-        zipped = st.file_uploader("Drop a .zip of images/ and masks/", type=["zip"], key="seg_data_zip")
+        zipped = st.file_uploader("Drop a .zip of images/ and masks/", type=["zip"], key=_upload_key("seg_data_zip"))
         if zipped is not None:
             opts = _options() if not uploads else {}
             if st.button("Import this zip", key="seg_data_import_zip", type="primary") and _charge(zipped.size):
                 with tempfile.NamedTemporaryFile(suffix=".zip", dir=datasets_root(), delete=False) as fh:
                     fh.write(zipped.getvalue())
+                name = os.path.splitext(zipped.name)[0][:80] or "zip"
                 try:
-                    dataset_id, report = segdata.import_zip(fh.name, os.path.splitext(zipped.name)[0][:80] or "zip",
-                                                            display_name=zipped.name, **opts)
+                    dataset_id, report = segdata.import_zip(fh.name, name, display_name=zipped.name, **opts)
                 except Exception as err:  # noqa: BLE001 - ArchiveError, SegDataError…: a message, never a traceback
                     st.error(f"Could not import: {refusal_reason(err, zipped.name)}")
                 else:
-                    _chosen(dataset_id, report)
+                    _chosen(dataset_id, report, name)
                     st.rerun()
                 finally:
                     os.unlink(fh.name)
@@ -127,7 +161,7 @@ def _import_section() -> None:
                  "validation images.")
         if st.button("Use the sample set", key="seg_data_sample", icon=":material/auto_awesome:"):
             with st.spinner("Preparing the sample (once)…"):
-                set_draft("dataset_id", TASK.ensure_sample())
+                _select(TASK.ensure_sample())
             st.rerun()
     if len(parts) > 3:
         with parts[3]:
@@ -136,13 +170,13 @@ def _import_section() -> None:
                 opts = _options() if not uploads and zipped is None else {}
                 if st.button("Import this folder", key="seg_data_import_path", type="primary"):
                     with st.spinner("Checking every image and mask…"):
+                        name = os.path.basename(folder.rstrip("/")) or "folder"
                         try:
-                            dataset_id, report = segdata.import_folder(folder, os.path.basename(folder.rstrip("/"))
-                                                                       or "folder", **opts)
+                            dataset_id, report = segdata.import_folder(folder, name, **opts)
                         except Exception as err:  # noqa: BLE001
                             st.error(f"Could not import: {refusal_reason(err)}")
                         else:
-                            _chosen(dataset_id, report)
+                            _chosen(dataset_id, report, name)
                             st.rerun()
 
 
@@ -213,7 +247,7 @@ def _class_table(dataset_id: str, table: segdata.ClassTable) -> None:
         except (ValueError, segdata.SegDataError) as err:
             st.error(f"Not saved: {err}")
         else:
-            st.session_state["seg_flash"] = "Classes saved."
+            _flash(dataset_id, "Classes saved.")
             st.rerun()
     new = c2.text_input("Add a class (e.g. to paint it)", key="seg_data_new_class", max_chars=100)
     if new and c2.button("Add", key="seg_data_add_class"):
@@ -238,7 +272,7 @@ def _problems(dataset_id: str, report: dict) -> None:
             if kind == "size_mismatch" and st.button("Resize these masks to their images (nearest-neighbour)",
                                                      key="seg_data_resize"):
                 done = segdata.resize_masks(dataset_id, [p["file"] for p in rows])
-                st.session_state["seg_flash"] = f"Resized {len(done)} masks; class ids were kept exactly (no blending)."
+                _flash(dataset_id, f"Resized {count(len(done), 'mask')}; class ids were kept exactly (no blending).")
                 st.rerun()
     st.caption("Pairs with a problem (other than unknown values, which are ignored) are left out of training.")
 
@@ -440,9 +474,7 @@ def _paint(dataset_id: str, table: segdata.ClassTable) -> None:
         _fresh_canvas(slot, f"Mask saved for {esc(names[file][:80])}: the canvas starts again from the saved mask.")
 
 
-flash = st.session_state.pop("seg_flash", None)
-if flash:
-    st.success(flash)
+flash_slot = st.empty()  # filled once the dataset shown is known
 _import_section()
 
 datasets = store.list_datasets(task="segmentation")
@@ -451,10 +483,17 @@ if not datasets:
     st.stop()
 ids = [d.id for d in datasets]
 current = draft("dataset_id")
-labels = {d.id: f"{d.name} ({d.images} images)" for d in datasets}
+labels = dataset_labels(datasets)
+if st.session_state.get(PENDING_PICK) in ids:  # set before the picker is drawn (a widget's value can't change after)
+    st.session_state["seg_data_pick"] = st.session_state.pop(PENDING_PICK)
 chosen = st.selectbox("Dataset", ids, index=ids.index(current) if current in ids else 0, key="seg_data_pick",
                       format_func=lambda i: labels[i])
 set_draft("dataset_id", chosen)
+flash = st.session_state.get("seg_flash")
+if isinstance(flash, dict) and flash.get("dataset") == chosen:
+    flash_slot.success(flash["message"])
+else:
+    st.session_state.pop("seg_flash", None)
 try:
     _, TABLE, SIDE, _ = segdata.stored_pairs(chosen)
 except Exception as err:  # noqa: BLE001 - a damaged side file
@@ -482,7 +521,13 @@ left.plotly_chart(_bar(REPORT["class_share"], "Share of labelled pixels per clas
                   key="seg_data_share")
 right.plotly_chart(_bar(REPORT["class_images"], "Images in which each class appears", colours, "%{x}"),
                    key="seg_data_images")
-rare = [c for c, s in REPORT["class_share"].items() if s < 0.01]
+stray = [c for c, s in REPORT["class_share"].items() if s < 0.001 and REPORT["class_images"].get(c, 0) == 1
+         and sum(REPORT["class_images"].values()) > 2]
+if TABLE.kind == "ids" and SIDE.get("source_kind") == "colour" and stray:
+    st.warning(f"{esc(', '.join(stray))}: in one image only, on a few pixels. A colour no class was meant to have "
+               "(a slip of the brush, or smoothed edges)? Then paint over it ('Paint or fix a mask') or fix the mask "
+               "file and import again; else name the class.", icon=":material/colorize:")
+rare = [c for c, s in REPORT["class_share"].items() if s < 0.01 and c not in stray]
 if rare:
     st.caption(f"Rare classes (under 1 % of the pixels): {esc(', '.join(rare))}. The loss (Dice + cross-entropy) "
                "gives them weight; 'Balance classes' on the Train page adds more.")

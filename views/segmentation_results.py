@@ -20,7 +20,7 @@ def legend(names: list[str], colours: list, shares: dict[str, float] | None = No
     styles = [f"background-color: rgb({c[0]},{c[1]},{c[2]})" for c in colours]
     df = pd.DataFrame(rows)
     styled = df.style.apply(lambda col: styles if col.name == "colour" else [""] * len(col), axis=0)
-    config = {"share": st.column_config.ProgressColumn("share of pixels", min_value=0, max_value=1, format="%.3f")}
+    config = {"share": st.column_config.ProgressColumn("share of pixels", min_value=0, max_value=1, format="percent")}
     st.dataframe(styled, hide_index=True, key=key, column_config=config if shares is not None else None)
 
 

@@ -28,7 +28,15 @@ def _runs() -> list[Path]:
     return [p for p in runs.list_runs(task="segmentation") if (p / "checkpoints" / "best.safetensors").exists()]
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _predict(model_key: str, _predictor, name: str, digest: str, _data: bytes):  # noqa: ARG001 - the cache key
+    """The photo's predicted mask, computed once per model (`model_key`) and photo (`digest`): the opacity slider
+    re-draws, it does not predict again. Masks are images, so they live in Streamlit's bounded cache."""
+    return _predictor.predict(_data, name)
+
+
 def _choose():
+    """The model chosen and a key naming its weights (run and file time, or the export's digest)."""
     source = st.radio("Model", ["A run trained here", "An exported model (.zip)"], key="seg_test_source",
                       horizontal=True)
     if source.startswith("An exported"):
@@ -45,7 +53,7 @@ def _choose():
         if not path.exists():
             path.write_bytes(data)
         try:
-            return _export_predictor(str(path), digest)
+            return _export_predictor(str(path), digest), f"export:{digest}"
         except Exception as err:  # noqa: BLE001 - ExportError and friends: a message
             st.error(f"This file cannot be used: {esc(export_refusal(path, str(err), upload.name))}")
             return None
@@ -62,12 +70,14 @@ def _choose():
                           format_func=lambda n: labels[n], key="seg_test_run")
     set_draft("run_id", run_id)
     weights = runs_root() / run_id / "checkpoints" / "best.safetensors"
-    return run_predictor(str(runs_root() / run_id), weights.stat().st_mtime)
+    stamp = weights.stat().st_mtime
+    return run_predictor(str(runs_root() / run_id), stamp), f"run:{run_id}:{stamp}"
 
 
-predictor = _choose()
-if predictor is None:
+chosen = _choose()
+if chosen is None:
     st.stop()
+predictor, model_key = chosen
 files = st.file_uploader("Photos to test", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
                          accept_multiple_files=True, key="seg_test_files")
 camera = st.camera_input("Or take a photo", key="seg_test_camera") if st.toggle(
@@ -87,7 +97,7 @@ colours = [tuple(c) for c in predictor.table.colours]
 for name, data in inputs:
     st.divider()
     st.markdown(f"**{esc(name)}**")
-    pred = predictor.predict(data, name)
+    pred = _predict(model_key, predictor, name, hashlib.sha256(data).hexdigest(), data)
     if not pred.ok:
         st.error(f"This file cannot be read: {pred.error}")
         continue

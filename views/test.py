@@ -14,7 +14,7 @@ from core import runs
 from core.gradcam import CamResult
 from core.inference import PredictError, Prediction, Predictor, stored_threshold
 from core.settings import runs_root, subdir
-from views.common import draft, esc, set_draft, step_page
+from views.common import draft, esc, memo_put, session_memo, set_draft, step_page
 
 st.title("5 · Test your model")
 
@@ -102,29 +102,17 @@ def _model_key(predictor: Predictor) -> str:
     return f"{predictor.origin}:{path}:{stamp}"
 
 
-def _kept(name: str) -> dict:
-    """A per-session store of computed answers (oldest dropped first): a rerun (a slider moved, a toggle) does
-    not classify every photo again."""
-    return st.session_state.setdefault(name, {})
-
-
-def _keep(store: dict, key: tuple, value: object) -> None:
-    store[key] = value
-    while len(store) > CACHE_SIZE:
-        store.pop(next(iter(store)))
-
-
 def _answers(predictor: Predictor, model_key: str, inputs: list[tuple[str, bytes]]) -> list[Prediction]:
     """Every class's probability for each photo (the page shows the top few), computed once per photo and
     model: only photos not seen before are classified."""
-    store = _kept("test_answers")
+    store = session_memo("test_answers")
     keys = [(model_key, predictor.threshold, _digest(data)) for _, data in inputs]
     todo = [i for i, key in enumerate(keys) if key not in store]
     if todo:
         fresh = predictor.predict([inputs[i][1] for i in todo], top_k=len(predictor.classes),
                                   names=[inputs[i][0] for i in todo])
         for i, answer in zip(todo, fresh, strict=True):
-            _keep(store, keys[i], answer)
+            memo_put(store, keys[i], answer, CACHE_SIZE)
     return [replace(store[key], name=name) for key, (name, _) in zip(keys, inputs, strict=True)]
 
 

@@ -82,3 +82,46 @@ def test_draw_a_box_and_see_it_saved(page, app_url, app_home: Path, st_helpers):
     # the drag covered 20 %→60 % of the width and 20 %→70 % of the height of a 320 × 240 photo
     assert abs(x1_ - 64) < 12 and abs(x2_ - 192) < 12 and abs(y1_ - 48) < 12 and abs(y2_ - 168) < 12
     expect(st.main(page).get_by_text("Saved boxes: cup", exact=False)).to_be_visible(timeout=st.SLOW_MS)
+
+
+def _voc_folder(root: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for i in range(6):
+        img = Image.new("RGB", (160, 120), (200, 200, 200))
+        ImageDraw.Draw(img).rectangle([20 + 5 * i, 20, 100, 90], fill=(30, 60, 220))
+        img.save(root / "images" / f"cup_{i}.jpg")
+        if i < 4:
+            (root / "annotations" / f"cup_{i}.xml").write_text(
+                f"<annotation><filename>cup_{i}.jpg</filename><object><name>cup</name><bndbox><xmin>{20 + 5 * i}"
+                "</xmin><ymin>20</ymin><xmax>100</xmax><ymax>90</ymax></bndbox></object></annotation>")
+    (root / "annotations" / "cup_4.xml").write_text("")  # empty: cup_4 is left out; cup_5 has no XML at all
+
+
+def test_drop_a_folder_with_a_missing_and_an_empty_annotation(page, app_url, st_helpers, tmp_path: Path):
+    """A folder dragged onto the page imports (before, only a zip or a typed path did); the photo without an XML file
+    is named as one that now counts as 'nothing to find', the empty XML by its name."""
+    from playwright.sync_api import expect
+
+    st = st_helpers
+    root = tmp_path / "kitchen cups"
+    _voc_folder(root)
+    st.open(page, app_url)
+    st.main(page).get_by_text("Object detection", exact=True).click()
+    st.wait_idle(page)
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="2 · Data", exact=True).click()
+    main = st.main(page)
+    expect(main.get_by_role("heading", name="2 · Data: photos with boxes")).to_be_visible(timeout=st.SLOW_MS)
+    st.wait_idle(page)
+    if not main.get_by_text("Drop a folder", exact=True).is_visible():
+        main.get_by_text("Bring new photos").click()
+    main.get_by_text("Drop a folder", exact=True).click()
+    page.locator(".st-key-det_dir input[type=file]").set_input_files(root)
+    st.click_until(page, main.get_by_role("button", name="Import the folder"),
+                   main.get_by_text("1 photo had no annotation file or lost every box", exact=False))
+    st.wait_idle(page)
+    expect(st.metric_value(page, "Photos")).to_have_text("5")
+    expect(page.get_by_role("combobox", name="Your detection datasets")).to_have_value("kitchen cups — 5 photos")
+    expect(main.get_by_test_id("stAlert").filter(has_text="cup_5.jpg")).to_be_visible()

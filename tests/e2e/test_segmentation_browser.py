@@ -42,12 +42,25 @@ def test_upload_images_and_masks_and_see_the_report(page, app_url, st_helpers, t
     expect(main.get_by_role("heading", name="2 · Images and masks")).to_be_visible(timeout=st.SLOW_MS)
     page.locator(".st-key-seg_data_upload input[type=file]").set_input_files(root)
     st.click_until(page, main.get_by_role("button", name="Import these images and masks"),
-                   main.get_by_text("Imported 5 image + mask pairs", exact=False))
+                   main.get_by_text("Imported “street”: 5 usable image + mask pairs", exact=False))
     st.wait_idle(page)
+    # still there once the page has settled (the emptied uploader's rerun used to wipe it)
+    expect(main.get_by_text("Imported “street”: 5 usable image + mask pairs", exact=False)).to_be_visible()
     expect(st.metric_value(page, "Usable pairs")).to_have_text("5")
     expect(st.metric_value(page, "Problems")).to_have_text("1")
     expect(main.get_by_text("Mask size differs from the image: 1")).to_be_visible()
     expect(main.get_by_text("Share of labelled pixels per class")).to_be_visible()
+    expect(main.get_by_role("button", name="Import these images and masks")).to_have_count(0)  # no double import
+
+    # a second folder: the page shows it (it kept showing the first set, under the same default name)
+    (root / "train" / "masks" / "train_3.png").unlink()
+    Image.fromarray(np.full((48, 64), 1, dtype=np.uint8)).save(root / "train" / "masks" / "train_3.png")
+    page.locator("[class*='st-key-seg_data_upload'] input[type=file]").set_input_files(root)
+    st.click_until(page, main.get_by_role("button", name="Import these images and masks"),
+                   main.get_by_text("Imported “street”: 6 usable", exact=False))
+    st.wait_idle(page)
+    expect(st.metric_value(page, "Usable pairs")).to_have_text("6")
+    expect(st.metric_value(page, "Problems")).to_have_text("0")
 
 
     # the brush tool (streamlit-drawable-canvas) is offered; a click that lands during a rerun is retried

@@ -205,17 +205,19 @@ def _int_or_none(v: object) -> int | None:
 
 def _xml_root(path: Path) -> ET.Element:
     text = _read_text(path, MAX_XML_BYTES)
+    if not text.strip():
+        raise AnnotationError(f"{path.name} is empty ({path.stat().st_size} bytes)")
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise AnnotationError(f"{path.name}: XML with a DOCTYPE or entities is refused.")
+        raise AnnotationError(f"{path.name}: XML with a DOCTYPE or entities is refused")
     try:
         return ET.fromstring(text)
     except ET.ParseError as err:
-        raise AnnotationError(f"{path.name}: not valid XML ({err}).") from None
+        raise AnnotationError(f"{path.name} is not valid XML ({err})") from None
 
 
 def parse_voc(xml_dir: Path, images_dir: Path) -> Parsed:
     """One Pascal VOC XML per image (`filename`, `size`, `object/name`, `object/bndbox`). Images without an XML file
-    count as negatives (no objects)."""
+    count as negatives (no objects); an image whose XML cannot be read is left out (its boxes are unknown)."""
     problems: list[Problem] = []
     index = _ImageIndex(images_dir)
     seen: set[Path] = set()
@@ -225,7 +227,12 @@ def parse_voc(xml_dir: Path, images_dir: Path) -> Parsed:
         try:
             root = _xml_root(xml)
         except (AnnotationError, OSError) as err:
-            problems.append(Problem("bad_annotation", "warning", f"{xml.name}: {err}; ignored.", xml.name))
+            photo = index.find_stem(xml.stem)
+            if photo is not None:  # not a negative: its boxes are unknown
+                seen.add(photo)
+            left = f"{index.rel(photo)} is left out (its boxes are unknown): fix the file and import again" \
+                if photo is not None else "ignored"
+            problems.append(Problem("bad_annotation", "warning", f"{str(err).rstrip('.')}; {left}.", xml.name))
             continue
         if root.tag != "annotation":
             continue
@@ -251,7 +258,7 @@ def parse_voc(xml_dir: Path, images_dir: Path) -> Parsed:
                 box = [math.nan] * 4
             if not name or not all(math.isfinite(v) for v in box):
                 problems.append(Problem("bad_box", "warning", f"{xml.name}: an object without a name or a numeric "
-                                        "bndbox; dropped.", xml.name))
+                                        "bndbox; dropped.", index.rel(found)))
                 continue
             ann.boxes.append(box)
             ann.labels.append(name)
@@ -261,8 +268,8 @@ def parse_voc(xml_dir: Path, images_dir: Path) -> Parsed:
     for p in index.files:
         if p not in seen:
             out.append(ImageAnn(index.rel(p), str(p)))
-            problems.append(Problem("no_annotation_file", "info", f"{index.rel(p)}: no XML file; counted as a "
-                                    "negative (no objects).", index.rel(p)))
+            problems.append(Problem("no_annotation_file", "warning", f"{index.rel(p)}: no XML file, so it counts "
+                                    "as a photo with nothing to find.", index.rel(p)))
     return Parsed("voc", str(xml_dir), sorted(classes), out, problems)
 
 
@@ -326,7 +333,10 @@ def parse_yolo(label_dir: Path, images_dir: Path, names: Sequence[str] | None = 
         ann = ImageAnn(index.rel(p), str(p))
         rows: list[tuple[int, float, float, float, float]] = []
         txt = texts.get(p.stem)
-        if txt is not None:
+        if txt is None:
+            problems.append(Problem("no_annotation_file", "warning", f"{ann.name}: no .txt label file, so it counts "
+                                    "as a photo with nothing to find (the YOLO rule).", ann.name))
+        else:
             used.add(p.stem)
             for n, line in enumerate(_read_text(txt, MAX_XML_BYTES).splitlines(), 1):
                 parts = line.split()
@@ -339,7 +349,7 @@ def parse_yolo(label_dir: Path, images_dir: Path, names: Sequence[str] | None = 
                         raise ValueError
                 except ValueError:
                     problems.append(Problem("bad_box", "warning", f"{txt.name} line {n}: not 'class cx cy w h'; "
-                                            "dropped.", txt.name))
+                                            "dropped.", ann.name))
                     continue
                 rows.append((cls, cx, cy, w, h))
                 max_id = max(max_id, cls)
@@ -420,6 +430,27 @@ def detect_format(path: Path) -> str:
     raise AnnotationError(f"{path}: no annotations there (COCO .json, VOC .xml or YOLO .txt).")
 
 
+def broken_coco(folder: Path) -> str | None:
+    """Why a .json file meant as COCO annotations (top level or annotations/) cannot be read: empty, not JSON, or
+    without the 'images' list; None when there is no such file."""
+    for path in sorted(folder.glob("*.json")) + sorted((folder / "annotations").glob("*.json")):
+        try:
+            text = _read_text(path, MAX_ANNOTATION_BYTES)
+        except (OSError, AnnotationError) as err:
+            return f"{path.name} cannot be read ({err})."
+        if not text.strip():
+            return (f"{path.name} is empty ({path.stat().st_size} bytes), so no box could be read. Put the COCO "
+                    "annotations in it, or leave it out to import the photos without boxes.")
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            return f"{path.name} is not valid JSON ({err}), so no box could be read. Fix it and import again."
+        if isinstance(data, dict) and "annotations" in data:
+            return (f"{path.name} has 'annotations' but no 'images' list, so no box could be placed on a photo "
+                    "(COCO needs both).")
+    return None
+
+
 def parse_folder(folder: str | Path, annotations: str | Path | None = None) -> Parsed:
     """Images of `folder` (in it or in images/) with their annotations, found automatically or named."""
     folder = Path(folder)
@@ -441,6 +472,9 @@ def parse_folder(folder: str | Path, annotations: str | Path | None = None) -> P
         return parsed
     found = find_annotations(folder)
     if found is None:
+        broken = broken_coco(folder)
+        if broken:
+            raise AnnotationError(broken)
         files = list_images(images)
         if not files:
             raise AnnotationError(f"{folder}: no images and no annotations found.")
@@ -540,10 +574,23 @@ def check(parsed: Parsed, workers: int | None = None) -> DetectionSet:
         a.width, a.height, a.sha256 = info.width, info.height, info.sha256
         clip_boxes(a, info.width, info.height, problems)
         images.append(a)
+    problems += lost_all_boxes(images, problems)
     used = [c for c in parsed.classes if any(c in a.labels for a in images)] or list(parsed.classes)
     extra = sorted({lbl for a in images for lbl in a.labels} - set(used))
     classes = used + extra
     return DetectionSet(parsed.format, parsed.source, classes, images, problems)
+
+
+DROPPED = ("outside", "zero_area", "unknown_class", "bad_box")  # kinds of problems that drop a box of an image
+
+
+def lost_all_boxes(images: Iterable[ImageAnn], problems: Sequence[Problem]) -> list[Problem]:
+    """A warning for each image left without a box because every box it had was dropped: it now teaches the model
+    that there is nothing to find there."""
+    dropped = {p.file for p in problems if p.kind in DROPPED}
+    return [Problem("boxes_lost", "warning", f"{a.name}: none of its boxes could be used, so it now counts as a "
+                    "photo with nothing to find. Draw its boxes ('Draw boxes'), or fix the annotations and import "
+                    "again.", a.name) for a in images if not a.boxes and a.name in dropped]
 
 
 def duplicates(images: Iterable[ImageAnn]) -> list[list[ImageAnn]]:

@@ -101,7 +101,8 @@ def import_folder(folder: str | Path, name: str, annotations: str | Path | None 
                      problems=[replace(p, message=_as_shown(p.message, folder, shown),
                                        file=_as_shown(p.file, folder, shown)) for p in ds.problems])
     if not ds.images:
-        raise AnnotationError(f"{shown or Path(folder).name}: no readable images.")
+        why = " ".join(p.message for p in ds.problems[:3])
+        raise AnnotationError(f"{shown or Path(folder).name}: no photo can be imported." + (f" {why}" if why else ""))
     stored, items, skipped = _store_images([(a.name, a.path) for a in ds.images], name, on_progress)
     matched = _match(items, ds.images)
     kept = []
@@ -142,6 +143,38 @@ def import_zip(zip_path: str | Path, name: str, annotations_name: str | None = N
         ann = root / annotations_name if annotations_name else None
         inner = shown if root == tmp else f"{shown}: {root.name}"
         return import_folder(root, name, ann, seed, on_progress=on_progress, shown=inner)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def import_uploads(files: Iterable[tuple[str, bytes]], name: str | None = None, seed: int = 0,
+                   on_progress: ProgressFn | None = None) -> tuple[str, DetectionSet]:
+    """A folder dropped in the browser ((relative path, bytes) per file): written under checked names into a
+    temporary folder, then imported like a folder (annotations found automatically). The dataset is called `name`,
+    else the dropped folder's name; messages speak of that folder by its own name."""
+    from core.data.archive import _is_junk, _Refuse, safe_relative_path
+    from core.settings import datasets_root
+
+    tmp = datasets_root() / f".extract-{secrets.token_hex(8)}"
+    tmp.mkdir(parents=True)
+    try:
+        for original, data in files:
+            try:
+                parts = safe_relative_path(original)
+            except _Refuse:
+                continue
+            if _is_junk(parts, False):
+                continue
+            target = tmp.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        entries = [p for p in tmp.iterdir() if not p.name.startswith(".")]
+        if not entries:
+            raise AnnotationError("The dropped folder holds no files.")
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+        shown = root.name if root != tmp else "the dropped folder"
+        return import_folder(root, name or (root.name if root != tmp else "My boxes"), seed=seed,
+                             on_progress=on_progress, shown=shown)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -240,6 +273,16 @@ def list_sets() -> list[store.DatasetSummary]:
 
 # --- the manifest frozen into a run ------------------------------------------------------------------------------
 
+def _dataset_name(dataset: str, kind: str) -> str:
+    """The name people know the photos by (the run's name and pages show it): the stored set's, or the folder's."""
+    if kind == "folder":
+        return Path(dataset).resolve().name
+    try:
+        return store.load_dataset(dataset).name
+    except (store.DatasetError, OSError):
+        return dataset
+
+
 def manifest_from_set(ds: DetectionSet, dataset: str) -> dict:
     """The run's dataset.json: classes, every image with its absolute path, split and boxes, and the report."""
     report = summary(ds)
@@ -248,8 +291,8 @@ def manifest_from_set(ds: DetectionSet, dataset: str) -> dict:
     items = [{"path": a.path, "name": a.name, "split": a.split or "train", "boxes": a.boxes, "labels": a.labels,
               "width": a.width, "height": a.height} for a in ds.images]
     kind = "folder" if Path(dataset).is_dir() else "stored"
-    source = {"kind": kind, "id": dataset if kind == "stored" else "", "format": ds.format,
-              "annotations": ds.source, "val_fraction": ds.split.get("val_fraction")}
+    source = {"kind": kind, "id": dataset if kind == "stored" else "", "name": _dataset_name(dataset, kind),
+              "format": ds.format, "annotations": ds.source, "val_fraction": ds.split.get("val_fraction")}
     detector = suggest_config([min(a.width or 0, a.height or 0) for a in ds.images if a.width and a.height])
     return {"task": TASK_NAME, "dataset": dataset, "format": ds.format, "source": source, "classes": ds.classes,
             "split": ds.split, "detector": asdict(detector), "items": items, "report": report,

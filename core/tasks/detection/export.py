@@ -413,10 +413,12 @@ if __name__ == "__main__":
 def example_script(manifest: dict) -> str:
     """predict_example.py for the formats in the export."""
     formats = [f for f in FORMATS if f in (manifest.get("files") or {})] or ["safetensors"]
-    needs = {"safetensors": ["torch", "torchvision", "timm", "safetensors", "(and this app's core package)"],
-             "onnx": ["onnxruntime", "numpy", "pillow"]}
-    pkgs = sorted({p for f in formats for p in needs[f]})
+    needs = {"safetensors": ["torch", "torchvision", "timm", "safetensors"], "onnx": ["onnxruntime", "numpy", "pillow"]}
+    pkgs = " ".join(sorted({p for f in formats for p in needs[f]}))
+    if "safetensors" in formats:  # the detector is rebuilt by the app's own code: say how to reach it
+        pkgs += ("\n    and, for safetensors, Transfer Studio's own `core` package: run it with the app's Python\n"
+                 "    (.venv/bin/python in the app's folder)")
     default = "onnx" if "onnx" in formats else "safetensors"
     return (_EXAMPLE.replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))
             .replace("__FORMAT_CHOICES__", "|".join(formats)).replace("__FORMATS__", repr(formats))
-            .replace("__DEFAULT__", repr(default)).replace("__NEEDS__", " ".join(pkgs)))
+            .replace("__DEFAULT__", repr(default)).replace("__NEEDS__", pkgs))

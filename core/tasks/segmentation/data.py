@@ -119,20 +119,22 @@ class ClassTable:
 def _open_mask(source: str | Path | bytes) -> Image.Image:
     import io
 
+    if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+        raise SegDataError("the mask file is empty (0 bytes)")
     fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115 - closed below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fp, formats=MASK_FORMATS)
         if im.width * im.height > MAX_MASK_PIXELS:
-            raise SegDataError(f"mask too large ({im.width}×{im.height})")
+            raise SegDataError(f"the mask is too large ({im.width}×{im.height})")
         im.seek(0)
         im.load()
         return im
     except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise SegDataError("not a lossless mask image (PNG, BMP, GIF or TIFF)") from None
+        raise SegDataError("the mask is not a lossless image (PNG, BMP, GIF or TIFF)") from None
     except (OSError, EOFError, SyntaxError, ValueError) as err:
-        raise SegDataError(f"unreadable mask ({type(err).__name__}: {str(err)[:80]})") from None
+        raise SegDataError(f"the mask cannot be read ({type(err).__name__}: {str(err)[:80]})") from None
     finally:
         fp.close()
 
@@ -172,6 +174,17 @@ def to_train_ids(codes: np.ndarray, table: ClassTable, kind: str | None = None) 
     index = {c: i for i, c in enumerate(table.codes)}
     mapped = np.array([index.get(int(v), IGNORE) for v in values], dtype=np.uint8)
     return mapped[inverse.reshape(codes.shape)]
+
+
+def unknown_colours(codes: np.ndarray, train: np.ndarray, table: ClassTable) -> str:
+    """'' or a sentence naming the colours of a colour mask that are no class (they are ignored), for people."""
+    stray = (train == IGNORE) & (codes != (table.ignore if table.ignore is not None else -1))
+    if not stray.any():
+        return ""
+    found = sorted(int(v) for v in np.unique(codes[stray]))
+    shown = ", ".join("rgb({}, {}, {})".format(*unpack(v)) for v in found[:6]) + (" …" if len(found) > 6 else "")
+    return (f"mask colours that are not a known class: {shown} ({int(stray.sum())} pixels, ignored). Add them to "
+            "classes.txt and import again, or paint over them.")
 
 
 def load_mask(source: str | Path | bytes, table: ClassTable) -> np.ndarray:
@@ -281,7 +294,8 @@ def table_from(values: Iterable[int], kind: str, classes_file: Path | None = Non
         void = [i for i, n in enumerate(names) if n.strip().lower() in VOID_NAMES]
         if len(void) == 1:
             ignore = codes[void[0]]
-            notes.append(f"The class '{names[void[0]]}' (value {ignore}) is treated as 'ignore' (void).")
+            what = "colour {},{},{}".format(*unpack(ignore)) if kind == "colour" else f"value {ignore}"
+            notes.append(f"The class '{names[void[0]]}' ({what}) is treated as 'ignore' (void).")
     if ignore is not None and ignore in codes:
         i = codes.index(ignore)
         names, codes, colours = names[:i] + names[i + 1:], codes[:i] + codes[i + 1:], colours[:i] + colours[i + 1:]
@@ -478,7 +492,7 @@ def validate_pairs(pairs: list[Pair], table: ClassTable, extra_masks: Iterable[s
         try:
             codes, kind, _ = read_codes(pair.mask)
         except SegDataError as err:
-            problems.append(Problem("unreadable_mask", pair.name, f"{pair.name}: its mask {err}."))
+            problems.append(Problem("unreadable_mask", pair.name, f"{pair.name}: {err}."))
             continue
         if kind != table.kind:
             problems.append(Problem("unreadable_mask", pair.name, f"{pair.name}: its mask is a {kind} mask, the "
@@ -638,9 +652,15 @@ def stored_report(dataset_id: str, on_progress: ProgressFn | None = None) -> Seg
     pairs, table, side, sizes = stored_pairs(dataset_id)
     report = validate_pairs(pairs, table, side.get("extra_masks", []), on_progress, image_sizes=sizes)
     ds = load_dataset(dataset_id)
+    painted = {p.name for p in pairs if p.mask}  # a mask refused at import and painted since: no longer a problem
+    found = [p for p in side.get("import_problems", []) if not (p["kind"] == "unreadable_mask"
+                                                                  and p["file"] in painted)]
+    # a mask refused at import is not stored ('no mask' would say it twice); stray colours were stored as void
+    said = {(p["file"], "missing_mask" if p["kind"] == "unreadable_mask" else p["kind"]) for p in found}
     report.problems = [Problem("unreadable_image", s.original_name, f"{s.original_name}: the image cannot be "
                                f"decoded ({s.reason}).") for s in ds.skipped] + \
-        [Problem(p["kind"], p["file"], p["message"]) for p in side.get("import_problems", [])] + report.problems
+        [Problem(p["kind"], p["file"], p["message"]) for p in found] + \
+        [p for p in report.problems if (p.file, p.kind) not in said]
     report.notes = list(side.get("notes", []))
     return report
 
@@ -708,13 +728,17 @@ def import_folder(folder: str | Path, name: str, *, ignore: int | None = None, v
         try:
             codes, mkind, _ = read_codes(pair.mask)
             if mkind != table.kind:
-                raise SegDataError(f"is a {mkind} mask, the others are {table.kind} masks")
+                raise SegDataError(f"the mask is a {mkind} mask, the others are {table.kind} masks")
         except SegDataError as err:
             import_problems.append({"kind": "unreadable_mask", "file": pair.name,
-                                    "message": f"{pair.name}: its mask {err}."})
+                                    "message": f"{pair.name}: {err}; left out."})
             continue
         if table.kind == "colour":
             train = to_train_ids(codes, table)
+            stray = unknown_colours(codes, train, table)
+            if stray:
+                import_problems.append({"kind": "unknown_values", "file": pair.name,
+                                        "message": f"{pair.name}: {stray}"})
             codes = np.where(train == IGNORE, IGNORE, train)
         codes = np.clip(codes, 0, 255).astype(np.uint8)
         rel = f"{MASK_FOLDER}/{Path(it.file).stem}.png"
@@ -774,6 +798,13 @@ def import_uploads(files: Iterable[tuple[str, bytes]], name: str, **kwargs) -> t
         return import_folder(root, name, source={"kind": "upload", "name": shown}, **kwargs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def upload_folder_name(names: Iterable[str]) -> str:
+    """The dropped folder's own name (the first part shared by every uploaded file's path), '' when there is none."""
+    paths = [n.replace("\\", "/") for n in names]
+    tops = {p.split("/", 1)[0] for p in paths}
+    return tops.pop() if len(tops) == 1 and all("/" in p for p in paths) else ""
 
 
 def _single_top(folder: Path) -> Path:
