@@ -336,3 +336,21 @@ def test_after_a_reload_a_run_on_other_photos_leaves_the_defaults(home: Path, sa
     at = _new_session_showing(run_dir)
     assert at.number_input(key="train_epochs").value == defaults.epochs
     assert at.number_input(key="train_seed").value == defaults.seed
+
+
+def test_batch_sizes_offered_fit_the_task(home: Path, tmp_path: Path) -> None:
+    from core.tasks import get_task
+
+    at = _app()
+    at.session_state["draft_task"] = "detection"
+    at.session_state["draft_backbone"] = "mobilenetv2_100"
+    at.session_state["draft_dataset_id"] = str(tmp_path)  # no boxes there: the page says so, settings still shown
+    at.switch_page("views/train.py").run()
+    assert not at.exception
+    batch = at.select_slider(key="train_batch")
+    default = get_task("detection").default_train().batch_size
+    offered = [int(o) for o in batch.options]  # AppTest gives a select slider's options as text
+    assert batch.value == default and max(offered) == 8 * default < 128  # 128 large photos: out of memory
+    classification = _with_sample().select_slider(key="train_batch")
+    assert max(int(o) for o in classification.options) == 128
+    assert classification.value == CLASSIFICATION.default_train().batch_size

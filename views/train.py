@@ -137,6 +137,12 @@ def _lr_finder(freeze, batch: int, seed: int) -> None:
                   args=(found["suggestion"],))
 
 
+def _batch_sizes(defaults: TrainConfig) -> list[int]:
+    """The batch sizes offered: up to 8× the task's default (detection trains 4 large photos a step, so 128 would
+    only run out of memory), at most 128."""
+    return sorted({b for b in (4, 8, 16, 32, 64, 128) if b <= 8 * defaults.batch_size} | {defaults.batch_size})
+
+
 def _crop_shares(defaults: TrainConfig) -> list[float]:
     """The shares *Random crops keep at least* offers (the task's default among them)."""
     return sorted({0.08, 0.25, 0.5, 0.75, 1.0, defaults.crop_min_area})
@@ -155,7 +161,7 @@ def _widgets_for(train: TrainConfig) -> dict:
                     "train_augment": [a for a in train.augment if a in AUGMENTATIONS]}
     if train.lr is not None:
         values["train_lr"] = float(train.lr)
-    if train.batch_size in (4, 8, 16, 32, 64, 128):
+    if train.batch_size in _batch_sizes(defaults):
         values["train_batch"] = train.batch_size
     options = getattr(TASK, "train_options", ("lr_finder", "class_weights"))
     if TASK.name == "classification":
@@ -208,8 +214,10 @@ def _settings() -> TrainConfig:
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Epochs", 1, 500, value=defaults.epochs, key="train_epochs",
                                  help="How many times the model sees every training photo.")
-        batch = c2.select_slider("Batch size", [4, 8, 16, 32, 64, 128], value=defaults.batch_size,
-                                 key="train_batch", help="Photos per step. Smaller uses less memory.")
+        batches = _batch_sizes(defaults)
+        batch = c2.select_slider("Batch size", batches, value=defaults.batch_size, key="train_batch",
+                                 help=f"Photos per step. Smaller uses less memory; up to {batches[-1]} for this "
+                                      "task (larger batches of its images would not fit in memory).")
         seed = c3.number_input("Seed", 0, 2**31 - 1, value=defaults.seed, key="train_seed",
                                help="The same seed and settings give the same model (on the CPU).")
         own_lr = st.checkbox("Set the learning rate myself", key="train_own_lr",
