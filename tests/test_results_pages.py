@@ -347,3 +347,21 @@ def test_compare_uses_the_tables_words_and_the_chosen_order_and_a_gone_folder_is
     side = next(d.value for d in at.dataframe if f"tiny colours ({twin.name})" in d.value.columns)
     assert list(side.columns) == [f"tiny colours ({twin.name})", f"tiny colours ({trained.name})"]  # as chosen
     assert list(side.index[:4]) == ["task", "date", "status", "best score"]  # the score in sight, as in the table
+
+
+def test_the_run_opened_follows_a_run_chosen_elsewhere_and_the_users_own_pick(trained: Path) -> None:
+    other = trained.parent / "20000101-000000-000000000000"  # older than any run made now: listed after it
+    shutil.copytree(trained, other)
+    at = _app("views/runs.py").run()
+    _ok(at)
+    picker = next(s for s in at.selectbox if s.label == "Open a run")
+    assert picker.value == trained.name
+    at.session_state["draft_run_id"] = other.name  # e.g. the Train or Test page chose it
+    at.run()
+    _ok(at)
+    assert next(s for s in at.selectbox if s.label == "Open a run").value == other.name
+    assert at.session_state["draft_run_id"] == other.name
+    next(s for s in at.selectbox if s.label == "Open a run").set_value(trained.name).run()  # the user's pick
+    _ok(at)
+    assert at.session_state["draft_run_id"] == trained.name
+    assert next(s for s in at.selectbox if s.label == "Open a run").value == trained.name

@@ -159,9 +159,12 @@ if compare:
 current = draft("run_id")
 # a rename gives the picker a new key: the browser kept showing the old name in the closed box otherwise (its
 # choice is the draft's run either way)
+OPEN_KEY = f"runs_open_{st.session_state.get('runs_renames', 0)}"
+if current in ids and st.session_state.get(OPEN_KEY) not in (None, current):
+    st.session_state[OPEN_KEY] = current  # another run chosen elsewhere meanwhile: the picker kept the old one
 run_id = st.selectbox("Open a run", ids, index=ids.index(current) if current in ids else 0,
-                      format_func=lambda r: f"{names[r]} ({r})",
-                      key=f"runs_open_{st.session_state.get('runs_renames', 0)}")
+                      format_func=lambda r: f"{names[r]} ({r})", key=OPEN_KEY,
+                      on_change=lambda: set_draft("run_id", st.session_state[OPEN_KEY]))  # before the check above
 set_draft("run_id", run_id)
 RUN = runs_root() / run_id
 STEM = download_stem(names[run_id], run_id)  # downloads are named after the run
