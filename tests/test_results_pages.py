@@ -365,3 +365,19 @@ def test_the_run_opened_follows_a_run_chosen_elsewhere_and_the_users_own_pick(tr
     _ok(at)
     assert at.session_state["draft_run_id"] == trained.name
     assert next(s for s in at.selectbox if s.label == "Open a run").value == trained.name
+
+
+def test_the_reproduce_command_says_which_stored_dataset_its_id_names(trained: Path, tmp_path: Path) -> None:
+    from core.data import store
+
+    data = make_colour_folders(tmp_path / "colours", train=6, val=3)
+    dataset_id = store.import_folder(data, "my colours").dataset.id
+    config = json.loads((trained / "config.json").read_text())
+    (trained / "config.json").write_text(json.dumps({**config, "dataset": dataset_id}))
+    at = _app("views/runs.py")
+    at.session_state["draft_run_id"] = trained.name
+    at.run()
+    _ok(at)
+    assert any(f"--data {dataset_id}" in c.value for c in at.code)
+    said = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert f"`{dataset_id}` is the dataset **my colours** in this app's store" in said

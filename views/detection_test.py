@@ -108,7 +108,7 @@ for n, (name, data) in enumerate(inputs):
 
     left.image(detections_image(load_rgb(data), shown), width="stretch")
     if shown:
-        right.dataframe(pd.DataFrame([{"class": d["label"], "score": d["score"],
+        right.dataframe(pd.DataFrame([{"class": d["label"], "score": round(d["score"], 3),
                                        "box (x1, y1, x2, y2)": ", ".join(f"{v:.0f}" for v in d["box"])}
                                       for d in shown]), hide_index=True, key=f"dtest_table_{n}")
     elif result.detections:

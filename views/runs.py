@@ -18,7 +18,7 @@ from core.progress import read_run
 from core.run_table import dataset_cell, recorded_source, run_row, stored_name
 from core.settings import PROJECT_ROOT, runs_root
 from core.storage import read_json, write_json_atomic
-from views.common import download_stem, draft, esc, results_not_computed, set_draft, step_page
+from views.common import STORE_ID, download_stem, draft, esc, results_not_computed, set_draft, step_page
 from views.results import cli_error
 
 st.title("6 · Runs, results and export")
@@ -248,6 +248,12 @@ with export:
                     st.code(example.read_text(), language="python")
         st.subheader("Reproduce")
         st.code(reproduce_command(RUN), language="bash")
+        trained_on = str(runs.read_json_config(RUN).get("dataset") or "")
+        if STORE_ID.fullmatch(trained_on):  # the command names the photos by their id in this app's store
+            stored = _stored_name(trained_on)
+            st.caption(f"`{trained_on}` is " + (f"the dataset **{esc(stored)}** in this app's store (`transfer-studio "
+                       "data list` shows it)" if stored else "a dataset deleted since") + "; on another machine, "
+                       "give the folder of the photos instead.")
         with st.expander("The run's config file (config.json)"):
             st.code(json.dumps(runs.read_json_config(RUN), indent=2), language="json")
         st.subheader("Report for people")
