@@ -196,24 +196,42 @@ def estimate_training(name: str, freeze: FreezeConfig, batch_size: int, n_images
 ESTIMATE_FILE = "estimates.json"
 
 
+def _estimate_key(name: str, freeze: FreezeConfig, batch_size: int, num_classes: int, train_size: int) -> str:
+    return (f"{name}|{json.dumps(freeze.to_dict(), sort_keys=True)}|{batch_size}|{num_classes}|"
+            f"{_latency_key('', plan_device())}|{train_size}|kept")
+
+
+def _estimates() -> dict:
+    try:
+        cache = json.loads((cache_root() / ESTIMATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def cached_estimate(name: str, freeze: FreezeConfig, batch_size: int, n_images: int, num_classes: int = 2,
+                    train_size: int = 0) -> TrainingEstimate | None:
+    """An estimate measured before on this machine for this choice (`estimate_training_isolated`), scaled to
+    `n_images`; None when it was never measured. Reads one small file: cheap enough for every page draw."""
+    row = _estimates().get(_estimate_key(name, freeze, batch_size, num_classes, train_size))
+    if not isinstance(row, dict):
+        return None
+    row = {**row, "n_images": n_images}
+    row["seconds_per_epoch"] = round(math.ceil(n_images / batch_size) * row["seconds_per_step"], 1)
+    try:
+        return TrainingEstimate(**row)
+    except TypeError:  # written by an older version with other fields: measured again when asked
+        return None
+
+
 def estimate_training_isolated(name: str, freeze: FreezeConfig, batch_size: int, n_images: int,
                                num_classes: int = 2, timeout: float = 300, train_size: int = 0) -> TrainingEstimate:
     """`estimate_training` in a fresh Python process set up as a training worker is (freed memory kept), so its
     time and memory are a training process's and the caller (e.g. the web app) never holds the spike. Results are
     cached per machine and choice."""
-    plan = plan_device()
-    key = (f"{name}|{json.dumps(freeze.to_dict(), sort_keys=True)}|{batch_size}|{num_classes}|"
-           f"{_latency_key('', plan)}|{train_size}|kept")
-    path = cache_root() / ESTIMATE_FILE
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        row = dict(cache[key])
-        row["n_images"] = n_images
-        row["seconds_per_epoch"] = round(math.ceil(n_images / batch_size) * row["seconds_per_step"], 1)
-        return TrainingEstimate(**row)
+    found = cached_estimate(name, freeze, batch_size, n_images, num_classes, train_size)
+    if found is not None:
+        return found
     args = json.dumps({"name": name, "freeze": freeze.to_dict(), "batch_size": batch_size, "n_images": n_images,
                        "num_classes": num_classes, "train_size": train_size})
     proc = subprocess.run([sys.executable, "-m", "core.measure", args], capture_output=True, text=True,
@@ -222,8 +240,9 @@ def estimate_training_isolated(name: str, freeze: FreezeConfig, batch_size: int,
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"The measurement failed: {tail}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    cache[key] = row
-    write_json_atomic(path, cache)
+    cache = _estimates()
+    cache[_estimate_key(name, freeze, batch_size, num_classes, train_size)] = row
+    write_json_atomic(cache_root() / ESTIMATE_FILE, cache)
     return TrainingEstimate(**row)
 
 

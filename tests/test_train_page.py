@@ -354,3 +354,19 @@ def test_batch_sizes_offered_fit_the_task(home: Path, tmp_path: Path) -> None:
     classification = _with_sample().select_slider(key="train_batch")
     assert max(int(o) for o in classification.options) == 128
     assert classification.value == CLASSIFICATION.default_train().batch_size
+
+
+def test_the_time_measured_on_the_layers_page_is_said_before_start(home: Path, sample_textures) -> None:
+    at = _with_sample()
+    assert not [c for c in at.caption if c.value.startswith("About ")], "nothing measured yet: no guess"
+    at.switch_page("views/layers.py").run()
+    at.button(key="estimate_run").click().run()  # a few real training steps in their own process
+    assert not at.exception
+    per_epoch = next(m.value for m in at.metric if m.label == "Time per epoch")
+    at.switch_page("views/train.py").run()
+    at.number_input(key="train_epochs").set_value(2).run()
+    said = next(c.value for c in at.caption if c.value.startswith("About "))
+    assert "for 2 epochs on this machine" in said and "as measured on the Layers page" in said
+    assert per_epoch.replace("< 1 s", "1 s").split()[0].split(".")[0] in said.split(":")[1]  # its per-epoch time
+    at.checkbox(key="train_small_crops").uncheck().run()  # full-size crops were not measured: no figure
+    assert not [c for c in at.caption if c.value.startswith("About ")]

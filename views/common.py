@@ -57,6 +57,14 @@ def memo_put(store: dict, key: tuple, value: object, limit: int) -> None:
         store.pop(next(iter(store)))
 
 
+def duration(seconds: float) -> str:
+    """A length of time for people: "40 s", "4 min", "1 h 10 min"."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def esc(text: object) -> str:
     """User text made inert for st.markdown & co.: Markdown, HTML, LaTeX ($) and :directives: are escaped."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))

@@ -21,16 +21,19 @@ from views.common import (
     KEPT_STORE,
     KEPT_WIDGETS,
     STORE_ID,
+    count,
     current_task,
     dataset_label,
     device_plan,
     draft,
     draft_freeze,
+    duration,
     esc,
     freeze_words,
     need_backbone,
     set_draft,
     step_page,
+    train_images,
 )
 
 
@@ -325,6 +328,25 @@ def _start(quick: bool, train: TrainConfig) -> None:
 
 _settings_from_run()
 train = _settings()
+
+
+def _time_note(train: TrainConfig) -> str | None:
+    """How long the run will take, when the Layers page measured this choice on this machine (a cached estimate:
+    nothing is measured here), else None."""
+    if TASK.name != "classification":
+        return None
+    from core.measure import cached_estimate
+
+    est = cached_estimate(backbone, freeze, train.batch_size, train_images(dataset_id), train_size=train.train_size)
+    if est is None:
+        return None
+    return (f"About {duration(est.seconds_per_epoch * train.epochs)} for {count(train.epochs, 'epoch')} on this "
+            f"machine: {duration(est.seconds_per_epoch)} per epoch with these layers training, as measured on the "
+            "Layers page (a head-only first epoch is quicker; checking the validation photos adds a little).")
+
+
+if (_eta := _time_note(train)) is not None:
+    st.caption(_eta)
 _fix_first = "The photos cannot be trained on yet: see above." if BLOCKED else None
 c1, c2 = st.columns(2) if TASK.has_quick else (None, st.container())  # one button: no empty column beside it
 if TASK.has_quick and c1.button("Quick model (seconds)", key="train_quick", icon=":material/bolt:",
