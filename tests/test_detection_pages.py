@@ -140,7 +140,7 @@ def test_runs_results_tab_and_export(trained: Path) -> None:
     _ok(at)
     assert (trained / "evaluation.json").exists()
     labels = [m.label for m in at.metric]
-    assert "mAP@0.5 (val)" in labels and "mAP@0.5:0.95 (val)" in labels
+    assert "mAP@0.5 (validation)" in labels and "mAP@0.5:0.95 (validation)" in labels
     assert any("found" in c.value for c in at.caption)
     at.slider(key="det_results_threshold").set_value(0.9).run()
     _ok(at)

@@ -63,7 +63,7 @@ def test_results_export_and_rename(trained: Path) -> None:
     assert (trained / "evaluation.json").exists()
     assert at.button(key="runs_evaluate").label == "Recompute"  # at once, not after a reload
     labels = [m.label for m in at.metric]
-    assert "Accuracy (val)" in labels and "Macro F1 (val)" in labels
+    assert "Accuracy (validation)" in labels and "Macro F1 (validation)" in labels
     at.button(key="runs_export").click().run()
     _ok(at)
     manifest = json.loads((trained / "exports" / "model" / "manifest.json").read_text())

@@ -58,8 +58,8 @@ def show(run_dir: Path) -> None:
         st.caption("Results are computed on the run's validation photos.")
         return
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("mAP@0.5 (val)", f"{ev['map50']:.3f}")
-    c2.metric("mAP@0.5:0.95 (val)", f"{ev['map']:.3f}")
+    c1.metric("mAP@0.5 (validation)", f"{ev['map50']:.3f}")
+    c2.metric("mAP@0.5:0.95 (validation)", f"{ev['map']:.3f}")
     c3.metric("Validation photos", ev["n_images"])
     c4.metric("Time per photo", f"{1000 * (ev.get('seconds_per_image') or 0):.0f} ms")
     st.caption("mAP@0.5 counts a box as found when it overlaps the true box by at least half (IoU ≥ 0.5); "

@@ -177,26 +177,27 @@ def show_results(run_dir: Path, ev: dict, set_threshold) -> None:
     """Render an evaluation (from core.evaluate) of the run in `run_dir`."""
     split = ev.get("primary_split", "val")
     block = (ev.get("splits") or {}).get(split)
+    word = _split_word(split)  # "validation", not the folder name "val"
     classes = ev.get("classes") or []
     if ev.get("stale"):
         st.warning("These results are for older weights of this run: recompute them.")
     if not _has_photos(block):
-        st.info(f"These saved results hold no numbers: none of the {esc(split)} photos of this run "
+        st.info(f"These saved results hold no numbers: none of the {esc(word)} photos of this run "
                 f"({esc(_photos_words(run_dir))}) could be read when they were computed; they may have been deleted. "
                 "Recompute them once the photos are back. The model can still be tested and exported.",
                 icon=":material/info:")
         return
-    st.caption(f"All numbers below are on the **{split}** split ({block['n_images']} photos the model never "
-               "trained on).")
+    st.caption(f"All numbers below are on the **{esc(word)}** photos ({block['n_images']} photos the model "
+               "never trained on).")
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric(f"Accuracy ({split})", _number(block.get("accuracy"), ".1%"))
+    c1.metric(f"Accuracy ({word})", _number(block.get("accuracy"), ".1%"))
     unchecked = unchecked_classes(block)
-    c2.metric(f"Balanced accuracy ({split})", _number(block.get("balanced_accuracy"), ".1%"),
+    c2.metric(f"Balanced accuracy ({word})", _number(block.get("balanced_accuracy"), ".1%"),
               help="The average of the per-class accuracies: honest when classes have different sizes."
-              + (f" Over the {len(classes) - len(unchecked)} classes with {_split_word(split)} photos."
+              + (f" Over the {len(classes) - len(unchecked)} classes with {word} photos."
                  if unchecked else ""))
-    c3.metric(f"Macro F1 ({split})", _number(block.get("macro_f1"), ".3f"))
-    c4.metric(f"Calibration error ({split})", _number((block.get("calibration") or {}).get("ece"), ".3f"),
+    c3.metric(f"Macro F1 ({word})", _number(block.get("macro_f1"), ".3f"))
+    c4.metric(f"Calibration error ({word})", _number((block.get("calibration") or {}).get("ece"), ".3f"),
               help="Expected calibration error: how far the model's confidence is from its real accuracy.")
     if unchecked:
         from core.evaluate import unchecked_sentence
