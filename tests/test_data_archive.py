@@ -258,3 +258,15 @@ def test_an_imported_zip_is_named_by_the_users_file_name(home: Path, tmp_path: P
                                    for i in range(2)]))
     ds = store.import_zip(spooled, "bugs", config=ValidationConfig(workers=0), display_name="my bugs.zip").dataset
     assert ds.source == {"kind": "zip", "name": "my bugs.zip"}
+
+
+def test_uploaded_files_are_written_under_checked_names_and_junk_is_skipped(tmp_path: Path) -> None:
+    from core.data.archive import write_uploaded_files
+
+    target = tmp_path / "out"
+    target.mkdir()
+    refused = write_uploaded_files([("set/a/x.jpg", b"1"), ("../evil.jpg", b"2"), ("/abs.jpg", b"3"),
+                                    ("set/__MACOSX/._x.jpg", b"4"), ("set/.DS_Store", b"5")], target)
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == ["set/a/x.jpg"]
+    assert [name for name, _ in refused] == ["../evil.jpg", "/abs.jpg"]
+    assert not (tmp_path / "evil.jpg").exists()

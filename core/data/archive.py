@@ -15,7 +15,7 @@ import struct
 import tarfile
 import unicodedata
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,6 +331,25 @@ class _Writer:
 
 def _fold(path: str) -> str:
     return unicodedata.normalize("NFC", path).casefold()
+
+
+def write_uploaded_files(files: Iterable[tuple[str, bytes]], target: Path) -> list[tuple[str, str]]:
+    """Write files a browser uploaded as a folder ((relative path as the browser sent it, bytes)) under `target`,
+    each under checked, sanitised components (the zip-entry rules: no ``..``, absolute or drive paths); OS junk
+    is skipped. Returns (path as sent, reason) for each file refused."""
+    refused = []
+    for original, data in files:
+        try:
+            parts = safe_relative_path(original)
+        except _Refuse as exc:
+            refused.append((original, exc.reason))
+            continue
+        if _is_junk(parts, False):
+            continue
+        path = Path(target).joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return refused
 
 
 def _is_junk(parts: tuple[str, ...], is_dir: bool) -> bool:

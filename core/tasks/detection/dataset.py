@@ -152,22 +152,13 @@ def import_uploads(files: Iterable[tuple[str, bytes]], name: str | None = None, 
     """A folder dropped in the browser ((relative path, bytes) per file): written under checked names into a
     temporary folder, then imported like a folder (annotations found automatically). The dataset is called `name`,
     else the dropped folder's name; messages speak of that folder by its own name."""
-    from core.data.archive import _is_junk, _Refuse, safe_relative_path
+    from core.data.archive import write_uploaded_files
     from core.settings import datasets_root
 
     tmp = datasets_root() / f".extract-{secrets.token_hex(8)}"
     tmp.mkdir(parents=True)
     try:
-        for original, data in files:
-            try:
-                parts = safe_relative_path(original)
-            except _Refuse:
-                continue
-            if _is_junk(parts, False):
-                continue
-            target = tmp.joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+        write_uploaded_files(files, tmp)
         entries = [p for p in tmp.iterdir() if not p.name.startswith(".")]
         if not entries:
             raise AnnotationError("The dropped folder holds no files.")

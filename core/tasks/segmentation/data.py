@@ -778,21 +778,12 @@ def import_zip(zip_path: str | Path, name: str, display_name: str | None = None,
 def import_uploads(files: Iterable[tuple[str, bytes]], name: str, **kwargs) -> tuple[str, SegReport]:
     """A browser folder upload ((relative path, bytes)): written under checked names into a temporary folder, then
     imported like a folder."""
-    from core.data.archive import _is_junk, _Refuse, safe_relative_path
+    from core.data.archive import write_uploaded_files
     from core.settings import datasets_root
 
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=datasets_root()))
     try:
-        for original, data in files:
-            try:
-                parts = safe_relative_path(original)
-            except _Refuse:
-                continue
-            if _is_junk(parts, False):
-                continue
-            target = tmp.joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+        write_uploaded_files(files, tmp)
         root = _single_top(tmp)
         shown = root.relative_to(tmp).as_posix() if root != tmp else "the uploaded folder"
         return import_folder(root, name, source={"kind": "upload", "name": shown}, **kwargs)
