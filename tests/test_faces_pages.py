@@ -132,11 +132,11 @@ def test_test_page_boxes_and_names_an_uploaded_photo_and_verifies(face_run) -> N
     sidebar = [c.value for c in at.sidebar.caption]  # the frozen face model is chosen (the radio's first choice)
     assert "Model: **dlib_resnet_face** (face model, frozen)" in sidebar
     assert not any(c.startswith("Layers:") for c in sidebar)
-    at.radio(key="faces_model").set_value("mobilenetv2_100").run()
+    at.radio(key="faces_path").set_value("finetune").run()
     sidebar = [c.value for c in at.sidebar.caption]
     assert "Model: **dlib_resnet_face** (face model, frozen)" not in sidebar and any(c.startswith("Layers:")
                                                                                   for c in sidebar)
-    at.radio(key="faces_model").set_value("dlib_resnet_face").run()
+    at.radio(key="faces_path").set_value("face").run()
     assert "other people's faces scored by this face model" in _texts(at)  # the Train page says it too
 
 
@@ -181,7 +181,7 @@ def test_train_page_choices_stay_while_the_user_visits_other_pages(home: Path, t
     at = _app("views/train.py", dataset_id=str(tmp_path), backbone="mobilenetv2_100")
     at.run()
     _ok(at)
-    at.radio(key="faces_model").set_value("mobilenetv2_100").run()
+    at.radio(key="faces_path").set_value("finetune").run()
     gallery = [k for k in KINDS if k != at.radio(key="faces_gallery").value][0]
     far = [f for f in TARGET_FARS if f != at.select_slider(key="faces_far").value][0]
     at.radio(key="faces_gallery").set_value(gallery).run()
@@ -190,6 +190,12 @@ def test_train_page_choices_stay_while_the_user_visits_other_pages(home: Path, t
     for page in ("views/faces_data.py", "views/layers.py", "views/faces_train.py"):
         at.switch_page(page).run()
         _ok(at)
-    assert at.radio(key="faces_model").value == "mobilenetv2_100"
+    assert at.radio(key="faces_path").value == "finetune"
+    at.session_state["draft_backbone"] = "tf_efficientnet_lite0"  # another backbone chosen on the Model page
+    at.switch_page("views/model.py").run()
+    at.switch_page("views/faces_train.py").run()
+    _ok(at)
+    assert at.radio(key="faces_path").value == "finetune"
+    assert at.session_state["draft_faces_model"] == "tf_efficientnet_lite0"
     assert (at.radio(key="faces_gallery").value, at.select_slider(key="faces_far").value) == (gallery, far)
     assert at.number_input(key="faces_epochs").value == 3

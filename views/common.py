@@ -193,7 +193,7 @@ def step_page(step: str) -> str:
 # a visit to another page reset them to the defaults (a user's 2 epochs became 5 without a word)
 KEPT_WIDGETS = ("train_epochs", "train_batch", "train_seed", "train_own_lr", "train_lr", "train_augment",
                 "train_crop_area", "train_small_crops", "train_image_fit", "train_crop", "train_gpus",
-                "train_settings_panel", "faces_model", "faces_gallery", "faces_far", "faces_epochs")
+                "train_settings_panel", "faces_path", "faces_gallery", "faces_far", "faces_epochs")
 
 
 KEPT_STORE = "kept_widget_values"  # a plain session value: Streamlit never cleans it up

@@ -32,10 +32,12 @@ backbone = draft("backbone") or DEFAULT_BACKBONE
 freeze = draft_freeze()
 st.write(f"People: **{dataset_label(dataset_id)}**.")
 
-MODELS = {DLIB_MODEL: f"Face model, frozen — {FACE_MODELS[DLIB_MODEL]}. Ready in seconds.",
-          backbone: f"Fine-tune {backbone} (ImageNet weights) with ArcFace — layers: {freeze.preset} "
-                    "(Layers page). Minutes; shows what a general-purpose source model buys."}
-model = st.radio("Model", list(MODELS), format_func=lambda m: MODELS[m], key="faces_model")
+# the two paths by kind, not by model name: a fine-tune choice stays one when the backbone changes on the Model page
+PATHS = {"face": f"Face model, frozen — {FACE_MODELS[DLIB_MODEL]}. Ready in seconds.",
+         "finetune": f"Fine-tune {backbone} (ImageNet weights) with ArcFace — layers: {freeze.preset} "
+                     "(Layers page). Minutes; shows what a general-purpose source model buys."}
+path = st.radio("Model", list(PATHS), format_func=PATHS.get, key="faces_path")
+model = DLIB_MODEL if path == "face" else backbone
 set_draft("faces_model", model)  # the sidebar names the model chosen here (the frozen face model has no layers)
 c1, c2 = st.columns(2)
 kind = c1.radio("Gallery", list(KINDS), format_func=lambda k: f"{k}: {KINDS[k]}", key="faces_gallery")
