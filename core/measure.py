@@ -196,9 +196,10 @@ def estimate_training(name: str, freeze: FreezeConfig, batch_size: int, n_images
 ESTIMATE_FILE = "estimates.json"
 
 
-def _estimate_key(name: str, freeze: FreezeConfig, batch_size: int, num_classes: int, train_size: int) -> str:
+def _estimate_key(name: str, freeze: FreezeConfig, batch_size: int, num_classes: int, train_size: int,
+                  plan: DevicePlan) -> str:
     return (f"{name}|{json.dumps(freeze.to_dict(), sort_keys=True)}|{batch_size}|{num_classes}|"
-            f"{_latency_key('', plan_device())}|{train_size}|kept")
+            f"{_latency_key('', plan)}|{train_size}|kept")
 
 
 def _estimates() -> dict:
@@ -210,10 +211,12 @@ def _estimates() -> dict:
 
 
 def cached_estimate(name: str, freeze: FreezeConfig, batch_size: int, n_images: int, num_classes: int = 2,
-                    train_size: int = 0) -> TrainingEstimate | None:
+                    train_size: int = 0, plan: DevicePlan | None = None) -> TrainingEstimate | None:
     """An estimate measured before on this machine for this choice (`estimate_training_isolated`), scaled to
-    `n_images`; None when it was never measured. Reads one small file: cheap enough for every page draw."""
-    row = _estimates().get(_estimate_key(name, freeze, batch_size, num_classes, train_size))
+    `n_images`; None when it was never measured. Reads one small file: cheap enough for every page draw when the
+    caller passes its device `plan` (planning reads the CPU's flags)."""
+    key = _estimate_key(name, freeze, batch_size, num_classes, train_size, plan or plan_device())
+    row = _estimates().get(key)
     if not isinstance(row, dict):
         return None
     row = {**row, "n_images": n_images}
@@ -241,7 +244,7 @@ def estimate_training_isolated(name: str, freeze: FreezeConfig, batch_size: int,
         raise RuntimeError(f"The measurement failed: {tail}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     cache = _estimates()
-    cache[_estimate_key(name, freeze, batch_size, num_classes, train_size)] = row
+    cache[_estimate_key(name, freeze, batch_size, num_classes, train_size, plan_device())] = row
     write_json_atomic(cache_root() / ESTIMATE_FILE, cache)
     return TrainingEstimate(**row)
 

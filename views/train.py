@@ -337,7 +337,8 @@ def _time_note(train: TrainConfig) -> str | None:
         return None
     from core.measure import cached_estimate
 
-    est = cached_estimate(backbone, freeze, train.batch_size, train_images(dataset_id), train_size=train.train_size)
+    est = cached_estimate(backbone, freeze, train.batch_size, train_images(dataset_id), train_size=train.train_size,
+                          plan=plan)
     if est is None:
         return None
     return (f"About {duration(est.seconds_per_epoch * train.epochs)} for {count(train.epochs, 'epoch')} on this "
