@@ -3,8 +3,10 @@ facts (name, task, photos, settings, state, best score, time)."""
 
 from __future__ import annotations
 
+import functools
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from core import jobs, runs
@@ -45,21 +47,29 @@ def dataset_cell(dataset: str, stored: str | None, source: dict) -> str:
     return Path(dataset).name or dataset
 
 
-def run_row(run_dir: Path, dataset: str | None = None) -> dict:
-    """The run's row: `dataset` is its photos' cell when the caller has it (a cached `dataset_cell`), else it is
-    worked out here. The state comes from `core.jobs.state` (a run whose process died reads "crashed")."""
+def _dataset_cell(run_dir: Path, dataset: str) -> str:
+    """`dataset_cell` read afresh (the Runs page passes its cached version)."""
+    return dataset_cell(dataset, stored_name(dataset), recorded_source(run_dir))
+
+
+@functools.cache
+def _task_titles() -> dict[str, str]:
+    return {t.name: t.title for t in list_tasks()}
+
+
+def run_row(run_dir: Path, cell: Callable[[Path, str], str] = _dataset_cell) -> dict:
+    """The run's row; `cell(run_dir, dataset)` writes its photos' cell (the Runs page passes a cached one). The
+    state comes from `core.jobs.state` (a run whose process died reads "crashed")."""
     run_dir = Path(run_dir)
     cfg, status = runs.read_json_config(run_dir), runs.read_status(run_dir)
     meta = read_json(run_dir / "meta.json", {}) or {}
     train, quick = cfg.get("train", {}), bool(cfg.get("quick"))
-    if dataset is None:
-        name = str(cfg.get("dataset") or "")
-        dataset = dataset_cell(name, stored_name(name), recorded_source(run_dir))
+    dataset = cell(run_dir, str(cfg.get("dataset") or ""))
     created = status.get("created") or run_dir.stat().st_mtime
     task = runs.run_task(run_dir)
     best = status.get("best_val_accuracy")
     return {"run": run_dir.name, "name": runs.display_name(run_dir),
-            "task": {t.name: t.title for t in list_tasks()}.get(task, task),
+            "task": _task_titles().get(task, task),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
             "dataset": dataset, "freeze": "quick" if quick else cfg.get("freeze", {}).get("preset"),
             "pretrained": cfg.get("pretrained", True),

@@ -80,7 +80,7 @@ COLUMN_TITLES = {"best_val_accuracy": "best score", "seconds": "seconds training
 
 def _row(run_dir: Path) -> dict:
     """The run's row of the table (`core.run_table.run_row`, also `transfer-studio runs list`)."""
-    return run_row(run_dir, _dataset_cell(run_dir, str(runs.read_json_config(run_dir).get("dataset") or "")))
+    return run_row(run_dir, _dataset_cell)
 
 
 def export_contents(formats: list[str]) -> str:
