@@ -15,9 +15,9 @@ from streamlit.testing.v1 import AppTest
 from core.tasks.detection import data as D
 from core.tasks.detection import dataset as dstore
 from core.tasks.detection.sample import make_rectangles
+from tests.test_detection_pages import _app as detection_app
 from tests.test_detection_pages import rects, trained  # noqa: F401 - fixtures
 
-ROOT = Path(__file__).resolve().parent.parent
 VOC = ("<annotation><filename>{name}</filename><object><name>cup</name><bndbox><xmin>5</xmin><ymin>5</ymin>"
        "<xmax>40</xmax><ymax>30</ymax></bndbox></object></annotation>")
 
@@ -95,13 +95,8 @@ def test_a_run_carries_the_dataset_name_not_its_id(home: Path, tmp_path: Path) -
 
 
 def _app(page: str, **draft) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.session_state["draft_task"] = "detection"
-    for k, v in draft.items():
-        at.session_state[f"draft_{k}"] = v
-    at.run()
-    at.switch_page(page)
-    return at.run()
+    """The detection page `page`, drawn once."""
+    return detection_app(page, **draft).run()
 
 
 def test_a_dropped_folder_imports_with_its_name_and_warns_about_empty_photos(home: Path, tmp_path: Path) -> None:
