@@ -58,9 +58,12 @@ def memo_put(store: dict, key: tuple, value: object, limit: int) -> None:
 
 
 def duration(seconds: float) -> str:
-    """A length of time for people: "40 s", "4 min", "1 h 10 min"."""
+    """A length of time for people: "< 1 s", "7.3 s", "40 s", "4 min", "1 h 10 min" (under 90 s as the Layers
+    page's epoch time writes it)."""
+    if seconds < 1:
+        return "< 1 s"
     if seconds < 90:
-        return f"{max(1, round(seconds))} s"
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 

@@ -341,8 +341,9 @@ def _time_note(train: TrainConfig) -> str | None:
                           plan=plan)
     if est is None:
         return None
-    return (f"About {duration(est.seconds_per_epoch * train.epochs)} for {count(train.epochs, 'epoch')} on this "
-            f"machine: {duration(est.seconds_per_epoch)} per epoch with these layers training, as measured on the "
+    per_epoch = est.seconds_per_step * -(-est.n_images // train.batch_size)  # unrounded, as the Layers page shows it
+    return (f"About {duration(per_epoch * train.epochs)} for {count(train.epochs, 'epoch')} on this "
+            f"machine: {duration(per_epoch)} per epoch with these layers training, as measured on the "
             "Layers page (a head-only first epoch is quicker; checking the validation photos adds a little).")
 
 
