@@ -785,6 +785,26 @@ def reproduce_command(run_dir: str | os.PathLike) -> str:
 
 # --- predict_example.py ------------------------------------------------------------------------------------------
 
+#: Example scripts' lines that open iPhone photos (HEIC) as the app does, when pillow-heif is installed.
+PHONE_PHOTOS = '''
+try:  # iPhone photos (HEIC) open as in the app when pi-heif (or pillow-heif) is installed
+    from pi_heif import register_heif_opener
+except ImportError:
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        register_heif_opener = None
+if register_heif_opener is not None:
+    register_heif_opener()
+
+
+def phone_hint(path):
+    """What to install when a HEIC photo could not be opened for want of a HEIC decoder."""
+    heic = str(path).lower().endswith((".heic", ".heif", ".hif"))
+    return "; HEIC photos need: pip install pi-heif" if heic and register_heif_opener is None else ""
+
+'''
+
 _EXAMPLE = '''"""Classify images with the model exported here by Transfer Studio (run __RUN__).
 
 Unzip the download, open a terminal in its folder, install what the format needs, then:
@@ -803,7 +823,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-
+__PHONE_PHOTOS__
 HERE = Path(__file__).resolve().parent
 MANIFEST = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
 PREP = MANIFEST["preprocessing"]
@@ -939,7 +959,7 @@ def main(argv=None):
             label, top = classify(run, path, args.top_k)
         except (OSError, ValueError, Image.DecompressionBombError) as err:  # not an image, unreadable, too big
             unread += 1
-            print(f"{path}: cannot read this file ({err})", file=sys.stderr)
+            print(f"{path}: cannot read this file ({err}){phone_hint(path)}", file=sys.stderr)
             continue
         print(f"{path}: {label}  (" + ", ".join(f"{c} {p:.1%}" for c, p in top) + ")")
     return 1 if unread else 0
@@ -973,7 +993,8 @@ def example_script(manifest: dict) -> str:
     needs = {f: EXAMPLE_NEEDS[f] for f in formats}
     default = next(f for f in ("onnx", "torchscript", "safetensors") if f in formats)  # the fewest packages
     prep = manifest["preprocessing"]
-    return (_EXAMPLE.replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))
+    return (_EXAMPLE.replace("__PHONE_PHOTOS__", PHONE_PHOTOS)
+            .replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))
             .replace("__FORMAT_CHOICES__", "|".join(formats)).replace("__FORMATS__", repr(formats))
             .replace("__NEEDS_BY_FORMAT__", repr(needs)).replace("__DEFAULT__", default)
             .replace("__NEEDS__", "; ".join(f"{p} for --format {f}" for f, p in needs.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import struct
@@ -9,11 +10,15 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+#: HEIC photos as an iPhone writes them (see fixtures/README.md): the second is stored sideways, upright red on top.
+IPHONE_PHOTO = Path(__file__).resolve().parent / "fixtures" / "iphone.heic"
+IPHONE_ROTATED = Path(__file__).resolve().parent / "fixtures" / "iphone_rotated.heic"
 
 
 def noise_image(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
@@ -172,3 +177,11 @@ def sleepy_task(path: str, options: object) -> object:
     if "crash" in Path(path).name:
         os._exit(3)
     return inspect_file(path, options)  # type: ignore[arg-type]
+
+
+def example_module(folder: Path, name: str) -> ModuleType:
+    """An export's ``predict_example.py`` loaded as a module (its ``main(argv)`` and helpers callable)."""
+    spec = importlib.util.spec_from_file_location(name, folder / "predict_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -223,7 +223,7 @@ EMPTY_ZIP = zip_bytes([])
     ([("ants/", b""), ("bees/", b"")], "empty.zip has no photos in it."),  # class folders, nothing in them
     ([("a.jpg", JPG), ("b.jpg", image_bytes(2))], "empty.zip has no photos inside class folders: put the photos in "
                                                   "one folder per class"),
-    ([("ants/notes.txt", b"x"), ("bees/b.heic", b"x")], "empty.zip has no photos that can be used; for example "),
+    ([("ants/notes.txt", b"x"), ("bees/b.psd", b"x")], "empty.zip has no photos that can be used; for example "),
     ([("ants/a.jpg", b"broken"), ("bees/b.jpg", JPG[:40])], "None of the 2 files in empty.zip can be used as "
                                                              "photos (e.g. "),
 ])

@@ -91,16 +91,17 @@ def test_junk_and_hidden_files_are_skipped_silently(tmp_path: Path) -> None:
 def test_non_images_are_reported_not_dropped(tmp_path: Path) -> None:
     make_tree(tmp_path, {"ants": 1, "bees": 1})
     (tmp_path / "ants" / "notes.txt").write_text("hi")
-    (tmp_path / "ants" / "IMG_1.HEIC").write_bytes(b"x")
+    (tmp_path / "ants" / "IMG_1.CR2").write_bytes(b"x")
+    (tmp_path / "ants" / "IMG_2.HEIC").write_bytes(b"x")  # a phone photo is an image candidate (decoded later)
     (tmp_path / "bees" / "clip.mp4").write_bytes(b"x")
     (tmp_path / "README.md").write_text("readme")
     items, problems = _split(tmp_path)
     by_rel = {p.rel: p for p in problems}
     assert by_rel["ants/notes.txt"].kind == "not_image_file" and "notes.txt" in by_rel["ants/notes.txt"].reason
-    assert by_rel["ants/IMG_1.HEIC"].kind == "unsupported_format" and "HEIC" in by_rel["ants/IMG_1.HEIC"].reason
+    assert by_rel["ants/IMG_1.CR2"].kind == "unsupported_format" and "RAW" in by_rel["ants/IMG_1.CR2"].reason
     assert by_rel["bees/clip.mp4"].kind == "not_image_file"
     assert by_rel["README.md"].kind == "outside_class_folder" and not by_rel["README.md"].in_class
-    assert len(items) == 2
+    assert len(items) == 3 and "ants/IMG_2.HEIC" not in by_rel
 
 
 def test_uppercase_and_odd_image_extensions_are_candidates(tmp_path: Path) -> None:

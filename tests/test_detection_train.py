@@ -14,6 +14,7 @@ from core.config import FreezeConfig, RunConfig, TrainConfig
 from core.tasks.detection.dataset import resolve
 from core.tasks.detection.sample import make_rectangles
 from core.tasks.detection.train import fit
+from tests.data_fixtures import IPHONE_ROTATED, example_module
 
 TINY = {"fpn_channels": 32, "representation": 64}
 
@@ -95,7 +96,7 @@ def test_freeze_choice_keeps_frozen_groups_unchanged(tmp_path: Path) -> None:
     assert any(not torch.equal(start[p], end[p]) for p in head)
 
 
-def test_evaluate_export_and_predict(trained, tmp_path: Path, rects: Path) -> None:
+def test_evaluate_export_and_predict(trained, tmp_path: Path, rects: Path, capsys) -> None:
     from core.export import ExportError
     from core.tasks.detection.evaluate import evaluate_folder, evaluate_run, load_evaluation
     from core.tasks.detection.export import export_run, load_export
@@ -122,6 +123,19 @@ def test_evaluate_export_and_predict(trained, tmp_path: Path, rects: Path) -> No
     from_export = load_detector(out).detect(image, threshold=0.3)
     assert [d.to_dict() for d in from_run.detections] == [d.to_dict() for d in from_export.detections]
     assert from_run.width == 96 and all(0 <= v <= 96 for d in from_run.detections for v in d.box)
+    # the downloaded script: an unreadable file is named and skipped, an iPhone photo (HEIC) is read, the model
+    # is loaded once (it was loaded again for every photo)
+    notes, heic = tmp_path / "notes.jpg", tmp_path / "IMG_0001.HEIC"
+    notes.write_text("not a photo")
+    heic.write_bytes(IPHONE_ROTATED.read_bytes())
+    example = example_module(out, "detection_example")
+    assert example.main([image, str(notes), str(heic), "--threshold", "0.3"]) == 1
+    captured = capsys.readouterr()
+    assert f"{notes}: cannot read this file" in captured.err
+    lines = dict(line.split(" ", 1) for line in captured.out.splitlines())
+    want = [{"label": d.label, "score": round(d.score, 3)} for d in from_export.detections]
+    assert [{"label": f["label"], "score": f["score"]} for f in json.loads(lines[image])] == want
+    assert isinstance(json.loads(lines[str(heic)]), list)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model.safetensors").write_bytes(b"\x80\x04\x95" + b"\x00" * 64)  # a pickle in disguise

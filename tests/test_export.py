@@ -4,7 +4,6 @@ before anything is loaded, pickles refused without running them, and the command
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import pickle
@@ -34,6 +33,7 @@ from core.export import (
 from core.inference import load_predictor
 from core.pipeline import predict_input
 from core.tasks import get_task
+from tests.data_fixtures import IPHONE_ROTATED, example_module
 from tests.synthetic import make_colour_folders
 
 CLASSES = ("red", "green", "blue")
@@ -131,9 +131,7 @@ def test_onnx_has_a_dynamic_batch_and_the_example_script_classifies(exported) ->
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert out.shape == (3, 3)
     # predict_example.py: the same preprocessing as the app, and the same answers with every format
-    spec = importlib.util.spec_from_file_location("predict_example", folder / "predict_example.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = example_module(folder, "predict_example")
     assert example.FORMATS == ["safetensors", "onnx", "torchscript"]
     for p in images:
         assert np.array_equal(example.preprocess(p), predict_input(str(p), prep).numpy())
@@ -372,9 +370,7 @@ def test_a_run_exports_its_image_fit_and_the_example_script_does_the_same(tmp_pa
     assert f"--image-fit {fit}" in reproduce_command(run_dir)
     crop_min = runs.load_config(run_dir).train.crop_min_area
     assert f"--crop-min-area {crop_min:g}" in reproduce_command(run_dir)
-    spec = importlib.util.spec_from_file_location(f"predict_example_{fit}", folder / "predict_example.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = example_module(folder, f"predict_example_{fit}")
     prep = load_predictor(run_dir).prep
     source = sorted((Path(runs.load_config(run_dir).dataset) / "val").rglob("*.png"))[0]
     for i, (w, h) in enumerate([(97, 61), (45, 130)]):
@@ -385,13 +381,6 @@ def test_a_run_exports_its_image_fit_and_the_example_script_does_the_same(tmp_pa
     bad = {**manifest, "preprocessing": {**manifest["preprocessing"], "fit": "letterbox"}}
     with pytest.raises(ExportError, match="preprocessing.fit"):
         validate_manifest(bad)
-
-
-def _example(folder: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, folder / "predict_example.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_example_script_skips_a_bad_file_and_reads_16_bit_photos_as_the_app(exported, tmp_path: Path,
@@ -405,7 +394,7 @@ def test_the_example_script_skips_a_bad_file_and_reads_16_bit_photos_as_the_app(
     assert Image.open(grey16).mode.startswith("I")
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a photo")
-    example = _example(folder, "predict_example_bad_files")
+    example = example_module(folder, "predict_example_bad_files")
     prep = load_predictor(run_dir).prep
     assert np.array_equal(example.preprocess(grey16), predict_input(str(grey16), prep).numpy())
     assert example.DEFAULT == "onnx"  # the format that needs the fewest packages (no torch)
@@ -416,9 +405,21 @@ def test_the_example_script_skips_a_bad_file_and_reads_16_bit_photos_as_the_app(
     assert out.startswith(f"{photo}: {want}  (")
 
 
+def test_the_example_script_reads_an_iphone_photo_as_the_app(exported, capsys) -> None:
+    """A HEIC photo (an iPhone's default) is prepared exactly as the app prepares it, upright, and answered."""
+    run_dir, folder, _ = exported
+    example = example_module(folder, "predict_example_heic")
+    predictor = load_predictor(run_dir)
+    app_input = predict_input(str(IPHONE_ROTATED), predictor.prep).numpy()
+    assert np.array_equal(example.preprocess(IPHONE_ROTATED), app_input)
+    assert example.main([str(IPHONE_ROTATED), "--top-k", "1"]) == 0
+    want = predictor.predict([str(IPHONE_ROTATED)], top_k=1)[0].label
+    assert capsys.readouterr().out.startswith(f"{IPHONE_ROTATED}: {want}  (")
+
+
 def test_the_example_script_says_which_package_a_format_needs(exported, monkeypatch) -> None:
     _, folder, _ = exported
-    example = _example(folder, "predict_example_missing")
+    example = example_module(folder, "predict_example_missing")
 
     def missing():
         raise ModuleNotFoundError("No module named 'onnxruntime'")

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core import engine, runs, trainset
 from core.config import FreezeConfig, RunConfig, TrainConfig
 from core.settings import runs_root
+from tests.data_fixtures import IPHONE_PHOTO
 from tests.synthetic import COLOURS, make_colour_folders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,21 +264,22 @@ def test_label_errors_say_which_photos_and_fix_the_photo_of_that_split(home: Pat
     assert any("a new version of the dataset" in s.value for s in at.success)
 
 
-def test_test_page_answers_the_same_photo_dropped_twice_and_explains_a_heic(trained: Path) -> None:
-    """The same photo twice used to stop the page (two charts with one key); a HEIC was refused by the uploader
-    with a bare "image/heif files are not allowed"."""
+def test_test_page_answers_the_same_photo_dropped_twice_and_an_iphone_photo(trained: Path) -> None:
+    """The same photo twice used to stop the page (two charts with one key); a HEIC (an iPhone's default) was
+    refused by the uploader with a bare "image/heif files are not allowed", then as a format the app cannot open."""
     at = _app("views/test.py")
     at.session_state["draft_run_id"] = trained.name
     at.run()
     at.toggle(key="test_gradcam").set_value(False)
-    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    broken = IPHONE_PHOTO.read_bytes()[:600]
     at.file_uploader(key="test_files").set_value([("red.png", _png("red"), "image/png"),
                                                   ("red.png", _png("red"), "image/png"),
-                                                  ("IMG_0001.HEIC", heic, "image/heic")]).run()
+                                                  ("IMG_0001.HEIC", IPHONE_PHOTO.read_bytes(), "image/heic"),
+                                                  ("IMG_0002.HEIC", broken, "image/heic")]).run()
     _ok(at)
-    assert sum("ms for this photo" in c.value for c in at.caption) == 2
-    assert any(m.value.startswith("**IMG") and "HEIC" in m.value for m in at.markdown)  # named
-    assert any("a HEIC file" in e.value and "Save it as JPEG or PNG" in e.value for e in at.error)
+    assert sum("ms for this photo" in c.value for c in at.caption) == 3  # both reds and the iPhone photo
+    assert any(m.value == r"**IMG\_0002\.HEIC**" for m in at.markdown)  # the broken one named
+    assert [e.value for e in at.error] == ["This file cannot be read: corrupt HEIC file"]
 
 
 def test_test_page_does_not_classify_and_explain_again_when_a_setting_moves(trained: Path,

@@ -15,6 +15,7 @@ from core.tasks.segmentation import data, metrics
 from core.tasks.segmentation.augment import SegAugment, augment_pair
 from core.tasks.segmentation.data import IGNORE, ClassTable, SegDataError
 from core.trainset import DatasetProblem
+from tests.data_fixtures import IPHONE_ROTATED, example_module
 
 COLOURS = {0: (0, 0, 0), 1: (200, 30, 30), 2: (30, 200, 30)}
 
@@ -331,6 +332,29 @@ def test_export_parity_and_predict_from_export(tmp_path: Path) -> None:
     a = SegPredictor.from_run(run_dir).predict(str(img)).mask
     b = SegPredictor.from_export(out).predict(str(img)).mask
     assert a.shape == (64, 64) and (a == b).all()
+
+
+def test_the_segmentation_example_script_skips_a_bad_file_and_reads_an_iphone_photo(tmp_path: Path, capsys) -> None:
+    """One unreadable file stopped the script with a traceback (the photos after it got no mask); HEIC photos (an
+    iPhone's default) could not be opened at all."""
+    from core.tasks.segmentation.export import export_run
+
+    root = make_set(tmp_path / "ds", n_train=4, n_val=2)
+    run_dir, _ = _train(tmp_path, root, epochs=1)
+    out = tmp_path / "export"
+    assert export_run(run_dir, "onnx", out).ok
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    heic = photos / "IMG_0001.HEIC"
+    heic.write_bytes(IPHONE_ROTATED.read_bytes())
+    notes = photos / "notes.jpg"
+    notes.write_text("not a photo")
+    example = example_module(out, "segmentation_example")
+    assert example.main([str(notes), str(heic)]) == 1
+    captured = capsys.readouterr()
+    assert f"{notes}: cannot read this file" in captured.err and str(heic) in captured.out
+    with Image.open(photos / "IMG_0001.mask.png") as mask:
+        assert mask.size == (64, 96)  # the upright photo's size: the HEIC's rotation applied
 
 
 def _logits(seed: int = 0, shape: tuple = (2, 3, 8, 8)) -> torch.Tensor:

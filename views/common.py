@@ -11,7 +11,12 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from core.config import FreezeConfig
+from core.data.images import phone_formats
 from core.device import DevicePlan, plan_device
+
+# iPhone photos (HEIC) open anywhere in the app's process, st.image included (it re-encodes what it shows with
+# Pillow): registered once per process, as every page imports this module
+phone_formats()
 
 STORE_ID = re.compile(r"[0-9a-f]{32}")  # how a dataset of the app's store is named (else a folder or sample:NAME)
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'%@/])")

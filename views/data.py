@@ -20,6 +20,7 @@ import streamlit as st
 
 from core.data import store
 from core.data.archive import ArchiveError
+from core.data.names import PHOTO_UPLOAD_TYPES
 from core.data.samples import ensure_sample_dataset
 from core.data.splits import SplitConfig
 from core.data.usage import ACTIVE_STATES, describe_runs, runs_using
@@ -655,7 +656,7 @@ with st.expander("Edit classes, add photos (camera or files)", icon=":material/e
     target = st.selectbox("Add photos to class", view["classes"], key="data_photo_class")
     files_col, camera_col = st.columns(2)
     with files_col:
-        photos = st.file_uploader("Photos from files", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+        photos = st.file_uploader("Photos from files", type=list(PHOTO_UPLOAD_TYPES),
                                   accept_multiple_files=True, key=_uploader_key("data_add_files"))
         if photos and target and st.button(f"Add {len(photos)} photo(s)", key="data_add_files_go") and \
                 _charge(sum(f.size for f in photos)):

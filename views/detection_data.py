@@ -10,12 +10,12 @@ import pandas as pd
 import streamlit as st
 
 from core.data import store
+from core.data.names import PHOTO_UPLOAD_TYPES
 from core.tasks.detection import dataset as dstore
 from core.tasks.detection import figures
 from core.tasks.detection.data import AnnotationError, summary
 from views.common import count, draft, esc, refusal_reason, set_draft, step_page
 
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 FLASH = "det_flash"  # the id of the dataset just imported
 
 st.title("2 · Data: photos with boxes")
@@ -92,8 +92,8 @@ with st.expander("Bring new photos", expanded=not ids, key="det_add_panel", on_c
                 else:
                     _imported(new_id)
     with images_tab:
-        photos = st.file_uploader("Photos (you draw the boxes next)", type=UPLOAD_TYPES, accept_multiple_files=True,
-                                  key="det_photos")
+        photos = st.file_uploader("Photos (you draw the boxes next)", type=list(PHOTO_UPLOAD_TYPES),
+                                  accept_multiple_files=True, key="det_photos")
         first = st.text_input("Class names (comma-separated)", key="det_first_classes", placeholder="e.g. cup, spoon")
         if photos and st.button("Import the photos", key="det_photos_import"):
             classes = [c.strip() for c in first.split(",") if c.strip()]
@@ -251,7 +251,8 @@ if section == "Draw boxes":
                 if ann.boxes and st.button("Remove all boxes of this photo (a negative)", key="det_clear_boxes"):
                     dstore.set_boxes(current, ann.path, [], [])
                     st.rerun()
-    more = st.file_uploader("Add photos", type=UPLOAD_TYPES, accept_multiple_files=True, key="det_add_photos")
+    more = st.file_uploader("Add photos", type=list(PHOTO_UPLOAD_TYPES), accept_multiple_files=True,
+                            key="det_add_photos")
     shot = st.camera_input("Or take a photo", key="det_camera") if st.toggle(
         "Use the camera", key="det_camera_on") else None  # the browser asks for the camera only when wanted
     if (more or shot) and st.button("Add them", key="det_add"):

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core import runs
+from core.data.names import PHOTO_UPLOAD_TYPES
 from core.inference import export_refusal
 from core.settings import subdir
 from core.tasks.detection.draw import detections_image
@@ -91,7 +92,7 @@ detector, model_key = chosen
 st.caption(f"Classes: {esc(', '.join(detector.classes))}")
 threshold = st.slider("Show boxes scoring at least", 0.05, 0.95, 0.5, 0.05, key="dtest_threshold",
                       help="Lower finds more objects but also more false boxes.")
-files = st.file_uploader("Photos", type=["jpg", "jpeg", "png", "webp", "bmp"], accept_multiple_files=True,
+files = st.file_uploader("Photos", type=list(PHOTO_UPLOAD_TYPES), accept_multiple_files=True,
                          key="dtest_files")
 shot = st.camera_input("Or take a photo", key="dtest_camera") if st.toggle("Use the camera",
                                                                          key="dtest_camera_on") else None

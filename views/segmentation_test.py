@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import runs
+from core.data.names import PHOTO_UPLOAD_TYPES
 from core.inference import export_refusal
 from core.settings import runs_root, subdir
 from views.common import draft, esc, set_draft, step_page
@@ -78,7 +79,7 @@ chosen = _choose()
 if chosen is None:
     st.stop()
 predictor, model_key = chosen
-files = st.file_uploader("Photos to test", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+files = st.file_uploader("Photos to test", type=list(PHOTO_UPLOAD_TYPES),
                          accept_multiple_files=True, key="seg_test_files")
 camera = st.camera_input("Or take a photo", key="seg_test_camera") if st.toggle(
     "Use the camera", key="seg_test_camera_on") else None

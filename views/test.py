@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import runs
+from core.data.names import PHOTO_UPLOAD_TYPES
 from core.gradcam import CamResult
 from core.inference import PredictError, Prediction, Predictor, stored_threshold
 from core.settings import runs_root, subdir
@@ -75,15 +76,12 @@ def _choose_model() -> Predictor | None:
     return predictor
 
 
-# what the uploader lets through: the app's image formats, and phone formats it cannot open (HEIC, AVIF), so the
-# page can say why per photo instead of the uploader's bare "files are not allowed"
-UPLOAD_TYPES = ("jpg", "jpeg", "jfif", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif", "avif")
 CACHE_SIZE = 300  # answers kept per browser session (small: each photo's class probabilities)
 
 
 def unreadable_message(reason: str) -> str:
     """Why a dropped file got no answer, with what to do about a photo format the app cannot open."""
-    fmt = re.fullmatch(r"format (.+) not allowed", reason)
+    fmt = re.fullmatch(r"format (.+?) (?:not allowed|cannot be opened here.*)", reason)
     if fmt:
         return (f"This file cannot be read: it is a {fmt.group(1)} file, a format this app cannot open. Save it as "
                 "JPEG or PNG (most photo apps can: Export or Save as) and drop it again.")
@@ -147,7 +145,7 @@ st.caption(f"{len(predictor.classes)} classes: " + ", ".join(esc(c) for c in pre
 if predictor.threshold is not None:
     st.caption(f"Answers below {predictor.threshold:.0%} confidence are shown as “not sure”.")
 
-files = st.file_uploader("Photos to test", type=list(UPLOAD_TYPES), accept_multiple_files=True, key="test_files")
+files = st.file_uploader("Photos to test", type=list(PHOTO_UPLOAD_TYPES), accept_multiple_files=True, key="test_files")
 camera = st.camera_input("Or take a photo", key="test_camera") if st.toggle("Use the camera",
                                                                              key="test_camera_on") else None
 show_cam = st.toggle("Show where the model looked (Grad-CAM)", value=True, key="test_gradcam")

@@ -7,6 +7,7 @@ full decode (truncated files fail), EXIF orientation, first frame only, and one 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -24,6 +25,8 @@ from typing import Any
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+#: Phone formats (ISO media, ``ftyp`` boxes): iPhone photos are HEIF/HEIC (decoded by pillow-heif), AVIF by Pillow.
+PHONE_FORMATS: tuple[str, ...] = ("HEIF", "AVIF")
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 20.0
@@ -33,7 +36,7 @@ BACKGROUND = (255, 255, 255)
 COLOR_CAP = 256
 #: Pillow format name -> extension used when the store names files.
 FORMAT_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "DIB": ".bmp",
-                     "GIF": ".gif", "TIFF": ".tif"}
+                     "GIF": ".gif", "TIFF": ".tif", "HEIF": ".heic", "AVIF": ".avif"}
 
 Source = str | os.PathLike[str] | bytes
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +116,12 @@ def sniff_reason(head: bytes) -> ImageError:
             return ImageError(f"format {name} not allowed", "unsupported_format")
     if head[4:8] == b"ftyp":
         name = _FTYP_BRANDS.get(head[8:12], "video/ISO media")
+        if name in ("HEIC", "HEIF", "AVIF"):
+            pillow_name = "AVIF" if name == "AVIF" else "HEIF"
+            if pillow_name in phone_formats():
+                return ImageError(f"corrupt {name} file")
+            return ImageError(f"format {name} cannot be opened here ({_PHONE_DECODERS[pillow_name]} is not installed)",
+                              "unsupported_format")
         return ImageError(f"format {name} not allowed", "unsupported_format")
     if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6") and head[2:3] in (b"\n", b" ", b"\r", b"\t"):
         return ImageError("format PPM not allowed", "unsupported_format")
@@ -145,6 +154,36 @@ def _decode_failure(exc: BaseException) -> ImageError:
                       f"corrupt or unreadable image ({type(exc).__name__})")
 
 
+_PHONE_DECODERS = {"HEIF": "the pi-heif package", "AVIF": "Pillow's AVIF support"}
+
+
+def _heif_opener() -> Callable[..., None] | None:
+    """pi-heif's opener (the decoder-only build), else pillow-heif's when that is what is installed, else None."""
+    try:
+        from pi_heif import register_heif_opener
+    except ImportError:
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            return None
+    return register_heif_opener
+
+
+@functools.cache
+def phone_formats() -> tuple[str, ...]:
+    """The phone formats this installation decodes: registers the HEIF opener once per process, when present."""
+    register = _heif_opener()
+    if register is not None:  # only the primary picture: no thumbnails, depth maps or auxiliary images alongside
+        register(thumbnails=False, depth_images=False, aux_images=False)
+    Image.init()
+    return tuple(name for name in PHONE_FORMATS if name in Image.OPEN)
+
+
+def formats_for(head: bytes) -> tuple[str, ...]:
+    """The Pillow formats to try for a file starting with ``head``: phone formats only for ISO media files."""
+    return ALLOWED_FORMATS + phone_formats() if head[4:8] == b"ftyp" else ALLOWED_FORMATS
+
+
 def _open(fp: io.BufferedIOBase | io.BytesIO, max_pixels: int) -> ImageFile.ImageFile:
     head = fp.read(2048)
     fp.seek(0)
@@ -153,7 +192,7 @@ def _open(fp: io.BufferedIOBase | io.BytesIO, max_pixels: int) -> ImageFile.Imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(fp, formats=ALLOWED_FORMATS)
+            im = Image.open(fp, formats=formats_for(head))
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image too large: {_claimed_megapixels(exc)} > cap", "too_large") from None
     except UnidentifiedImageError:

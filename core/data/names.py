@@ -7,12 +7,16 @@ import unicodedata
 
 #: Extensions we try to decode as images (lower case, with the dot).
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff",
+     ".heic", ".heif", ".hif", ".avif"}
 )
+
+#: What every photo uploader in the app lets through (Streamlit's ``type=``): the extensions above, without the dot.
+PHOTO_UPLOAD_TYPES: tuple[str, ...] = tuple(sorted(ext[1:] for ext in IMAGE_EXTENSIONS))
 
 #: Image formats people upload that we do not decode, with a hint for the user.
 UNSUPPORTED_IMAGE_EXTENSIONS = {
-    ".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".svg": "SVG", ".eps": "EPS", ".ps": "PostScript",
+    ".svg": "SVG", ".eps": "EPS", ".ps": "PostScript",
     ".pdf": "PDF", ".psd": "PSD", ".ico": "ICO", ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".jxl": "JPEG XL",
     ".cr2": "RAW", ".cr3": "RAW", ".nef": "RAW", ".arw": "RAW", ".dng": "RAW", ".orf": "RAW", ".rw2": "RAW",
     ".raf": "RAW", ".tga": "TGA", ".pcx": "PCX", ".ppm": "PPM", ".pgm": "PGM", ".pbm": "PBM", ".xcf": "XCF",

@@ -18,7 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+from core.data.names import IMAGE_EXTENSIONS
+
+IMAGE_EXTS = tuple(sorted(IMAGE_EXTENSIONS))  # phone photos (HEIC, AVIF) too
 MAX_ANNOTATION_BYTES = 200 << 20
 MAX_XML_BYTES = 2 << 20
 JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db", ".ipynb_checkpoints")

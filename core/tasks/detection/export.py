@@ -33,6 +33,7 @@ from core.export import (
     EXPORT_VERSION,
     FILES,
     MANIFEST_FILE,
+    PHONE_PHOTOS,
     PICKLE_SUFFIXES,
     ExportError,
     ExportResult,
@@ -357,11 +358,12 @@ _EXAMPLE = '''"""Detect objects with the exported model (run __RUN__). Needs: __
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-
+__PHONE_PHOTOS__
 HERE = Path(__file__).resolve().parent
 MANIFEST = json.loads((HERE / "manifest.json").read_text())
 CLASSES = MANIFEST["classes"]
@@ -373,40 +375,50 @@ def load(path):
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
-def predict_onnx(image):
+def onnx_runner():
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
-    boxes, labels, scores = sess.run(None, {"image": image})
-    return boxes, labels, scores
+    return lambda image: tuple(sess.run(None, {"image": image}))
 
 
-def predict_safetensors(image):
+def safetensors_runner():
     # the app's own loader rebuilds the detector from the manifest and checks the file first
     import torch
     from core.tasks.detection.export import load_export
 
     detector = load_export(HERE)
-    out = detector.raw(torch.from_numpy(image))
-    return out["boxes"].numpy(), out["labels"].numpy(), out["scores"].numpy()
+
+    def run(image):
+        out = detector.raw(torch.from_numpy(image))
+        return out["boxes"].numpy(), out["labels"].numpy(), out["scores"].numpy()
+    return run
 
 
-def main():
-    parser = argparse.ArgumentParser()
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Detect objects in images with this exported model.")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--format", default=__DEFAULT__, choices=__FORMATS__)
     parser.add_argument("--threshold", type=float, default=0.5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    run = onnx_runner() if args.format == "onnx" else safetensors_runner()  # loaded once for all photos
+    unread = 0
     for path in args.images:
-        image = load(path)
-        boxes, labels, scores = (predict_onnx if args.format == "onnx" else predict_safetensors)(image)
+        try:
+            image = load(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # not an image, unreadable, too big
+            unread += 1
+            print(f"{path}: cannot read this file ({err}){phone_hint(path)}", file=sys.stderr)
+            continue
+        boxes, labels, scores = run(image)
         found = [{"label": CLASSES[int(k) - 1], "score": round(float(s), 3), "box": [round(float(v), 1) for v in b]}
                  for b, k, s in zip(boxes, labels, scores) if s >= args.threshold]
         print(path, json.dumps(found))
+    return 1 if unread else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
 '''
 
 
@@ -419,6 +431,7 @@ def example_script(manifest: dict) -> str:
         pkgs += ("\n    and, for safetensors, Transfer Studio's own `core` package: run it with the app's Python\n"
                  "    (.venv/bin/python in the app's folder)")
     default = "onnx" if "onnx" in formats else "safetensors"
-    return (_EXAMPLE.replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))
+    return (_EXAMPLE.replace("__PHONE_PHOTOS__", PHONE_PHOTOS)
+            .replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))
             .replace("__FORMAT_CHOICES__", "|".join(formats)).replace("__FORMATS__", repr(formats))
             .replace("__DEFAULT__", repr(default)).replace("__NEEDS__", pkgs))

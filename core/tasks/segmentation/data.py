@@ -31,10 +31,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core.data.images import ImageError, load_rgb
+from core.data.names import IMAGE_EXTENSIONS
 
 IGNORE = 255
 MAX_CLASSES = 254
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXT = tuple(sorted(IMAGE_EXTENSIONS))  # phone photos (HEIC, AVIF) too
 MASK_EXT = (".png", ".bmp", ".gif", ".tif", ".tiff")
 MASK_FORMATS = ("PNG", "BMP", "GIF", "TIFF")
 MASK_DIRS = ("masks", "labels", "annotations", "annots", "gt")

@@ -32,6 +32,7 @@ from core.export import (
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
     MAX_WEIGHTS_BYTES,
+    PHONE_PHOTOS,
     ExportError,
     ExportResult,
     _read_capped,
@@ -360,11 +361,12 @@ Needs: pip install pillow numpy onnxruntime   (safetensors: pip install torch se
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-
+__PHONE_PHOTOS__
 HERE = Path(__file__).resolve().parent
 MANIFEST = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
 PREP = MANIFEST["preprocessing"]
@@ -433,19 +435,27 @@ def main(argv=None):
     parser.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
     args = parser.parse_args(argv)
     run = onnx_runner() if args.format == "onnx" else torch_runner()
+    unread = 0
     for path in args.images:
-        mask = segment(run, path)
+        try:
+            mask = segment(run, path)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # not an image, unreadable, too big
+            unread += 1
+            print(f"{path}: cannot read this file ({err}){phone_hint(path)}", file=sys.stderr)
+            continue
         target = Path(path).with_suffix(".mask.png")
         mask.save(target)
         counts = np.bincount(np.asarray(mask).ravel(), minlength=len(CLASSES))
         shares = ", ".join(f"{c} {n / counts.sum():.1%}" for c, n in zip(CLASSES, counts) if n)
         print(f"{path} -> {target}: {shares}")
+    return 1 if unread else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
 '''
 
 
 def example_script(manifest: dict) -> str:
-    return _EXAMPLE.replace("__RUN__", str(manifest.get("source", {}).get("run_id", "")))
+    return _EXAMPLE.replace("__PHONE_PHOTOS__", PHONE_PHOTOS).replace(
+        "__RUN__", str(manifest.get("source", {}).get("run_id", "")))
