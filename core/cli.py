@@ -348,12 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--title", default="")
     w.set_defaults(func=cmd_weights_add)
 
-    from core.tasks import list_tasks
+    from core.tasks import task_names
 
     p = sub.add_parser("train", help="train a model on a folder of images (or resume a run)")
     p.add_argument("--data", help="folder with one sub-folder per class (optionally inside train/ and val/)")
     p.add_argument("--model", help="backbone name (default: mobilenetv2_100; faces: the face embedder)")
-    p.add_argument("--task", default="classification", choices=[t.name for t in list_tasks() if t.available])
+    p.add_argument("--task", default="classification", choices=task_names())
     p.add_argument("--annotations", metavar="FILE",
                    help="detection: COCO json / VOC folder / YOLO folder (default: found in --data)")
     p.add_argument("--ignore-index", type=int, default=None, help="segmentation: mask value to ignore (void)")
@@ -434,10 +434,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(argv)
         return cmd_app(argparse.Namespace(), argv[1:])
     args = parser.parse_args(argv)
-    from core.device import configure_threads, keep_freed_memory
+    if getattr(args, "computes", True):  # listing runs or datasets needs no torch (its import alone takes ~2 s)
+        from core.device import configure_threads, keep_freed_memory
 
-    configure_threads()
-    keep_freed_memory()  # a CLI process trains or predicts, then ends
+        configure_threads()
+        keep_freed_memory()  # a CLI process trains or predicts, then ends
     return int(args.func(args) or 0)
 
 

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     ls = dsub.add_parser("list", help="the datasets in the app's store, newest first")
     ls.add_argument("--json", action="store_true", help="one JSON object: {'datasets': [...]}")
-    ls.set_defaults(func=cmd_data_list)
+    ls.set_defaults(func=cmd_data_list, computes=False)
     return p
 
 

@@ -28,14 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ls.add_argument("--task", default=None, help="only this task's runs (classification, detection, ...)")
     ls.add_argument("--limit", type=int, default=None, metavar="N", help="only the newest N")
     ls.add_argument("--json", action="store_true", help="one JSON object: {'runs': [...]}")
-    ls.set_defaults(func=cmd_runs_list)
+    ls.set_defaults(func=cmd_runs_list, computes=False)
 
     for name, what in (("stop", "finish the current batch, save and stop (resume later with train --resume)"),
                        ("cancel", "end the training process now; the last saved checkpoint stays")):
         s = rsub.add_parser(name, help=what)
         s.add_argument("--run", required=True, metavar="RUN", help="run id (as `runs list` shows) or run folder")
         s.add_argument("--json", action="store_true", help="last line: {'run', 'action', 'status'}")
-        s.set_defaults(func=cmd_runs_control, action=name)
+        s.set_defaults(func=cmd_runs_control, action=name, computes=False)
     return p
 
 

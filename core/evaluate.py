@@ -23,17 +23,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_calibration_error,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 from core import runs
 from core.data.images import ImageError
@@ -48,6 +41,14 @@ DEFAULT_TARGET_ACCURACY = 0.95
 DEFAULT_MIN_COVERAGE = 0.5
 LEARNING_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 Progress = Callable[[str, int, int], None]
+
+
+def _tm() -> ModuleType:
+    """torchmetrics' classification functions, imported when first used: the import takes ~1.5–3 s (it pulls in
+    torch._dynamo and scipy), which every process importing this module for a summary (an export) paid."""
+    import torchmetrics.functional.classification as tm
+
+    return tm
 
 
 class EvaluationError(Exception):
@@ -81,9 +82,9 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: 
     targets = targets.long()
     preds = probs.argmax(1)
     support = torch.bincount(targets, minlength=c)
-    precision = multiclass_precision(preds, targets, num_classes=c, average=None)
-    recall = multiclass_recall(preds, targets, num_classes=c, average=None)
-    f1 = multiclass_f1_score(preds, targets, num_classes=c, average=None)
+    precision = _tm().multiclass_precision(preds, targets, num_classes=c, average=None)
+    recall = _tm().multiclass_recall(preds, targets, num_classes=c, average=None)
+    f1 = _tm().multiclass_f1_score(preds, targets, num_classes=c, average=None)
     predicted_count = torch.bincount(preds, minlength=c)
     per_class = []
     for k, name in enumerate(classes):
@@ -95,12 +96,12 @@ def classification_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: 
     nll = -torch.log(probs[torch.arange(n), targets].clamp(min=1e-12))
     return {**base,
             "unchecked_classes": [name for k, name in enumerate(classes) if support[k] == 0],
-            "accuracy": _r(multiclass_accuracy(preds, targets, num_classes=c, average="micro")),
+            "accuracy": _r(_tm().multiclass_accuracy(preds, targets, num_classes=c, average="micro")),
             "balanced_accuracy": _r(recall[support > 0].mean()),
-            "macro_f1": _r(multiclass_f1_score(preds, targets, num_classes=c, average="macro")),
+            "macro_f1": _r(_tm().multiclass_f1_score(preds, targets, num_classes=c, average="macro")),
             "loss": _r(nll.mean()),
             "per_class": per_class,
-            "confusion_matrix": multiclass_confusion_matrix(preds, targets, num_classes=c).tolist()}
+            "confusion_matrix": _tm().multiclass_confusion_matrix(preds, targets, num_classes=c).tolist()}
 
 
 def misclassified(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], names: Sequence[str],
@@ -181,8 +182,8 @@ def calibration(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 10) ->
         return {"ece": None, "mce": None, "n_bins": n_bins, "bins": [], "mean_confidence": None}
     c = probs.shape[1]
     probs = probs.float()
-    ece = multiclass_calibration_error(probs, targets.long(), num_classes=c, n_bins=n_bins, norm="l1")
-    mce = multiclass_calibration_error(probs, targets.long(), num_classes=c, n_bins=n_bins, norm="max")
+    ece = _tm().multiclass_calibration_error(probs, targets.long(), num_classes=c, n_bins=n_bins, norm="l1")
+    mce = _tm().multiclass_calibration_error(probs, targets.long(), num_classes=c, n_bins=n_bins, norm="max")
     conf, preds = probs.max(1)
     correct = (preds == targets).float()
     edges = torch.linspace(0, 1, n_bins + 1)
@@ -626,7 +627,7 @@ def learning_curve(run_dir: str | os.PathLike, fractions: Sequence[float] = LEAR
             w, b = fit(xt[chosen], yt[chosen], c, l2=l2, iters=2 * FINAL_ITERS)
             pred = (xv @ w.T + b).argmax(1)
             accs.append(float((pred == yv).float().mean()))
-            recalls.append(multiclass_recall(pred, yv, num_classes=c, average=None))
+            recalls.append(_tm().multiclass_recall(pred, yv, num_classes=c, average=None))
             sizes.append(len(chosen))
             done += 1
             if on_progress:

@@ -22,15 +22,16 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from core.config import RunConfig
 from core.settings import runs_root
 from core.storage import read_json, write_atomic, write_json_atomic
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written: listing runs needs none (~2 s)
+    import torch
 
 ACTIVE_STATES = ("queued", "running", "stopping")
 FINAL_STATES = ("completed", "stopped", "failed", "crashed", "cancelled")
@@ -183,6 +184,8 @@ def save_checkpoint(run_dir: Path, state: dict, name: str = "last") -> Path:
     for pattern in (f".{name}.pt.*.tmp", ".manifest.json.*.tmp"):  # temp files of a save that was killed
         for stale in ckpt_dir.glob(pattern):
             stale.unlink(missing_ok=True)
+    import torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     manifest = _manifest(Path(run_dir))
@@ -237,6 +240,8 @@ def _write_problem(err: Exception) -> str:
 def load_checkpoint(run_dir: Path, name: str = "last") -> tuple[dict | None, list[str]]:
     """The newest complete checkpoint (checked against the manifest), and the files it had to skip, with why."""
     ckpt_dir = Path(run_dir) / "checkpoints"
+    import torch
+
     entry = _manifest(Path(run_dir)).get(name)
     skipped: list[str] = []
     for candidate in (ckpt_dir / f"{name}.pt", ckpt_dir / f"{name}.prev.pt"):
@@ -256,6 +261,8 @@ def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor], meta: dict,
     """Model weights as safetensors (+ a JSON sidecar with the metrics), written atomically.
 
     A write that fails (full disk...) leaves the previous weights in place and raises RunError saying so."""
+    from safetensors.torch import save_file
+
     ckpt_dir = Path(run_dir) / "checkpoints"
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     tmp = ckpt_dir / f".{name}.safetensors.tmp"
@@ -284,6 +291,8 @@ def _errno_in(text: str) -> int | None:
 
 
 def load_weights(run_dir: Path, name: str = "best") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     path = Path(run_dir) / "checkpoints" / f"{name}.safetensors"
     if not path.exists():
         raise RunError(f"This run has no saved {name} weights yet.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,26 @@ def test_importing_every_core_module_leaves_streamlit_unloaded() -> None:
             "print('streamlit' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _loaded_after(code: str, home: Path) -> set[str]:
+    """The heavy packages a fresh interpreter has imported after running `code`."""
+    probe = code + "\nimport sys\nprint(*sorted({'torch', 'timm', 'torchmetrics'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env={**os.environ, "TRANSFER_STUDIO_HOME": str(home)})
+    return set(out.stdout.split("\n")[-2].split()) if out.stdout.strip() else set()
+
+
+def test_listing_runs_and_datasets_on_the_command_line_imports_no_torch(tmp_path: Path) -> None:
+    """`transfer-studio runs list` took ~3 s, `--help` ~5 s: building the parser imported every task (timm), and
+    the run table imported torch for checkpoints it never reads."""
+    code = ("from core.cli import main\n"
+            "for argv in (['runs', 'list'], ['runs', 'stop', '--run', 'nothing'], ['data', 'list']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "from core.cli import build_parser\nbuild_parser()")
+    assert _loaded_after(code, tmp_path) == set()
+
+
+def test_an_export_process_does_not_import_torchmetrics(tmp_path: Path) -> None:
+    """torchmetrics' import (~1.5–3 s: torch._dynamo, scipy) was paid by every export for a summary it only reads."""
+    assert _loaded_after("import core.export, core.evaluate, core.engine", tmp_path) == {"torch", "timm"}

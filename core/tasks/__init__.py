@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.config import FreezeConfig, TrainConfig
+
+if TYPE_CHECKING:  # torch is imported by the tasks themselves, not by choosing one (the command line's start)
+    from torch import nn
 
 ORDER = ("classification", "detection", "segmentation", "faces")
 
@@ -124,6 +126,12 @@ def export_formats(task: Task, backbone: str) -> tuple[str, ...]:
 def freeze_defaults(task: Task) -> FreezeConfig:
     """The task's default of what trains (`default_freeze()`), else the generic FreezeConfig() (head only)."""
     return task.default_freeze() if hasattr(task, "default_freeze") else FreezeConfig()
+
+
+def task_names() -> list[str]:
+    """The names of the tasks built so far, in the app's order, found without importing them (the command line's
+    choices: importing the tasks pulls in timm, seconds before any command could run)."""
+    return [name for name in ORDER if importlib.util.find_spec(f"core.tasks.{name}") is not None]
 
 
 def list_tasks() -> list[TaskInfo]:
