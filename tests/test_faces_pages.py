@@ -81,6 +81,11 @@ def test_people_page_shows_faces_names_photos_without_one_and_deletes_a_person(h
 @pytest.fixture()
 def face_run(home: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A frozen dlib run on 2 LFW people (4 photos each) and a probe folder with a stranger."""
+    return make_face_run(tmp_path)
+
+
+def make_face_run(tmp_path: Path) -> tuple[Path, Path]:
+    """The `face_run` fixture's run and probe folder (the data root is the test's `home`)."""
     from core.tasks.faces.data import resolve
     from core.tasks.faces.train import fit
 
@@ -116,7 +121,7 @@ def test_test_page_boxes_and_names_an_uploaded_photo_and_verifies(face_run) -> N
     at.run()
     _ok(at)
     assert f"**{person}** · score" in _texts(at)
-    assert "1 face(s)" in _texts(at)
+    assert "**probe.jpg** — 1 face, " in _texts(at)
     assert "2 people enrolled, their photos alone cannot show how strangers score" in _texts(at)  # how it was chosen
     at.file_uploader(key="faces_verify_a").set_value([("a.jpg", photo, "image/jpeg")])
     buf = io.BytesIO()

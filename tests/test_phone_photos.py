@@ -15,6 +15,7 @@ from PIL import Image
 
 from core.data import store
 from core.data.images import ImageError, check_image, load_rgb
+from core.data.names import PHOTO_UPLOAD_TYPES
 from core.data.validate import ValidationConfig
 from core.pipeline import Prep, load_square
 
@@ -65,6 +66,14 @@ def test_phone_photos_import_and_square_like_any_photo(tmp_path: Path) -> None:
     square = load_square(stored["ants/IMG_0001.HEIC"], prep)  # what training and prediction see
     assert square.shape == (48, 48, 3) and _red_on_top(square[:, 12:36])
     assert load_square(stored["bees/pixel.avif"], prep).shape == (48, 48, 3)
+
+
+def test_every_photo_uploader_lets_phone_photos_through() -> None:
+    assert {"heic", "heif", "avif", "jpg", "png"} <= set(PHOTO_UPLOAD_TYPES)
+    views = sorted((ROOT / "views").glob("*.py"))
+    lists = [line for v in views for line in v.read_text().splitlines()
+             if "file_uploader(" in line and "type=[" in line]
+    assert [line for line in lists if '"jpg"' in line] == []  # no page keeps its own shorter list of photo types
 
 
 def test_without_a_heic_decoder_the_reason_names_the_package(tmp_path: Path) -> None:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Sequence
 
 import streamlit as st
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from core.data import store
+from core.data.names import PHOTO_UPLOAD_TYPES
 from core.settings import subdir
-from views.common import draft, esc, refusal_reason, set_draft, step_page
+from core.tasks.faces.data import dropped_folder_name
+from core.tasks.faces.draw import label_size
+from views.common import count, draft, esc, refusal_reason, set_draft, step_page
 
 st.title("2 · People")
 st.write("Enrol the people the model should recognise: **one folder per person** (the folder name is the person's "
@@ -27,13 +31,26 @@ def _gen_key(base: str) -> str:
     return base if gen == 0 else f"{base}_{gen}"
 
 
+CHOOSE = "faces_dataset_next"  # the set to show at the next draw (the "People set" box is drawn already)
+
+
 def _imported(result: store.ImportResult) -> None:
     store.set_task(result.dataset.id, "faces")
     set_draft("dataset_id", result.dataset.id)
+    st.session_state[CHOOSE] = result.dataset.id  # else the box kept "Enrol a new set" and hid the people enrolled
     st.session_state["faces_upload_gen"] = int(st.session_state.get("faces_upload_gen", 0)) + 1
-    skipped = f"; {len(result.skipped)} files skipped (unreadable or not images)" if result.skipped else ""
-    st.session_state["faces_flash"] = f"Enrolled {result.imported} photos of {len(result.dataset.classes)} people" \
-                                      f"{skipped}."
+    st.session_state["faces_flash"] = f"Enrolled {count(result.imported, 'photo')} of " \
+                                      f"{count(len(result.dataset.classes), 'person', 'people')}" \
+                                      f"{_skipped(result.skipped)}."
+
+
+def _skipped(skipped: Sequence[store.Skipped]) -> str:
+    """'; not added: a.jpg (not a photo), …' naming the files an import left out, or ''."""
+    if not skipped:
+        return ""
+    named = ", ".join(f"{esc(s.original_name)} ({esc(s.reason)})" for s in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return f"; not added: {named}{more}"
 
 
 def _progress(label: str):
@@ -50,6 +67,8 @@ labels = {d.id: f"{d.name} — {len(d.classes)} people, {d.images} photos" for d
 current = draft("dataset_id")
 if flash := st.session_state.pop("faces_flash", None):
     st.success(flash)
+if (nxt := st.session_state.pop(CHOOSE, None)) in ids:
+    st.session_state["faces_dataset"] = nxt
 if ids:
     choice = st.selectbox("People set", ["__new__", *ids], index=(ids.index(current) + 1) if current in ids else 1,
                           format_func=lambda i: "➕ Enrol a new set of people" if i == "__new__" else labels[i],
@@ -66,7 +85,9 @@ if chosen is None:
     with tabs[0]:
         uploads = st.file_uploader("Drop a folder that holds one folder per person", accept_multiple_files="directory",
                                    key=_gen_key("faces_upload_folder"))
-        name = st.text_input("Name of this set", key="faces_name", max_chars=100, placeholder="My team") or "People"
+        dropped = dropped_folder_name([f.name for f in uploads or []])
+        name = st.text_input("Name of this set", key="faces_name", max_chars=100,
+                             placeholder=dropped if uploads else "My team").strip() or dropped
         if uploads and st.button("Enrol these people", key="faces_import_folder", type="primary"):
             try:
                 result = store.import_uploads(((f.name, f.getvalue()) for f in uploads), name,
@@ -93,7 +114,8 @@ if chosen is None:
             finally:
                 spool.unlink(missing_ok=True)
     with tabs[2]:
-        path = st.text_input("Folder path (one sub-folder per person)", key="faces_path",
+        # not "faces_path": that is the Train page's model choice, which is kept across pages (it showed here)
+        path = st.text_input("Folder path (one sub-folder per person)", key="faces_folder_path",
                              placeholder="/home/me/photos/team")
         if st.button("Enrol this folder", key="faces_import_path", type="primary", disabled=not path.strip()):
             folder = os.path.abspath(os.path.expanduser(path.strip()))
@@ -125,7 +147,7 @@ if chosen is None:
     st.stop()
 
 # --- one set of people -----------------------------------------------------------------------------------------
-from core.tasks.faces.enrol import FaceCache, choose_face, detect_dataset  # noqa: E402
+from core.tasks.faces.enrol import FaceCache, choose_face, detect_dataset, shown_name  # noqa: E402
 
 ds = store.load_dataset(chosen)
 slot = st.empty()
@@ -148,35 +170,38 @@ c3.metric("Photos without a face", sum(p.status == "no_face" for p in photos))
 
 no_face = [p for p in photos if p.status != "ok"]
 if no_face:
-    with st.expander(f"{len(no_face)} photos without a usable face (they are not enrolled)", expanded=True):
+    with st.expander(f"{count(len(no_face), 'photo')} without a usable face (not enrolled)", expanded=True):
         for p in no_face:
-            st.write(f"• **{esc(p.label)}** / {esc(p.name)}: {esc(p.note)}")
+            st.write(f"• {esc(shown_name(p))}: {esc(p.note)}")
 several = [p for p in photos if p.n_faces > 1]
 if several:
-    with st.expander(f"{len(several)} photos with several faces: the largest is used unless you choose"):
-        for i, p in enumerate(several[:30]):
+    with st.expander(f"{count(len(several), 'photo')} with several faces: the largest is used unless you choose"):
+        for p in several[:30]:
             rec = cache.record(p.key) or {}
             try:
                 img = Image.open(p.path).convert("RGB")
             except OSError:
                 continue
             draw = ImageDraw.Draw(img)
+            font = ImageFont.load_default(size=label_size(img.size))  # the face numbers, readable at 320 px wide
             for n, f in enumerate(rec.get("faces", [])):
                 x1, y1, x2, y2 = f["box"]
                 draw.rectangle((x1, y1, x2, y2), outline="#f59e0b" if n != p.chosen else "#16a34a", width=3)
-                draw.text((x1 + 3, y1 + 3), str(n + 1), fill="#ffffff")
+                draw.text((x1 + 4, y1 + 2), str(n + 1), fill="#ffffff", font=font, stroke_width=2,
+                          stroke_fill="#000000")
             left, right = st.columns([2, 1])
-            left.image(img, caption=f"{p.label} / {p.name}", width=320)
+            left.image(img, caption=shown_name(p), width=320)
+            # keyed by the photo, not its place in the list: a choice stays with its photo when the list changes
             pick = right.selectbox("Which face is this person?", list(range(p.n_faces)), index=p.chosen,
-                                   format_func=lambda n: f"face {n + 1}", key=f"faces_pick_{i}")
-            if pick != p.chosen and right.button("Use this face", key=f"faces_pick_go_{i}"):
+                                   format_func=lambda n: f"face {n + 1}", key=f"faces_pick_{p.key}")
+            if pick != p.chosen and right.button("Use this face", key=f"faces_pick_go_{p.key}"):
                 choose_face(cache, p, int(pick))
                 st.rerun()
 
 st.subheader("Enrolled faces")
 for person in people:
     mine = [p for p in ok if p.label == person]
-    st.markdown(f"**{esc(person)}** — {len(mine)} photos with a face")
+    st.markdown(f"**{esc(person)}** — {count(len(mine), 'photo')} with a face")
     crops = [cache.crop_path(p.key) for p in mine[:12] if cache.crop_path(p.key).is_file()]
     if crops:
         st.image([str(c) for c in crops], width=72)
@@ -190,7 +215,7 @@ if target == "➕ a new person":
     target = st.text_input("Name of the new person", key="faces_new_person", max_chars=100).strip()
 files_col, camera_col = st.columns(2)
 with files_col:
-    files = st.file_uploader("Photos", type=["jpg", "jpeg", "png", "webp", "bmp"], accept_multiple_files=True,
+    files = st.file_uploader("Photos", type=list(PHOTO_UPLOAD_TYPES), accept_multiple_files=True,
                              key=_gen_key("faces_add_files"))
     if files and target and st.button(f"Add {len(files)} photo(s)", key="faces_add_files_go"):
         try:
@@ -199,7 +224,8 @@ with files_col:
             st.error(f"The photos were not added: {refusal_reason(err)}")
         else:
             st.session_state["faces_upload_gen"] = int(st.session_state.get("faces_upload_gen", 0)) + 1
-            st.session_state["faces_flash"] = f"Added {res.imported} photo(s) to {target}."
+            st.session_state["faces_flash"] = f"Added {count(res.imported, 'photo')} to {esc(target)}" \
+                                              f"{_skipped(res.skipped)}."
             st.rerun()
 with camera_col:
     if st.toggle("Use the camera", key="faces_camera_on", help="Your browser asks for permission first."):
@@ -212,7 +238,7 @@ with camera_col:
                 st.error(f"The photo was not added: {refusal_reason(err)}")
             else:
                 st.session_state["faces_upload_gen"] = int(st.session_state.get("faces_upload_gen", 0)) + 1
-                st.session_state["faces_flash"] = f"Added a camera shot to {target}."
+                st.session_state["faces_flash"] = f"Added a camera shot to {esc(target)}."
                 st.rerun()
 
 st.page_link(step_page("train"), label="Next: enrol them in a model →", icon=":material/model_training:")

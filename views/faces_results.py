@@ -91,8 +91,12 @@ def show(run_dir: Path) -> None:
         m[0].metric("Enrolled people named", f"{(res['accuracy'] or 0):.1%}")
         m[1].metric("Strangers answered 'unknown'", f"{(res['unknown_rejection'] or 0):.1%}"
                     if res["unknown_rejection"] is not None else "—")
-        m[2].metric("TAR at FAR 1e-2", f"{res['tar_at_far_1e-2']:.1%}" if res["tar_at_far_1e-2"] is not None else "—")
-        m[3].metric("TAR at FAR 1e-3", f"{res['tar_at_far_1e-3']:.1%}" if res["tar_at_far_1e-3"] is not None else "—")
+        for col, far in ((m[2], "1e-2"), (m[3], "1e-3")):
+            value = res[f"tar_at_far_{far}"]
+            col.metric(f"TAR at FAR {far}", f"{value:.1%}" if value is not None else "—",
+                       help=f"True accept rate: the share of enrolled people's photos named correctly when the "
+                            f"threshold lets through only {float(far):.1%} of strangers (false accept rate). "
+                            "— when the folder has too few strangers to measure it.")
         table = comparison(runs.list_runs(run_dir.parent), path)
         if len(table) > 1:
             st.caption("Every model evaluated on this folder:")

@@ -15,11 +15,16 @@ from core.plots import batch_loss_figure, epoch_curves
 from core.progress import read_run
 from core.settings import runs_root
 from core.tasks import get_task
-from core.tasks.faces.embed import DLIB_MODEL, FACE_MODELS
+from core.tasks.faces.embed import DLIB_MODEL, FACE_MODELS, is_face_model
 from core.tasks.faces.gallery import KINDS
 from core.tasks.faces.threshold import TARGET_FARS
 from core.trainset import DatasetProblem
 from views.common import dataset_label, draft, draft_freeze, esc, set_draft, step_page
+
+
+def far_words(far: float) -> str:
+    """A false-accept rate for people: '1 %' (1 stranger in 100 named as somebody), '0.1 %'."""
+    return f"{far * 100:g} %"
 
 TASK = get_task("faces")
 st.title("4 · Enrol in a model")
@@ -32,6 +37,50 @@ backbone = draft("backbone") or DEFAULT_BACKBONE
 freeze = draft_freeze()
 st.write(f"People: **{dataset_label(dataset_id)}**.")
 
+
+def _faces_run(run_id: str | None) -> bool:
+    """Whether `run_id` names a faces run on this machine."""
+    return bool(run_id) and runs.is_run_id(run_id) and (runs_root() / run_id / "config.json").is_file() and \
+        runs.read_json_config(runs_root() / run_id).get("task") == "faces"
+
+
+def _run_to_show() -> str | None:
+    """The run the page shows: the one chosen, else (a new session) a faces run still training, else the latest
+    one on these people."""
+    run_id = draft("run_id")
+    if _faces_run(run_id):
+        return run_id
+    mine = runs.list_runs(task="faces")
+    active = [p for p in mine if runs.read_status(p).get("state") in runs.ACTIVE_STATES]
+    here = [p for p in mine if runs.read_json_config(p).get("dataset") == dataset_id]
+    if active or here:
+        set_draft("run_id", (active or here)[0].name)
+        return (active or here)[0].name
+    return None
+
+
+def _choices_of(run_dir: Path) -> None:
+    """The page's settings start as those of the run shown (after a reload they were the defaults, beside a run
+    trained otherwise): set only where the user has not chosen this session."""
+    config = runs.read_json_config(run_dir)
+    try:
+        options = runs.load_dataset(run_dir).get("faces") or {}
+    except (runs.RunError, OSError, ValueError):
+        options = {}
+    choices = {"faces_path": "face" if is_face_model(str(config.get("backbone", DLIB_MODEL))) else "finetune",
+               "faces_gallery": options.get("gallery"), "faces_far": options.get("target_far"),
+               "faces_epochs": (config.get("train") or {}).get("epochs")}
+    valid = {"faces_path": ("face", "finetune"), "faces_gallery": tuple(KINDS), "faces_far": TARGET_FARS}
+    for key, value in choices.items():
+        ok = value in valid[key] if key in valid else isinstance(value, int) and 1 <= value <= 200
+        if ok and key not in st.session_state:
+            st.session_state[key] = value
+
+
+shown = _run_to_show()
+if shown:
+    _choices_of(runs_root() / shown)
+
 # the two paths by kind, not by model name: a fine-tune choice stays one when the backbone changes on the Model page
 PATHS = {"face": f"Face model, frozen — {FACE_MODELS[DLIB_MODEL]}. Ready in seconds.",
          "finetune": f"Fine-tune {backbone} (ImageNet weights) with ArcFace — layers: {freeze.preset} "
@@ -39,9 +88,12 @@ PATHS = {"face": f"Face model, frozen — {FACE_MODELS[DLIB_MODEL]}. Ready in se
 path = st.radio("Model", list(PATHS), format_func=PATHS.get, key="faces_path")
 model = DLIB_MODEL if path == "face" else backbone
 set_draft("faces_model", model)  # the sidebar names the model chosen here (the frozen face model has no layers)
+if path == "finetune" and not draft("backbone"):
+    set_draft("backbone", backbone)  # the default backbone is the one fine-tuned: the sidebar said "not chosen yet"
 c1, c2 = st.columns(2)
 kind = c1.radio("Gallery", list(KINDS), format_func=lambda k: f"{k}: {KINDS[k]}", key="faces_gallery")
-far = c2.select_slider("False-accept rate you accept (strangers named as somebody)", list(TARGET_FARS), value=0.01,
+far = c2.select_slider("False-accept rate you accept (strangers named as somebody)", list(TARGET_FARS),
+                       value=0.01, format_func=far_words,
                        key="faces_far", help="The 'unknown' threshold is chosen on held-back enrolment photos so "
                                              "that about this share of strangers would be accepted.")
 defaults = TASK.default_train()
@@ -71,25 +123,49 @@ def _start() -> None:
 if st.button("Start", key="faces_train_start", type="primary", icon=":material/play_arrow:"):
     _start()
 
-run_id = draft("run_id")
-if not run_id or not (runs_root() / run_id / "config.json").is_file() or \
-        runs.read_json_config(runs_root() / run_id).get("task") != "faces":
-    st.caption("Start with the face model: it is ready in seconds. Then fine-tune a backbone to compare.")
-    st.stop()
-RUN_DIR = runs_root() / run_id
+
+def _people_of(run_dir: Path) -> str:
+    """The people a run enrolled, by name (escaped): their set's name, or the name the run kept of a set deleted
+    since."""
+    label = dataset_label(str(runs.read_json_config(run_dir).get("dataset") or ""))
+    if label != "(deleted photos)":
+        return label
+    try:
+        kept = str((runs.load_dataset(run_dir).get("source") or {}).get("name") or "")
+    except (runs.RunError, OSError, ValueError, AttributeError):
+        kept = ""
+    return f"{esc(kept[:60])}, deleted since" if kept else label
+
+
+def other_choices_note(run_dir: Path) -> str | None:
+    """Why the run shown is not what Start would make now (other people or another model), or None."""
+    config = runs.read_json_config(run_dir)
+    theirs = []
+    if config.get("dataset") and config["dataset"] != dataset_id:
+        theirs.append(f"other people (**{_people_of(run_dir)}**)")
+    if config.get("backbone") and config["backbone"] != model:
+        theirs.append(f"another model (**{esc(config['backbone'])}**)")
+    if not theirs:
+        return None
+    return (f"The run below was made with {' and '.join(theirs)}, not with the choices above. Press Start to enrol "
+            "them as chosen above.")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _threshold_note(gallery_file: str, mtime: float) -> str:  # noqa: ARG001 - mtime: read again when it changes
-    """How the run's threshold was chosen (gallery.json's calibration note), read once per version of the file
-    rather than at every tick of the live view."""
+def _gallery_summary(gallery_file: str, mtime: float) -> tuple[float | None, str]:  # noqa: ARG001 - read again when it changes
+    """The saved model's threshold and how it was chosen (gallery.json), read once per version of the file rather
+    than at every tick of the live view. The threshold is the one identification uses: the best epoch's, or the
+    one chosen again on the Runs page, not the last epoch's."""
     from core.storage import read_json
 
-    return ((read_json(Path(gallery_file), {}) or {}).get("calibration") or {}).get("note", "")
+    meta = read_json(Path(gallery_file), {}) or {}
+    threshold = meta.get("threshold")
+    return (float(threshold) if isinstance(threshold, int | float) else None,
+            (meta.get("calibration") or {}).get("note", ""))
 
 
 @st.fragment(run_every=1.0)
-def live() -> None:
+def live(RUN_DIR: Path) -> None:  # noqa: N803 - the run folder, as the module-level name it was
     view = read_run(RUN_DIR)
     status, state = view.status, view.state
     st.subheader(runs.display_name(RUN_DIR))
@@ -115,14 +191,15 @@ def live() -> None:
         last = view.history[-1]
         m1, m2, m3 = st.columns(3)
         m1.metric("Held-back photos named correctly", f"{best:.1%}" if best is not None else "—")
-        threshold = (last.get("metrics") or {}).get("threshold")
+        threshold, note = (last.get("metrics") or {}).get("threshold"), ""
+        gallery_file = RUN_DIR / "gallery.json"
+        if gallery_file.is_file():  # the saved model's: the best epoch's, or chosen again on the Runs page
+            saved, note = _gallery_summary(str(gallery_file), gallery_file.stat().st_mtime)
+            threshold = saved if saved is not None else threshold
         m2.metric("'Unknown' threshold", f"{threshold:.3f}" if threshold is not None else "—")
         m3.metric("Device", status.get("device", "?"))
-        gallery_file = RUN_DIR / "gallery.json"
-        if state == "completed" and gallery_file.is_file():  # how the threshold was chosen, when photos could not
-            note = _threshold_note(str(gallery_file), gallery_file.stat().st_mtime)
-            if note:
-                st.caption(esc(note))
+        if state == "completed" and note:  # how the threshold was chosen, when the photos alone could not say
+            st.caption(esc(note))
         if len(view.history) > 1:
             left, right = st.columns(2)
             left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="faces_loss_chart")
@@ -136,4 +213,11 @@ def live() -> None:
         st.page_link(step_page("test"), label="Next: identify faces →", icon=":material/science:")
 
 
-live()
+# no st.stop() before a run exists: the sidebar is drawn again after the page, with the model chosen above
+run_id = draft("run_id")
+if not _faces_run(run_id):
+    st.caption("Start with the face model: it is ready in seconds. Then fine-tune a backbone to compare.")
+else:
+    if differs := other_choices_note(runs_root() / run_id):
+        st.info(differs, icon=":material/swap_horiz:")
+    live(runs_root() / run_id)

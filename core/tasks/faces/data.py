@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
+from core.data.names import IMAGE_EXTENSIONS
 from core.trainset import DatasetProblem
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))  # the photos the app decodes (HEIC and AVIF too), as the store
 VAL_FRACTION = 0.25
 _JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db", ".ipynb_checkpoints")
 
@@ -49,6 +51,17 @@ def scan_people(folder: str | Path) -> tuple[dict[str, list[Path]], list[str]]:
     if loose:
         notes.append(f"{loose} photos directly in the folder (outside any person's folder) were skipped")
     return people, notes
+
+
+def dropped_folder_name(paths: Sequence[str], default: str = "People") -> str:
+    """The name of the folder a user dropped in the browser ('team' for 'team/ann/1.jpg', 'team/bob/2.jpg'): every
+    file sits in a person's folder inside it. `default` when the files do not share one such folder."""
+    split = [PurePosixPath(p.replace("\\", "/")).parts for p in paths]
+    tops = {parts[0].strip() for parts in split}
+    if not split or len(tops) != 1 or any(len(parts) < 3 for parts in split):
+        return default
+    top = tops.pop()
+    return top if top not in ("", ".", "..") else default
 
 
 def split_person(n: int, seed: int, person: str, val_fraction: float = VAL_FRACTION) -> list[str]:

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,7 @@ CACHE_VERSION = 1
 _KEY = re.compile(r"^[0-9a-f]{16}$")
 _MODEL = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 Progress = Callable[[int, int], None]
+BACKSLASH = "\\"
 
 
 @dataclass(frozen=True)
@@ -227,8 +228,9 @@ def summary_lines(photos: Sequence[FacePhoto]) -> list[str]:
 
 
 def shown_name(photo: FacePhoto) -> str:
-    """'person/photo.jpg': a photo from the store is already named with its folder (it was shown twice)."""
-    return photo.name if photo.name.startswith(f"{photo.label}/") else f"{photo.label}/{photo.name}"
+    """'person/photo.jpg': the person and the photo's own file name, whatever folders the name came with (a
+    dropped folder's photos are named 'team/person/photo.jpg': the person was shown twice, and the set's folder)."""
+    return f"{photo.label}/{PurePosixPath(photo.name.replace(BACKSLASH, '/')).name or photo.name}"
 
 
 def dataset_items(dataset_id: str) -> list[dict]:

@@ -56,7 +56,15 @@ def _manifest(run_dir: Path, cfg, g: gal.Gallery, meta: dict) -> dict:
             "embedding_dim": g.dim, "input_size": meta.get("input_size", CROP_SIZE), "mean": meta.get("mean"),
             "std": meta.get("std"), "detector": "MTCNN (facenet-pytorch), 5-point alignment",
             "biometric": True, "notice": BIOMETRIC_NOTICE,
-            "source": {"run_id": run_dir.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+            "source": {"run_id": run_dir.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "weights_sha256": _weights_sha256(run_dir)}}
+
+
+def _weights_sha256(run_dir: Path) -> str | None:
+    """The sha256 of the run's saved weights, as classification exports record it: the Runs page compares it to say
+    when an export is out of date (without it, every faces export was called out of date as soon as it was made)."""
+    weights = run_dir / "checkpoints" / "best.safetensors"
+    return _sha256(weights.read_bytes()) if weights.is_file() else None
 
 
 def _crops(run_dir: Path, n: int = 8) -> torch.Tensor:

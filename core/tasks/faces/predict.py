@@ -73,17 +73,20 @@ class Recognizer:
 
     def verify(self, a: Image.Image, b: Image.Image) -> dict:
         """Are the largest faces of two photos the same person? Cosine similarity and the verdict at the run's
-        one-to-one threshold (same false-accept rate as identification)."""
-        vecs = []
-        for img in (a.convert("RGB"), b.convert("RGB")):
+        one-to-one threshold (same false-accept rate as identification), with the box of the face compared in each
+        photo and how many faces each holds."""
+        vecs, boxes, found = [], [], []
+        for which, img in (("first", a.convert("RGB")), ("second", b.convert("RGB"))):
             faces = self.detector.detect(img)
             if not faces:
                 return {"score": None, "same": None, "threshold": self.verify_threshold,
-                        "reason": "no face found in one of the photos"}
+                        "reason": f"No face found in the {which} photo."}
             vecs.append(self.embed_faces(img, faces[:1])[0])
+            boxes.append([round(v, 1) for v in faces[0].box])  # the face compared: the page boxes it
+            found.append(len(faces))
         score = float(np.dot(vecs[0], vecs[1]))
         return {"score": round(score, 4), "same": score >= self.verify_threshold,
-                "threshold": self.verify_threshold}
+                "threshold": self.verify_threshold, "boxes": boxes, "n_faces": found}
 
     def describe(self) -> dict:
         return {"source": self.source, "model": self.gallery.model, "people": list(self.people),
