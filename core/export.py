@@ -406,21 +406,30 @@ def _threshold_words(threshold: float | None) -> str:
 
 def out_of_date(folder: str | os.PathLike, run_dir: str | os.PathLike) -> list[str]:
     """Why an export folder no longer matches its run, in plain words ([] when it does): the run's weights changed
-    since (trained more or resumed), or a classification run's "not sure" threshold was chosen or changed since."""
+    since (trained more or resumed), a classification run's "not sure" threshold was chosen or changed since, or a
+    faces run's "unknown" threshold was chosen again (a frozen face model has no weights of its own)."""
     from core.inference import stored_threshold
 
     manifest = read_json(Path(folder) / MANIFEST_FILE)
-    weights = Path(run_dir) / "checkpoints" / "best.safetensors"
-    if not isinstance(manifest, dict) or not weights.is_file():
+    if not isinstance(manifest, dict):
         return []
     why = []
-    st = weights.stat()
-    if (manifest.get("source") or {}).get("weights_sha256") != _file_sha256(str(weights), st.st_mtime_ns, st.st_size):
-        why.append("the run's weights changed since (it trained further)")
-    if manifest.get("task", "classification") == "classification":
+    weights = Path(run_dir) / "checkpoints" / "best.safetensors"
+    if weights.is_file():
+        st = weights.stat()
+        if (manifest.get("source") or {}).get("weights_sha256") != _file_sha256(str(weights), st.st_mtime_ns,
+                                                                               st.st_size):
+            why.append("the run's weights changed since (it trained further)")
+    task = manifest.get("task", "classification")
+    if task == "classification" and weights.is_file():
         now, then = stored_threshold(Path(run_dir)), manifest.get("threshold")
         if now != then:
             why.append(f"its files {_threshold_words(then)}, but the run now says to {_threshold_words(now)}")
+    elif task == "faces":
+        now, then = (read_json(Path(run_dir) / "gallery.json", {}) or {}).get("threshold"), manifest.get("threshold")
+        if isinstance(now, int | float) and isinstance(then, int | float) and abs(now - then) > 1e-9:
+            why.append(f"its 'unknown' threshold is {then:.3f}, but the run now uses {now:.3f} (chosen again "
+                       "since)")
     return why
 
 

@@ -3,7 +3,6 @@ facts (name, task, photos, settings, state, best score, time)."""
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from core import jobs, runs
 from core.storage import read_json
-from core.tasks import list_tasks
+from core.tasks import TITLES
 
 STORE_HASH = re.compile(r"[0-9a-f]{32}")  # a stored dataset's id
 
@@ -52,11 +51,6 @@ def _dataset_cell(run_dir: Path, dataset: str) -> str:
     return dataset_cell(dataset, stored_name(dataset), recorded_source(run_dir))
 
 
-@functools.cache
-def _task_titles() -> dict[str, str]:
-    return {t.name: t.title for t in list_tasks()}
-
-
 def run_row(run_dir: Path, cell: Callable[[Path, str], str] = _dataset_cell) -> dict:
     """The run's row; `cell(run_dir, dataset)` writes its photos' cell (the Runs page passes a cached one). The
     state comes from `core.jobs.state` (a run whose process died reads "crashed")."""
@@ -69,7 +63,7 @@ def run_row(run_dir: Path, cell: Callable[[Path, str], str] = _dataset_cell) -> 
     task = runs.run_task(run_dir)
     best = status.get("best_val_accuracy")
     return {"run": run_dir.name, "name": runs.display_name(run_dir),
-            "task": _task_titles().get(task, task),
+            "task": TITLES.get(task, task),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
             "dataset": dataset, "freeze": "quick" if quick else cfg.get("freeze", {}).get("preset"),
             "pretrained": cfg.get("pretrained", True),

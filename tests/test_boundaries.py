@@ -54,14 +54,22 @@ def _loaded_after(code: str, home: Path) -> set[str]:
     return set(out.stdout.split("\n")[-2].split()) if out.stdout.strip() else set()
 
 
-def test_listing_runs_and_datasets_on_the_command_line_imports_no_torch(tmp_path: Path) -> None:
-    """`transfer-studio runs list` took ~3 s, `--help` ~5 s: building the parser imported every task (timm), and
-    the run table imported torch for checkpoints it never reads."""
+def test_listing_runs_and_datasets_on_the_command_line_imports_no_torch(home: Path, tmp_path: Path) -> None:
+    """`transfer-studio runs list` took ~3 s, `--help` ~5 s: building the parser imported every task (timm), the
+    run table imported torch for checkpoints it never reads and every task for their titles."""
+    from core import runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from tests.synthetic import make_colour_folders
+
+    folder = make_colour_folders(tmp_path / "colours", train=2, val=1)
+    config = RunConfig("test_resnet", str(folder), FreezeConfig("all"), TrainConfig(epochs=1), pretrained=False,
+                       name="listed")
+    runs.create_run(config, trainset.resolve(str(folder)))  # in `home`, where the probe lists runs
     code = ("from core.cli import main\n"
             "for argv in (['runs', 'list'], ['runs', 'stop', '--run', 'nothing'], ['data', 'list']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "from core.cli import build_parser\nbuild_parser()")
-    assert _loaded_after(code, tmp_path) == set()
+    assert _loaded_after(code, home) == set()
 
 
 def test_an_export_process_does_not_import_torchmetrics(tmp_path: Path) -> None:

@@ -130,6 +130,44 @@ def test_sidebar_names_the_model_chosen_before_any_run(home: Path, tmp_path: Pat
     assert "Model: **mobilenetv2_100**" in _sidebar(at)  # the default backbone is the one fine-tuned
 
 
+def test_sidebar_names_the_face_model_before_the_train_page_is_visited(home: Path) -> None:
+    """After a reload on Home or People the sidebar said "Model: not chosen yet" and "Layers: Head only", though the
+    faces task starts with the frozen face model, which has no layers to choose."""
+    for page in ("views/home.py", "views/data.py"):
+        at = _app(page)
+        at.run()
+        _ok(at)
+        side = " ".join(_sidebar(at))
+        assert "Model: **dlib_resnet_face** (face model, frozen)" in side and "Layers:" not in side, page
+
+
+@pytest.mark.weights
+def test_a_run_is_named_after_the_people_it_enrols(home: Path, tmp_path: Path) -> None:
+    """Every faces run was called "Face model (frozen) · Faces": runs on other people could not be told apart."""
+    from core import jobs
+
+    team = import_folder(_plain_photos(tmp_path / "team", {"ann": 2, "bob": 2}), "Team Blue").dataset
+    set_task(team.id, "faces")
+    at = _app("views/train.py", dataset_id=team.id)
+    at.run()
+    at.button(key="faces_train_start").click().run()
+    _ok(at)
+    run_dir = runs_root() / at.session_state["draft_run_id"]
+    try:
+        assert runs.display_name(run_dir) == "Face model (frozen) · Team Blue"
+    finally:
+        jobs.cancel(run_dir)
+
+
+def test_home_describes_the_face_steps_in_their_own_words(home: Path) -> None:
+    """Home described the faces steps as any classifier's ("Choose which layers to freeze", "Watch it learn")."""
+    at = _app("views/home.py")
+    at.run()
+    _ok(at)
+    words = _texts(at)
+    assert "Enrol the people" in words and "answer 'unknown'" in words and "Watch it learn" not in words
+
+
 @pytest.mark.weights
 @pytest.mark.datasets
 def test_train_page_shows_the_saved_threshold_the_runs_settings_and_other_people(face_run, tmp_path: Path) -> None:
@@ -228,3 +266,19 @@ def test_a_faces_export_is_up_to_date_when_made(face_run) -> None:
     run_dir, _ = face_run
     record = export_run(run_dir, "safetensors")
     assert record["ok"] and out_of_date(record["folder"], run_dir) == []  # it said "the weights changed since"
+    at = _app("views/runs.py", run_id=run_dir.name)
+    at.run()
+    _ok(at)
+    checked = [s.value for s in at.success if s.value.startswith("safetensors: checked")]
+    assert checked == ["safetensors: checked — the gallery (2 people, " + checked[0].split("people, ")[1]]
+    assert "PyTorch" not in checked[0] and "bit-exact and gives the same answers" in checked[0]  # no network here
+    from core.tasks.faces.threshold import retarget
+
+    new = retarget(run_dir, 0.1)  # a stricter false-accept rate chosen on the Runs page after the export
+    assert out_of_date(record["folder"], run_dir) == [
+        f"its 'unknown' threshold is {record_threshold(record):.3f}, but the run now uses {new['threshold']:.3f} "
+        "(chosen again since)"]
+
+
+def record_threshold(record: dict) -> float:
+    return json.loads((Path(record["folder"]) / "manifest.json").read_text())["threshold"]

@@ -307,7 +307,7 @@ def sidebar_status(slot) -> None:
         titles = {t.name: t.title for t in list_tasks()}
         st.caption(f"Task: **{titles.get(current_task(), current_task())}**")
         backbone = draft("backbone")
-        face_model = draft("faces_model") if current_task() == "faces" else None
+        face_model = (draft("faces_model") or _default_face_model()) if current_task() == "faces" else None
         if face_model:
             from core.tasks.faces.embed import is_face_model
 
@@ -325,6 +325,19 @@ def sidebar_status(slot) -> None:
         run_id = draft("run_id")
         if run_id:
             st.caption(f"Run: **{run_label(run_id)}**")
+
+
+def photos_name(manifest: dict, dataset_id: str) -> str:
+    """The photos' name for a run's name (the set's name, else its folder's): runs told apart at a glance."""
+    source = manifest.get("source") or {}
+    return str(source.get("name") or Path(source.get("path") or dataset_id.split(":")[-1]).name)[:40]
+
+
+def _default_face_model() -> str:
+    """The model the Faces Train page starts with (the frozen face model), named before that page is visited."""
+    from core.tasks import get_task
+
+    return str(get_task("faces").default_model)
 
 
 def run_label(run_id: str) -> str:

@@ -19,7 +19,7 @@ from core.tasks.faces.embed import DLIB_MODEL, FACE_MODELS, is_face_model
 from core.tasks.faces.gallery import KINDS
 from core.tasks.faces.threshold import TARGET_FARS
 from core.trainset import DatasetProblem
-from views.common import dataset_label, draft, draft_freeze, esc, set_draft, step_page
+from views.common import dataset_label, draft, draft_freeze, esc, photos_name, set_draft, step_page
 
 
 def far_words(far: float) -> str:
@@ -113,7 +113,8 @@ def _start() -> None:
         st.error(f"The people cannot be used: {err}")
         return
     manifest["faces"] = {"gallery": kind, "target_far": float(far)}
-    name = ("Face model (frozen)" if model == DLIB_MODEL else f"Fine-tune · {model}") + " · Faces"
+    name = ("Face model (frozen)" if model == DLIB_MODEL else f"Fine-tune · {model}") + \
+        f" · {photos_name(manifest, dataset_id)}"  # the people's set: runs on other people told apart
     config = RunConfig(model, dataset_id, freeze, train, task="faces", name=name)
     run_dir = runs.create_run(config, manifest)
     jobs.start(run_dir)

@@ -46,14 +46,24 @@ DATA_STEP = {  # what the Data step asks of each task's user
     "segmentation": "Bring photos with their masks (one colour or number per class).",
     "faces": "Bring one folder of photos per person to enrol.",
 }
+STEP_WORDS = {  # the steps in each task's own words, where the generic ones do not fit
+    "detection": {"layers": "Choose which layers of the detector train.", "test": "Find the objects in new photos."},
+    "segmentation": {"layers": "Pick the architecture and which layers train.", "test": "Colour new photos by class."},
+    "faces": {"model": "The frozen face model needs none; pick a backbone only to fine-tune one.",
+              "layers": "Only for a fine-tune: which layers of the backbone train.",
+              "train": "Enrol the people: the face model in seconds, or a fine-tune, live.",
+              "test": "Name the people in new photos, or answer 'unknown'; compare two photos."},
+}
+WORDS = {"model": "Pick a pretrained backbone.", "layers": "Choose which layers to freeze.",
+         "train": "Watch it learn, live.", "test": "Try it on new pictures.", **STEP_WORDS.get(task_name, {})}
 STEPS = [
-    ("1 · Model", "Pick a pretrained backbone.", step_page("model"), bool(draft("backbone"))),
+    ("1 · Model", WORDS["model"], step_page("model"), bool(draft("backbone"))),
     ("2 · Data", DATA_STEP.get(task_name, task.description), step_page("data"), bool(draft("dataset_id"))),
     # done once the choice differs from the task's default (which the sample and a task switch set) or a run used it
-    ("3 · Layers", "Choose which layers to freeze.", step_page("layers"),
+    ("3 · Layers", WORDS["layers"], step_page("layers"),
      draft("freeze") not in (None, json.dumps(freeze_defaults(task).to_dict())) or bool(draft("run_id"))),
-    ("4 · Train", "Watch it learn, live.", step_page("train"), bool(draft("run_id"))),
-    ("5 · Test", "Try it on new pictures.", step_page("test"), False),
+    ("4 · Train", WORDS["train"], step_page("train"), bool(draft("run_id"))),
+    ("5 · Test", WORDS["test"], step_page("test"), False),
     ("6 · Runs & export", "Results, comparison, export and a report.", step_page("runs"), False),
 ]
 

@@ -227,7 +227,9 @@ with export:
                 check = entry.get("check") or {}
                 diff = check.get("max_abs_diff") or 0.0
                 detail = check.get("summary") or f"max difference {diff:.2g}"  # a task's own words when it has them
-                if check.get("ok"):
+                if check.get("ok") and check.get("headline"):  # a check in its task's own words (a face gallery)
+                    st.success(f"{name}: checked — {check['headline']}")
+                elif check.get("ok"):
                     st.success(f"{name}: checked — outputs match PyTorch on {check.get('n_images', '?')} images "
                                f"({detail})")
                 else:

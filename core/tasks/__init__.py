@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # torch is imported by the tasks themselves, not by choosing 
     from torch import nn
 
 ORDER = ("classification", "detection", "segmentation", "faces")
+#: Each task's title, readable without importing the task (tables of runs list them; a task imports timm).
+TITLES = {"classification": "Image classification", "detection": "Object detection",
+          "segmentation": "Segmentation", "faces": "Face recognition"}
 
 
 class Task(Protocol):

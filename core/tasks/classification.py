@@ -12,6 +12,7 @@ from torch import nn
 
 from core import zoo
 from core.config import FreezeConfig, TrainConfig
+from core.tasks import TITLES
 
 # The defaults that won on clothing10 and hymenoptera (BENCHMARKS.md, "Choosing the defaults", issue 9).
 DEFAULT_PRESET = "gradual"
@@ -28,7 +29,7 @@ DEFAULT_KEEP_FROZEN = 3
 @dataclass(frozen=True)
 class ClassificationTask:
     name: str = "classification"
-    title: str = "Image classification"
+    title: str = TITLES["classification"]
     description: str = "Sort photos into classes you define (a folder per class)."
     metric: str = "val_accuracy"
     metric_label: str = "validation accuracy"

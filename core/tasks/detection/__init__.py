@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from core.config import FreezeConfig, TrainConfig
+from core.tasks import TITLES
 
 MODEL_NOTE = ("No detector pretrained on COCO is available offline: the backbone's ImageNet knowledge is "
               "transferred, and the detection heads (feature pyramid, region proposals, box classifier) learn from "
@@ -24,7 +25,7 @@ MODEL_NOTE = ("No detector pretrained on COCO is available offline: the backbone
 @dataclass(frozen=True)
 class DetectionTask:
     name: str = "detection"
-    title: str = "Object detection"
+    title: str = TITLES["detection"]
     description: str = "Find and box objects in photos (draw boxes or bring COCO / VOC / YOLO annotations)."
     metric: str = "val_map50"
     metric_label: str = "mAP@0.5"

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from core.tasks import TITLES
 from core.tasks.faces.embed import DLIB_MODEL, build_embedding_net, is_face_model
 from core.tasks.faces.train import METRIC, METRIC_LABEL
 
@@ -22,7 +23,7 @@ from core.tasks.faces.train import METRIC, METRIC_LABEL
 @dataclass(frozen=True)
 class FacesTask:
     name: str = "faces"
-    title: str = "Face recognition"
+    title: str = TITLES["faces"]
     description: str = "Enrol people, then name each face in a photo or answer 'unknown'."
     metric: str = METRIC
     metric_label: str = METRIC_LABEL

@@ -120,7 +120,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     check = {"format": fmt, "ok": bool(exact and same_answers), "bit_exact": bool(exact), "max_abs_diff": 0.0 if exact
              else float("nan"), "n_images": len(g.labels), "inputs": "the gallery's own embeddings",
              "tolerance": TOLERANCE, "summary": f"gallery of {len(g.people)} people and {len(g.labels)} photos "
-             f"read back bit-exact: {exact}"}
+             f"read back bit-exact: {exact}",
+             # the Runs page's sentence: a gallery read back is not a network compared with PyTorch
+             "headline": f"the gallery ({len(g.people)} people, {len(g.labels)} photos) reads back bit-exact and "
+                         "gives the same answers"}
     if fmt in ("onnx", "torchscript"):
         from core.tasks.faces.predict import net_embedder
 
@@ -140,6 +143,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         check = {"format": fmt, **cmp, "n_images": len(x), "inputs": "aligned face crops of the run",
                  "summary": f"embeddings match PyTorch within {cmp.get('max_abs_diff', float('nan')):.2e} on "
                             f"{len(x)} crops (tolerance {TOLERANCE:g}); the gallery is in model.safetensors"}
+        check["headline"] = check["summary"]
         files[fmt] = {"file": FILES[fmt], "sha256": _sha256(blob), "bytes": len(blob), "check_ok": check["ok"]}
     for name, entry in (old or {}).get("files", {}).items() if isinstance(old, dict) else []:
         if name not in files and (folder / FILES.get(name, "-")).is_file():

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from core.config import FreezeConfig, TrainConfig
+from core.tasks import TITLES
 from core.tasks.segmentation.model import ARCH_NOTES, ARCHITECTURES, DEFAULT_ARCH, check_arch
 
 _STORE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -23,7 +24,7 @@ SAMPLE_TITLE = "Sample: shapes (segmentation)"
 @dataclass(frozen=True)
 class SegmentationTask:
     name: str = "segmentation"
-    title: str = "Segmentation"
+    title: str = TITLES["segmentation"]
     description: str = "Colour every pixel by what it shows (photos + masks)."
     metric: str = "val_miou"
     metric_label: str = "mIoU"
