@@ -58,11 +58,13 @@ def _finite(value):
     return None if value is None or value != value else value
 
 
-def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = None, label: str = "") -> go.Figure:
+def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = None, label: str = "",
+                 train_label: str = "") -> go.Figure:
     """Train and validation `metric` ('loss' or 'accuracy') per epoch, with phase changes marked.
 
-    For tasks whose primary metric is not accuracy (mAP, mIoU), `label` names it; a split with no values (e.g. no
-    train mAP, or a detector's validation loss) is left out once the run has epochs."""
+    For tasks whose primary metric is not accuracy (mAP, mIoU), `label` names it, and `train_label` the other curve
+    when it is not measured on the training photos (faces: rank-1 on the held-back photos); a split with no values
+    (e.g. no train mAP, or a detector's validation loss) is left out once the run has epochs."""
     fig = go.Figure()
     epochs = [h["epoch"] for h in history]
     shown = label or metric
@@ -71,7 +73,7 @@ def epoch_curves(history: list[dict], metric: str, phases: list[dict] | None = N
         values = [_finite(h.get(key)) for h in history]
         if (metric != "loss" or history) and all(v is None for v in values):
             continue
-        name = f"{split} {metric}" if not label else (label if split == "val" else f"train {metric}")
+        name = f"{split} {metric}" if not label else (label if split == "val" else train_label or f"train {metric}")
         fig.add_trace(go.Scatter(x=epochs, y=values, mode="lines+markers", name=name, line_color=colour))
     lines = [{"x": p["epoch"] + 0.5, "label": p["label"]} for p in phases or []]
     x_range = _epoch_axis(fig, epochs, [ln["x"] for ln in lines[1:]])

@@ -282,3 +282,12 @@ def test_a_faces_export_is_up_to_date_when_made(face_run) -> None:
 
 def record_threshold(record: dict) -> float:
     return json.loads((Path(record["folder"]) / "manifest.json").read_text())["threshold"]
+
+
+def test_the_accuracy_chart_does_not_call_held_back_rank1_a_training_accuracy() -> None:
+    """The faces chart's grey curve said "train accuracy": it is rank-1 on the held-back photos."""
+    from core.plots import epoch_curves
+
+    history = [{"epoch": e, "train_accuracy": 0.5 + e / 10, "val_accuracy": 0.4 + e / 10} for e in (1, 2)]
+    fig = epoch_curves(history, "accuracy", [], label="named correctly", train_label="closest person right (rank-1)")
+    assert [t.name for t in fig.data] == ["closest person right (rank-1)", "named correctly"]

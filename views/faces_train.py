@@ -204,7 +204,8 @@ def live(RUN_DIR: Path) -> None:  # noqa: N803 - the run folder, as the module-l
         if len(view.history) > 1:
             left, right = st.columns(2)
             left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="faces_loss_chart")
-            right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases, label="named correctly"),
+            right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases, label="named correctly",
+                                           train_label="closest person right (rank-1)"),
                                key="faces_acc_chart")
     if len(view.losses) > 2 and any(v == v for v in view.losses):
         st.plotly_chart(batch_loss_figure(view.steps, view.losses, []), key="faces_batch_chart")
