@@ -291,3 +291,13 @@ def test_the_accuracy_chart_does_not_call_held_back_rank1_a_training_accuracy() 
     history = [{"epoch": e, "train_accuracy": 0.5 + e / 10, "val_accuracy": 0.4 + e / 10} for e in (1, 2)]
     fig = epoch_curves(history, "accuracy", [], label="named correctly", train_label="closest person right (rank-1)")
     assert [t.name for t in fig.data] == ["closest person right (rank-1)", "named correctly"]
+
+
+def test_a_model_that_names_nobody_says_what_to_do() -> None:
+    """A short fine-tune showed "0.0 % named correctly" and nothing else: the user took the model for broken."""
+    from core.tasks.faces.threshold import all_unknown_hint
+
+    hint = all_unknown_hint(0.0, 0.5, "completed")
+    assert hint and "50%" in hint and "more epochs" in hint
+    assert all_unknown_hint(0.0, 0.5, "running") is None  # not while it still trains
+    assert all_unknown_hint(0.4, 0.5, "completed") is None and all_unknown_hint(0.0, 0.0, "completed") is None

@@ -17,7 +17,7 @@ from core.settings import runs_root
 from core.tasks import get_task
 from core.tasks.faces.embed import DLIB_MODEL, FACE_MODELS, is_face_model
 from core.tasks.faces.gallery import KINDS
-from core.tasks.faces.threshold import TARGET_FARS
+from core.tasks.faces.threshold import TARGET_FARS, all_unknown_hint
 from core.trainset import DatasetProblem
 from views.common import dataset_label, draft, draft_freeze, esc, photos_name, set_draft, step_page
 
@@ -199,6 +199,8 @@ def live(RUN_DIR: Path) -> None:  # noqa: N803 - the run folder, as the module-l
             threshold = saved if saved is not None else threshold
         m2.metric("'Unknown' threshold", f"{threshold:.3f}" if threshold is not None else "—")
         m3.metric("Device", status.get("device", "?"))
+        if hint := all_unknown_hint(best, (last.get("metrics") or {}).get("rank1"), state):
+            st.info(hint, icon=":material/tips_and_updates:")
         if state == "completed" and note:  # how the threshold was chosen, when the photos alone could not say
             st.caption(esc(note))
         if len(view.history) > 1:

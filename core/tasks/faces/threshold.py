@@ -303,3 +303,13 @@ def retarget(run_dir, target_far: float) -> dict:
                 calibration=cal.to_dict())
     write_json_atomic(path, meta)
     return cal.to_dict()
+
+
+def all_unknown_hint(best: float | None, rank1: float | None, state: str) -> str | None:
+    """What to do when no held-back photo was named although the closest person was often right: the 'unknown'
+    threshold sits above every genuine score (a short fine-tune of the head alone), which looks like a broken model."""
+    if best != 0 or not rank1 or state in ("queued", "running", "stopping"):
+        return None
+    return (f"No held-back photo was named, yet the closest enrolled person was the right one for {rank1:.0%} of "
+            "them: the faces are not yet far enough apart for the 'unknown' threshold. Train more epochs or more "
+            "layers (3 · Layers), or start with the frozen face model, which is ready in seconds.")
