@@ -86,7 +86,7 @@ def _crops(run_dir: Path, n: int = 8) -> torch.Tensor:
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> dict:
     """Write `fmt` (safetensors | onnx | torchscript) into the folder `out` and check it; returns the record."""
-    from core.export import _compare, _onnx_bytes, _onnx_outputs, _torchscript_bytes, _torchscript_outputs
+    from core.export import _compare, _onnx_checked, _torchscript_bytes, _torchscript_outputs
 
     t0 = time.time()
     run_dir = Path(run_dir)
@@ -133,8 +133,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         with torch.inference_mode():
             reference = [net(b) for b in batches]
         if fmt == "onnx":
-            blob = _onnx_bytes(net, x[:2])
-            outputs = _onnx_outputs(blob, batches)
+            blob, outputs = _onnx_checked(net, x[:2], batches, reference, TOLERANCE)
         else:
             blob = _torchscript_bytes(net, x[:2])
             outputs = _torchscript_outputs(blob, batches)
