@@ -112,6 +112,10 @@ def test_a_dropped_folder_imports_with_its_name_and_warns_about_empty_photos(hom
     assert any("Imported “kitchen”: 3 photos with 2 boxes; 2 problems listed below." in s.value for s in at.success)
     warned = " ".join(w.value for w in at.warning).replace("\\", "")
     assert "d.jpg" in warned and "nothing to find" in warned and "Draw boxes" in warned
+    # every problem readable in full (a table cell cut long messages at its width)
+    full = next(e for e in at.expander if e.label == "Every message in full").markdown[0].value.replace("\\", "")
+    listed = [p for p in dstore.load_set(dstore.list_sets()[0].id).problems if p.kind != "not_annotated"]
+    assert full.count("\n- ") + 1 == len(listed) == 2 and all(f"**{p.file}**: {p.message}" in full for p in listed)
 
 
 def test_test_page_says_how_close_the_best_box_came(trained: Path, rects: Path) -> None:  # noqa: F811

@@ -190,7 +190,13 @@ if section == "Report":
         st.subheader(f"Problems found ({len(problems)})")
         table = pd.DataFrame([{"kind": p.kind.replace("_", " "), "file": p.file, "what happened": p.message}
                               for p in problems])
-        st.dataframe(table, hide_index=True, key="det_problems")
+        st.dataframe(table, hide_index=True, key="det_problems", height=min(400, 38 + 35 * len(table)),
+                     column_config={"kind": st.column_config.TextColumn("Kind", width="small"),
+                                    "file": st.column_config.TextColumn("File", width="medium"),
+                                    "what happened": st.column_config.TextColumn("What happened", width="large")})
+        with st.expander("Every message in full"):  # a table cell cuts a long message at its width
+            st.markdown("\n".join(f"- **{esc(p.file or '—')}**: {esc(p.message)}" for p in problems[:300])
+                        + (f"\n\n…and {len(problems) - 300} more." if len(problems) > 300 else ""))
     else:
         st.success("No problems found in the photos and boxes.")
     left_out = [p for p in ds.problems if p.kind == "not_annotated"]
