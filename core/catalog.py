@@ -52,6 +52,15 @@ def backbone_rows(measure: bool = True, include_scratch: bool = True,
     return rows
 
 
+def prediction_speed(latency_ms: float, busy: bool = False) -> str:
+    """How many photos a second a backbone answers on this machine, in words; a figure measured while the processor
+    was busy says so (it reads slower than the machine is)."""
+    per_second = max(1, round(1000 / latency_ms))
+    word = "image" if per_second == 1 else "images"
+    return (f"About {per_second} {word} per second for predictions on this machine"
+            + (" (measured while the processor was busy: more when it is free)." if busy else "."))
+
+
 def group_rows(name: str, freeze: FreezeConfig, num_classes: int = 2, epochs: int = 10) -> list[dict]:
     """Layer groups of a backbone in order with parameter counts and, per phase of the freeze choice, whether each
     group trains and its learning-rate multiplier (a backbone without local weights trains from scratch: no group

@@ -31,6 +31,7 @@ QUOTA_ENV = "TRANSFER_STUDIO_UPLOAD_QUOTA_MB"
 SERVER_PATHS_ENV = "TRANSFER_STUDIO_SERVER_PATHS"  # "1" / "0" overrides the local-only rule
 THUMBS_PER_CLASS = 6
 MAX_THUMB_CLASSES = 24
+MAX_CONFLICT_ROWS = 10  # rows of "keep it in this class" buttons shown at once
 SPLIT_COLOURS = {"train": "#2563eb", "val": "#f59e0b", "test": "#10b981"}
 SPLIT_MODES = {"folders": "from the train/val folders",
                "folders+stratified": "from the folders; validation photos drawn from train, the same share per class",
@@ -197,8 +198,10 @@ def _cached_view(dataset_id: str, stamp: int) -> dict:  # noqa: ARG001 - stamp i
     ds = store.load_dataset(dataset_id)
     report = store.dataset_report(ds)
     names = {it.file: it.original_name or it.file for it in ds.items}
+    labels = {it.file: it.label for it in ds.items}
     problems = [{"severity": p.severity, "kind": p.kind, "message": p.message,
                  "files": [names.get(f, f) for f in p.files], "raw_files": list(p.files),
+                 "file_labels": [labels.get(f) for f in p.files],
                  "fix_files": list(p.fix_files), "classes": list(p.classes),
                  "stored": [f for f in p.files if f in names]} for p in report.problems]
     per_class: dict[str, list[str]] = {c: [] for c in ds.classes}
@@ -296,6 +299,33 @@ def _drop(dataset_id: str, files: list[str], what: str) -> None:
     _cached_list.clear()
 
 
+def _keep_only_in(problem: dict, label: str) -> list[str]:
+    """The stored files of a "same picture under two classes" problem to drop so that it stays only in `label`."""
+    pairs = zip(problem["raw_files"], problem["file_labels"], strict=True)
+    return [f for f, c in pairs if c is not None and c != label]
+
+
+def _conflict_fixes(dataset_id: str, problems: list[dict]) -> None:
+    """One row per picture filed under two classes, with a button per class: keep it there, drop the other copies
+    (the report says to, and without this the page had no way to drop one photo)."""
+    conflicts = [p for p in problems if p["kind"] == "conflicting_label"
+                 and len({c for c in p["file_labels"] if c is not None}) > 1]
+    if not conflicts:
+        return
+    st.markdown("**The same picture under two classes:** keep it in the class it belongs to (its other copies are "
+                "dropped)")
+    for n, p in enumerate(conflicts[:MAX_CONFLICT_ROWS]):
+        row = st.container(horizontal=True, vertical_alignment="center", key=f"data_conflict_{n}")
+        row.caption(esc(", ".join(f"{f} ({c})" for f, c in zip(p["files"], p["file_labels"], strict=True))))
+        for j, label in enumerate(sorted({c for c in p["file_labels"] if c is not None})):
+            drop = _keep_only_in(p, label)
+            row.button(f"Keep in {esc(label)}", key=f"data_keep_{n}_{j}", on_click=_drop,
+                       args=(dataset_id, drop, f"{count(len(drop), 'copy', 'copies')} filed outside "
+                             f"**{esc(label)}**"))
+    if len(conflicts) > MAX_CONFLICT_ROWS:
+        st.caption(f"…and {len(conflicts) - MAX_CONFLICT_ROWS} more: fix these first, the next ones come up then.")
+
+
 def _set_weights(on: bool) -> None:
     set_draft("class_weights", on)
     _flash("success", "Training will weight each class by its rarity (balanced loss)." if on
@@ -373,6 +403,26 @@ def _delete(dataset_id: str) -> None:
     _flash("success", "The dataset was deleted.")
 
 
+def _dataset_option(summary: store.DatasetSummary) -> str:
+    """A dataset as the box offers it: name, images, classes and whether it needs fixing."""
+    return (f"{summary.name} — {summary.images:,} images, {len(summary.classes)} classes"
+            + (" (needs fixing)" if summary.blocking else ""))
+
+
+SHOWN_OPTION = "data_select_shown"  # (dataset id, its label) as the closed box last showed it
+
+
+def _resend_if_relabelled(selected: str | None, by_id: dict[str, store.DatasetSummary]) -> None:
+    """An edit in place (photos added, a class removed, a fix) changes the chosen dataset's label, but the closed
+    box keeps the text it showed when the value was set: send the same value again so it shows the new label. Only
+    then, never on every rerun (see below)."""
+    label = _dataset_option(by_id[selected]) if selected in by_id else None
+    before = st.session_state.get(SHOWN_OPTION)
+    if label is not None and before is not None and before[0] == selected and before[1] != label:
+        st.session_state["data_select"] = selected
+    st.session_state[SHOWN_OPTION] = (selected, label)
+
+
 # ------------------------------------------------------------------------------------------------ page
 
 _cleanup_once()
@@ -410,10 +460,10 @@ if ids:
     want = current if current in ids else None
     if "data_select" not in st.session_state or st.session_state["data_select"] not in (*ids, want):
         st.session_state["data_select"] = want
+    _resend_if_relabelled(st.session_state["data_select"], by_id)
     chosen = st.selectbox(
         "Dataset to train on", ids, key="data_select", placeholder="Choose a dataset",
-        format_func=lambda i: (f"{by_id[i].name} — {by_id[i].images:,} images, {len(by_id[i].classes)} classes"
-                               + (" (needs fixing)" if by_id[i].blocking else "")),
+        format_func=lambda i: _dataset_option(by_id[i]),
         help="Datasets stay stored in the app (under its data folder) across sessions and restarts.")
     if chosen is not None and chosen != current:
         set_draft("dataset_id", chosen)
@@ -583,6 +633,7 @@ if view["problems"]:
                                 "files": st.column_config.TextColumn("File(s)", width="medium"),
                                 "details": st.column_config.TextColumn("Details", width="large")})
 
+    _conflict_fixes(chosen, view["problems"])
     dup_files = sorted({f for p in view["problems"] if p["kind"] in DUPLICATE_KINDS for f in p["fix_files"]})
     bad = [p for p in view["problems"] if p["kind"] in BAD_KINDS]
     bad_files = sorted({f for p in bad for f in (p["fix_files"] or p["raw_files"])})

@@ -23,6 +23,22 @@ from views.common import (
 )
 
 
+def groups_table(rows: list[dict]) -> pd.DataFrame:
+    """The layer groups as the page's table shows them: plain column names, no row number (the chart above gives
+    the order)."""
+    table = pd.DataFrame(rows).drop(columns=["index"], errors="ignore")
+    return table.rename(columns={"group": "Layer group", "params": "Parameters"})
+
+
+def preset_help(preset: str, freeze: FreezeConfig) -> str:
+    """What the preset does; for "gradual" with groups kept frozen it says so (the generic line said "everything"
+    while the number box below it kept the first groups frozen)."""
+    if preset == "gradual" and freeze.keep_frozen:
+        return ("Train the head first, then unfreeze the rest with lower learning rates for earlier groups; the first "
+                f"{freeze.keep_frozen} {'group stays' if freeze.keep_frozen == 1 else 'groups stay'} frozen.")
+    return PRESET_HELP[preset]
+
+
 def epoch_time(seconds: float) -> str:
     """A measured time per epoch for a metric: "< 1 s" under a second, one decimal under ten, whole seconds above."""
     if seconds < 1:
@@ -52,7 +68,7 @@ _recommended = freeze_defaults(_t).preset
 preset = st.radio("What should train?", kinds, index=kinds.index(saved_kind), key="freeze_preset",
                   format_func=lambda k: _labels[k] + (" · recommended" if k == _recommended else ""),
                   horizontal=True)
-st.caption(PRESET_HELP[preset])
+help_slot = st.empty()  # filled once the choice below is known (the groups kept frozen)
 
 n_classes = class_count(draft("dataset_id"))  # the new head's size: 2 until photos are chosen
 all_rows = cached_group_rows(backbone, json.dumps(FreezeConfig("all").to_dict()), n_classes)
@@ -92,6 +108,7 @@ if preset != "all":  # with every layer training nothing is frozen: the choice w
                                      help="Off (recommended): frozen groups keep their ImageNet statistics.")
 freeze = FreezeConfig(**kwargs)
 set_draft("freeze", json.dumps(freeze.to_dict()))
+help_slot.caption(preset_help(preset, freeze))
 
 rows = cached_group_rows(backbone, json.dumps(freeze.to_dict()), n_classes)
 trains_keys = [k for k in rows[0] if k.startswith("trains")]
@@ -109,7 +126,8 @@ if len(trains_keys) > 1:
 
 left, right = st.columns([3, 2])
 left.plotly_chart(layer_groups_figure(rows, final_key), key="layers_chart")
-right.dataframe(pd.DataFrame(rows), hide_index=True, key="layers_table")
+right.dataframe(groups_table(rows), hide_index=True, key="layers_table",
+                column_config={"Parameters": st.column_config.NumberColumn(format="localized")})
 
 st.subheader("How long and how much memory?")
 st.write("Measured now with a few real training steps on this machine (not a guess).")

@@ -7,9 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from core import zoo
-from core.catalog import backbone_rows
+from core.catalog import backbone_rows, prediction_speed
 from core.config import DEFAULT_BACKBONE
-from views.common import choose_task, count, draft, set_draft, step_page
+from views.common import choose_task, draft, set_draft, step_page
 
 st.title("1 · Choose a model")
 _task_name = choose_task("model_task")
@@ -26,6 +26,9 @@ show_all = st.toggle("Also show architectures without local weights (they train 
                      key="model_show_scratch", value=False)
 
 progress = st.empty()
+# what a user compares first on the left: the latency was last of nine columns, off the right edge of the table
+TABLE_COLUMNS = ("title", "name", "params_m", "input_size", "imagenet_top1", "latency_ms", "weights", "licence",
+                 "family")
 
 
 def _progress(i: int, n: int, title: str) -> None:
@@ -37,8 +40,7 @@ again = st.session_state.pop("model_measure_again_asked", False)
 rows = backbone_rows(measure=True, include_scratch=show_all, on_progress=_progress, again=again)
 progress.empty()
 
-table = pd.DataFrame(rows)[["name", "title", "family", "params_m", "input_size", "imagenet_top1", "licence",
-                            "weights", "latency_ms"]]
+table = pd.DataFrame(rows)[list(TABLE_COLUMNS)]
 st.dataframe(
     table, hide_index=True, key="model_table",
     column_config={
@@ -94,7 +96,7 @@ if _task_name == "classification":  # the other tasks size photos their own way 
 else:
     st.caption(f"Colour normalisation: mean {spec.mean}, std {spec.std}. {spec.notes}")
 if row and row["latency_ms"]:
-    st.caption(f"About {count(round(1000 / row['latency_ms']), 'image')} per second for predictions on this machine.")
+    st.caption(prediction_speed(row["latency_ms"], bool(row.get("latency_busy"))))
 has_data = bool(draft("dataset_id"))  # the steps in order: photos first, unless they are chosen already
 if st.button("Next: choose the layers to train →" if has_data else "Next: bring your photos →", key="model_use",
              type="primary", icon=":material/layers:" if has_data else ":material/photo_library:"):

@@ -31,6 +31,7 @@ from views.common import (
     esc,
     freeze_words,
     need_backbone,
+    photos_name,
     set_draft,
     step_page,
     train_images,
@@ -202,7 +203,11 @@ def _settings_from_run() -> None:
         train = TrainConfig.from_dict(config.get("train") or {})
     except (TypeError, ValueError):  # a damaged config.json: the defaults stay
         return
-    st.session_state.update(_widgets_for(train))
+    values = _widgets_for(train)
+    st.session_state.update(values)
+    # kept as the user's own settings are: the browser reports only the widgets it drew, and it draws none inside
+    # the closed Settings panel, so without this copy the next page left these values behind (back to defaults)
+    st.session_state.setdefault(KEPT_STORE, {}).update(values)
     if "class_weights" in getattr(TASK, "train_options", ("lr_finder", "class_weights")) \
             and draft("class_weights") is None:
         set_draft("class_weights", train.class_weights)
@@ -316,8 +321,7 @@ def _start(quick: bool, train: TrainConfig) -> None:
     except Exception as err:  # a store error: say it plainly
         st.error(f"The dataset cannot be used: {err}")
         return
-    source = manifest.get("source") or {}  # the photos' name in the run's name: runs told apart at a glance
-    photos = str(source.get("name") or Path(source.get("path") or dataset_id.split(":")[-1]).name)[:40]
+    photos = photos_name(manifest, dataset_id)  # the photos' name in the run's name: runs told apart at a glance
     config = RunConfig(backbone, dataset_id, freeze, train, quick=quick, task=TASK.name,
                        name=("Quick model" if quick else "Fine-tune") + f" · {backbone} · {photos}"
                        + ("" if TASK.name == "classification" else f" · {TASK.title}"))
@@ -344,7 +348,8 @@ def _time_note(train: TrainConfig) -> str | None:
     per_epoch = est.seconds_per_step * -(-est.n_images // train.batch_size)  # unrounded, as the Layers page shows it
     return (f"About {duration(per_epoch * train.epochs)} for {count(train.epochs, 'epoch')} on this "
             f"machine: {duration(per_epoch)} per epoch with these layers training, as measured on the "
-            "Layers page (a head-only first epoch is quicker; checking the validation photos adds a little).")
+            "Layers page (a head-only first epoch is quicker; starting the training process, reading the photos "
+            "the first time and checking the validation photos add some seconds).")
 
 
 if (_eta := _time_note(train)) is not None:
@@ -461,6 +466,18 @@ def _controls(view, resumable: bool) -> None:
                         "Trains this run with its settings from the beginning.")
 
 
+def quick_scores(entry: dict) -> list[dict]:
+    """A quick model's scores on the training and the validation photos (its one history entry), as table rows."""
+    def pct(v: object) -> str:
+        return f"{float(v):.1%}" if isinstance(v, int | float) else "—"
+
+    def num(v: object) -> str:
+        return f"{float(v):.3f}" if isinstance(v, int | float) else "—"
+
+    return [{"photos": split, "accuracy": pct(entry.get(f"{key}_accuracy")), "loss": num(entry.get(f"{key}_loss"))}
+            for split, key in (("training", "train"), ("validation", "val"))]
+
+
 @st.fragment(run_every=1.0)
 def live() -> None:
     """Re-read the run folder every second; nothing here holds training state."""
@@ -491,11 +508,14 @@ def live() -> None:
         else:
             m2.metric("Epochs done", f"{last['epoch']} / {view.config.get('train', {}).get('epochs', '?')}")
         m3.metric("Device", f"{status.get('device', '?')} ({status.get('precision', '?')})")
-        left, right = st.columns(2)
-        left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="train_loss_chart")
-        right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases,
-                                        label="" if metric == "val_accuracy" else label),
-                           key="train_acc_chart")
+        if view.config.get("quick"):  # one fit, one point: two charts of a lone dot on "epoch 1" said nothing
+            st.dataframe(quick_scores(last), hide_index=True, key="train_quick_table")
+        else:
+            left, right = st.columns(2)
+            left.plotly_chart(epoch_curves(view.history, "loss", view.phases), key="train_loss_chart")
+            right.plotly_chart(epoch_curves(view.history, "accuracy", view.phases,
+                                            label="" if metric == "val_accuracy" else label),
+                               key="train_acc_chart")
         if any(h.get("metrics") for h in view.history):
             st.plotly_chart(extra_metrics_figure(view.history), key="train_metrics_chart")
     if view.losses:
