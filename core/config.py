@@ -11,7 +11,7 @@ PRESET_HELP = {
     "head": "Train only the new head; the pretrained backbone stays as it is. Fastest, needs the fewest photos.",
     "last-N": "Train the head and the last N layer groups of the backbone (e.g. last-2).",
     "all": "Train every layer. Best with many photos; slower and uses more memory.",
-    "gradual": "Train the head first, then unfreeze everything with lower learning rates for earlier groups.",
+    "gradual": "Train the head first, then unfreeze the rest with lower learning rates for earlier groups.",
     "custom": "Choose per layer group what trains.",
 }
 _LAST_N = re.compile(r"^last-(\d{1,3})$")

@@ -128,9 +128,11 @@ class StepGuard:
         self.emit(FitEnded("stopped", epoch, st.best, time.time() - self.t0, msg))
         return FitResult("stopped", st.best, epoch, time.time() - self.t0, self.plan.device, st.history, msg)
 
-    def completed(self, st: LoopState, metric: str) -> FitResult:
-        """The planned end reached: says so with the best `metric` (e.g. "validation accuracy")."""
-        msg = f"Finished {self.epochs} epoch{'' if self.epochs == 1 else 's'}; best {metric} {st.best:.3f}."
+    def completed(self, st: LoopState, metric: str, percent: bool = True) -> FitResult:
+        """The planned end reached: says so with the best `metric` (e.g. "validation accuracy"), a share as the
+        pages write it (88.9 %, not 0.889); mAP and IoU (`percent=False`) as the Results tab writes them (0.734)."""
+        best = f"{st.best:.1%}" if percent else f"{st.best:.3f}"
+        msg = f"Finished {self.epochs} epoch{'' if self.epochs == 1 else 's'}; best {metric} {best}."
         self.emit(FitEnded("completed", self.epochs, st.best, time.time() - self.t0, msg))
         return FitResult("completed", st.best, self.epochs, time.time() - self.t0, self.plan.device, st.history, msg)
 

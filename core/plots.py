@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import plotly.graph_objects as go
 
 
@@ -36,12 +38,19 @@ def _x_range(xs: list[float], pad: float) -> list[float] | None:
 
 
 def _phase_lines(fig: go.Figure, phases: list[dict], x_key: str, x_range: list[float] | None = None) -> None:
-    """A dotted line where each phase after the first begins, its label on the side with more room."""
+    """A dotted line where each phase after the first begins, its label on the side with more room, in short lines
+    on a light box (a long label ran over the axis' numbers)."""
     middle = sum(x_range) / 2 if x_range else None
     for ph in phases[1:]:
         side = "top right" if middle is not None and ph[x_key] < middle else "top left"
         fig.add_vline(x=ph[x_key], line_dash="dot", line_color="#64748b",
-                      annotation_text=ph.get("label", "phase"), annotation_position=side)
+                      annotation_text=_wrapped(ph.get("label", "phase")), annotation_position=side,
+                      annotation_bgcolor="rgba(255,255,255,0.85)", annotation_font_size=11)
+
+
+def _wrapped(text: str, width: int = 24) -> str:
+    """`text` in lines of about `width` characters, joined for plotly (<br>)."""
+    return "<br>".join(textwrap.wrap(text, width)) or text
 
 
 def _epoch_axis(fig: go.Figure, epochs: list[int], phase_xs: list[float]) -> list[float] | None:
@@ -122,7 +131,8 @@ def batch_loss_figure(steps: list[int], losses: list[float], phase_steps: list[d
     fig.add_trace(go.Scatter(x=steps, y=smoothed(losses), mode="lines", name="smoothed", line_color="#2563eb"))
     lines = phase_steps or []
     x_range = _x_range([*steps, *(p["step"] for p in lines[1:])], 0)
-    fig.update_xaxes(range=x_range)
+    few = bool(steps) and max(steps) - min(steps) <= 10  # plotly's own ticks would fall on half steps (1.5, 2.5)
+    fig.update_xaxes(range=x_range, **({"dtick": 1} if few else {}))
     _phase_lines(fig, lines, "step", x_range)
     fig.update_layout(height=290, margin=dict(l=10, r=10, t=70, b=10), xaxis_title="step", yaxis_title="loss",
                       legend=TOP_LEGEND, title=dict(text="Training loss per batch", y=0.97))

@@ -185,7 +185,8 @@ class _Reader:
         self.clock = TrainingClock()
         self.step_of_epoch: dict[int, int] = {}  # the step before an epoch's first batch
         self.step_at_phase: dict[int, int] = {}  # the last step seen when a phase began (its epoch may have none)
-        self.done: list[tuple[float, int]] = []  # the latest session's batches: (time, images done over all epochs)
+        # the latest session's batches in its current phase: (time, images done over all epochs)
+        self.done: list[tuple[float, int]] = []
 
     def read(self, ev: dict) -> None:
         """Take in one event."""
@@ -210,6 +211,9 @@ class _Reader:
             if not self.repeats_phase(ev):
                 view.phases.append(ev)
                 self.step_at_phase[ev["epoch"]] = view.steps[-1] if view.steps else 0
+                # the speed is the current phase's: a head-only first epoch runs several times faster than the
+                # phases after it, and a session-long average let the time left grow all through the run
+                self.done = self.done[-1:]
         elif kind in ("fit_ended", "fit_failed"):
             self.clock.end(t, ev.get("seconds"))
             view.session_open = False

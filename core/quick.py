@@ -412,7 +412,7 @@ def train_quick(run_dir: Path, subscribers: Sequence[Callable[[Event], None]] = 
     emit(PhaseChanged(0, "head on cached embeddings", head.weight.numel() + head.bias.numel(), 0))
     emit(EpochEnded(1, train_loss, train_acc, val_loss, val_acc, 0.0, round(seconds, 2),
                     round(len(train_idx) / max(seconds, 1e-6), 1), val_acc, True))
-    msg = f"Quick model ready in {seconds:.1f} s: validation accuracy {val_acc:.3f}."
+    msg = f"Quick model ready in {seconds:.1f} s: validation accuracy {val_acc:.1%}."
     emit(FitEnded("completed", 1, val_acc, seconds, msg))
     return {"best_val_accuracy": val_acc, "seconds": seconds, "device": plan.device, "epochs": 1}
 

@@ -115,7 +115,7 @@ def test_the_layers_table_reads_as_words_and_gradual_says_which_groups_stay_froz
     table = next(df.value for df in at.dataframe if "Parameters" in df.value.columns)
     assert isinstance(table, pd.DataFrame) and "Layer group" in table.columns and "index" not in table.columns
     at.number_input(key="freeze_keep_frozen").set_value(0).run()
-    assert any("unfreeze everything" in c.value for c in at.caption)  # nothing kept frozen: the plain line
+    assert any("then unfreeze the rest with lower" in c.value for c in at.caption)  # none kept frozen: the plain line
 
 
 # ------------------------------------------------------------------------------------------------ Train page

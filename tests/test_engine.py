@@ -42,6 +42,8 @@ def test_events_come_in_order_and_the_run_folder_is_complete(colours: Path, tmp_
     assert result.state == "completed" and result.epochs_done == 2
     status = runs.read_status(run_dir)
     assert status["state"] == "completed" and status["best_val_accuracy"] == result.best_val_accuracy
+    # the share as the page's metric beside it writes it ("88.9%"; the message said 0.889)
+    assert status["message"] == f"Finished 2 epochs; best validation accuracy {result.best_val_accuracy:.1%}."
     logged = [e["type"] for e in runs.read_events(run_dir)]
     assert logged[0] == "fit_started" and logged[-1] == "fit_ended" and logged.count("epoch_ended") == 2
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.safetensors").exists()

@@ -271,3 +271,31 @@ def test_a_resumed_run_says_it_is_starting_and_times_only_its_own_batches(tmp_pa
     assert view.pace is not None and view.pace.images_per_second == 8.0
     assert view.progress_line(now=525.0) == "Epoch 1 of 8, image 80 of 120 · 8 images/s · about 1 min 50 s left"
     assert view.progress_line(now=530.0).endswith("about 1 min 45 s left")  # counts down from the last batch
+
+
+def test_phase_labels_are_short_lines_on_a_box_and_few_steps_get_whole_ticks() -> None:
+    """A long phase label ran over the axis' numbers in one line; a short run's batch chart ticked 1.5, 2.5."""
+    label = "all but the first 3 groups, lower LR early"
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e} for e in (1, 2)]
+    fig = epoch_curves(history, "loss", [{"epoch": 0, "label": "head"}, {"epoch": 1, "label": label}])
+    (note,) = fig.layout.annotations
+    assert note.text.replace("<br>", " ") == label and "<br>" in note.text and note.bgcolor
+    assert batch_loss_figure([1, 2, 3, 4], [1.0, 0.9, 0.8, 0.7]).layout.xaxis.dtick == 1
+    assert batch_loss_figure(list(range(1, 200)), [1.0] * 199).layout.xaxis.dtick is None  # plotly's choice
+
+
+def test_the_speed_and_time_left_are_the_current_phases(tmp_path: Path) -> None:
+    """A head-only first epoch ran at 40 images/s, the later ones at 8: the session's average told "43 images/s ·
+    about 8 s left", then drifted down epoch after epoch while the time left grew."""
+    run_dir = tmp_path / "run"
+    events = [{**_session(n_train=40, epochs=3), "t": 100.0, "resumed_from": None},
+              {"t": 100.0, "type": "phase_changed", "epoch": 0, "label": "head"}]
+    events += [_batch(100.0 + 0.2 * k, 0, 8 * k, k) for k in range(1, 6)]  # 40 images/s
+    events += [{"t": 102.0, "type": "epoch_ended", "epoch": 1},
+               {"t": 102.0, "type": "phase_changed", "epoch": 1, "label": "all"}]
+    events += [_batch(102.0 + k, 1, 8 * k, 5 + k) for k in range(1, 5)]  # 8 images/s
+    _write_events(run_dir, events)
+    _status(run_dir, state="running", message="Epoch 2 of 3, image 32 of 40")
+    pace = read_run(run_dir).pace
+    # from epoch 1's last batch (t=101, validation after it counts): 32 images in 5 s, not the session's 11 images/s
+    assert pace is not None and pace.images_per_second == 6.4 and pace.eta_seconds == 7.5  # 48 images left

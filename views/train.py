@@ -448,7 +448,8 @@ def _controls(view, resumable: bool) -> None:
     slots = [col.empty() for col in st.columns(3)]
     if state in ("running", "queued"):
         slots[0].button("Stop", key="train_stop", icon=":material/stop:", on_click=_job, args=(jobs.stop,),
-                        help="Finishes the current batch, saves, and stops. You can resume later.")
+                        help="Finishes the current batch (and validates the epoch if that batch ended it), saves, "
+                             "and stops. You can resume later.")
         slots[1].button("Cancel now", key="train_cancel", icon=":material/cancel:", on_click=_job,
                         args=(jobs.cancel,), help="Ends the training process now. The last saved checkpoint is kept.")
     elif state == "stopping":

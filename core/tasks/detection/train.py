@@ -299,7 +299,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         emit(EpochEnded(epoch + 1, row["train_loss"], float("nan"), float("nan"), map50, lr_now,
                         round(row["seconds"], 2), round(len(train_idx) / max(1e-6, train_seconds), 2), st.best,
                         is_best, {**{k: round(v, 4) for k, v in terms.items()}, "val_map": round(map_all, 4)}))
-    return guard.completed(st, "validation mAP@0.5")
+    return guard.completed(st, "validation mAP@0.5", percent=False)
 
 
 def _fail(emit: Subscriber, t0: float, plan: DevicePlan, reason: str, epochs_done: int,

@@ -325,7 +325,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
         checkpoint()
         emit(EpochEnded(epoch + 1, row["train_loss"], math.nan, val_loss, miou, lr_now, round(row["seconds"], 2),
                         round(len(train_idx) / max(1e-6, train_seconds), 2), st.best, is_best, extras))
-    return guard.completed(st, "validation mIoU")
+    return guard.completed(st, "validation mIoU", percent=False)
 
 
 def _fail(emit: Subscriber, t0: float, plan: DevicePlan, reason: str, epochs_done: int,
