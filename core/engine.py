@@ -190,6 +190,12 @@ class StepGuard:
             return self.images / max(1e-6, now - self.started)
         return (self.images - self.first[1]) / max(1e-6, now - self.first[0])
 
+    def new_phase(self) -> None:
+        """Count the speed from here on: a new phase trains other layers at another speed (a head-only first epoch
+        runs several times faster), and an average over both made the time left grow all through the run."""
+        if self.first is not None:
+            self.first = (time.time(), self.images)
+
     def advance(self, st: LoopState, epoch: int, n: int, loss: float, lr: float) -> None:
         """Move past a batch of `n` images and report it."""
         st.pos += n
@@ -383,6 +389,7 @@ def fit(run_dir: Path | str, subscribers: Sequence[Subscriber] = (), should_stop
             #                                                     again when they change
             trainable, frozen = trainable_counts(groups, phase)
             emit(PhaseChanged(epoch, phase.label, trainable, frozen))
+            guard.new_phase()
             current = phase
         set_train_mode(model, groups, phase, cfg.freeze.train_bn)  # validation left it in eval mode
         order = epoch_order(len(train_idx), tc.seed, epoch).tolist()

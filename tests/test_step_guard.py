@@ -73,3 +73,19 @@ def test_the_speed_counts_from_the_first_batch_not_from_the_start_up_before_it()
     first, second = (e.images_per_second for e in events)
     assert first < 0.1  # 5 images in 100 s: all it knows yet
     assert 5 / 1.0 < second <= 5 / 0.05 + 1e-6  # 5 images in the ~0.05 s since: start-up left out
+
+
+def test_a_new_phase_counts_its_own_speed() -> None:
+    """Head-only batches ran fast, the later ones slowly: the speed and time left after the phase change were an
+    average over both (the time left grew all through the run)."""
+    import time
+
+    events: list = []
+    guard, st = _guard(events), LoopState(batch_size=5)
+    for _ in range(4):  # fast: 5 images every ~0 s
+        guard.advance(st, 0, 5, 0.5, 0.01)
+    guard.new_phase()
+    time.sleep(0.1)
+    guard.advance(st, 1, 5, 0.5, 0.01)
+    slow = events[-1].images_per_second
+    assert slow <= 5 / 0.1 + 1e-6  # 5 images in the ~0.1 s since the phase began, not 25 images in ~0.1 s

@@ -242,6 +242,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
             apply_phase(model, groups, phase)
             trainable, frozen = trainable_counts(groups, phase)
             emit(PhaseChanged(epoch, phase.label, trainable, frozen))
+            guard.new_phase()
             current = phase
         model.train()
         order = grouped_by_orientation(epoch_order(len(train_idx), tc.seed, epoch).tolist(), wide, tc.batch_size)

@@ -293,6 +293,7 @@ def fit_finetune(run_dir: Path, subscribers: Sequence[Subscriber] = (),
             apply_phase(model, groups, phase)
             trainable, frozen = trainable_counts(groups, phase)
             emit(PhaseChanged(epoch, phase.label, trainable, frozen))
+            guard.new_phase()
             current = phase
         order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
         epoch_t0 = st.epoch_clock()

@@ -266,6 +266,7 @@ def fit(run_dir: Path, subscribers: Sequence[Subscriber] = (), should_stop: Call
             apply_phase(model, groups, phase)
             trainable, frozen = trainable_counts(groups, phase)
             emit(PhaseChanged(epoch, phase.label.replace("head", "decoder"), trainable, frozen))
+            guard.new_phase()
             current = phase
         set_train_mode(model, groups, phase, cfg.freeze.train_bn)
         order = epoch_order(len(train_idx), tc.seed, epoch).tolist()
