@@ -267,3 +267,25 @@ def test_a_deleted_dataset_is_not_shown_by_its_hash() -> None:
 
     assert dataset_label("0123456789abcdef0123456789abcdef") == "(deleted photos)"
     assert dataset_label("/data/photos/ants_and_bees") == "ants\\_and\\_bees"
+
+
+def test_the_sidebar_names_the_task_of_a_run_from_another_task(home: Path, tmp_path: Path) -> None:
+    """After a reload and a task switch the sidebar showed a segmentation run under object detection as if it were
+    the detection run (a browser tour saw it); a run of another task is now named with its task."""
+    from core import runs, trainset
+    from core.config import FreezeConfig, RunConfig, TrainConfig
+    from tests.synthetic import make_colour_folders
+
+    folder = make_colour_folders(tmp_path / "colours", train=2, val=1)
+    config = RunConfig("test_resnet", str(folder), FreezeConfig("all"), TrainConfig(epochs=1), pretrained=False,
+                       name="masks run", task="segmentation")
+    run_dir = runs.create_run(config, trainset.resolve(str(folder)))
+    at = _app()
+    at.session_state["draft_task"] = "detection"
+    at.session_state["draft_run_id"] = run_dir.name
+    at.run()
+    _ok(at)
+    assert "Run: **masks run** (Segmentation)" in [c.value for c in at.sidebar.caption]
+    at.session_state["draft_task"] = "segmentation"
+    at.run()
+    assert "Run: **masks run**" in [c.value for c in at.sidebar.caption]  # its own task: no note

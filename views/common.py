@@ -324,7 +324,8 @@ def sidebar_status(slot) -> None:
             st.caption(f"Layers: **{freeze_words(draft_freeze().preset)}**")
         run_id = draft("run_id")
         if run_id:
-            st.caption(f"Run: **{run_label(run_id)}**")
+            other = _other_task_of(run_id)  # a run of another task is named with it, never passed off as this one's
+            st.caption(f"Run: **{run_label(run_id)}**" + (f" ({other})" if other else ""))
 
 
 def photos_name(manifest: dict, dataset_id: str) -> str:
@@ -338,6 +339,19 @@ def _default_face_model() -> str:
     from core.tasks import get_task
 
     return str(get_task("faces").default_model)
+
+
+def _other_task_of(run_id: str) -> str | None:
+    """The title of the run's task when it is not the current task, else None (also for a run that is gone)."""
+    from core import runs
+    from core.settings import runs_root
+    from core.tasks import TITLES
+
+    run_dir = runs_root() / run_id
+    if not runs.is_run_id(run_id) or not (run_dir / "config.json").is_file():
+        return None
+    task = runs.run_task(run_dir)
+    return TITLES.get(task, task) if task != current_task() else None
 
 
 def run_label(run_id: str) -> str:
