@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -43,16 +44,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     from core.catalog import backbone_rows
 
     def progress(i: int, n: int, title: str) -> None:
-        if title and not args.json:
+        if title and not args.json and not args.no_measure:  # --no-measure reads the cache: nothing is measured
             print(f"measuring latency {i + 1}/{n}: {title}", file=sys.stderr, flush=True)
 
     rows = backbone_rows(measure=not args.no_measure, include_scratch=not args.pretrained_only, on_progress=progress)
     if args.json:
         _print_json({"models": rows})
         return 0
-    print(_table(rows, ["name", "title", "family", "params_m", "input_size", "imagenet_top1", "licence",
-                        "pretrained", "latency_ms"]))
-    print(f"\nlatency: one image, {rows[0]['latency_device'] if rows else ''}, measured on this machine.")
+    def cell(v: object) -> object:  # "-" rather than None / NaN for a fact that is not known
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    shown = [{**r, "imagenet_top1": cell(r["imagenet_top1"]), "latency_ms": cell(r["latency_ms"])} for r in rows]
+    print(_table(shown, ["name", "title", "family", "params_m", "input_size", "imagenet_top1", "licence",
+                         "pretrained", "latency_ms"]))
+    if any(r["latency_ms"] is not None for r in rows):
+        print(f"\nlatency: one image, {rows[0]['latency_device']}, measured on this machine.")
+    if any(r["latency_ms"] is None for r in rows):
+        print("\nlatency '-': not measured on this machine yet (`transfer-studio models` without --no-measure "
+              "measures it, once).")
     for row in rows:
         if not row["pretrained"]:
             print(f"{row['name']}: {row['weights']}")
@@ -65,6 +74,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from core.tasks.classification import CLASSIFICATION
     from core.zoo import ZooError
 
+    for flag, value, least in (("--classes", args.classes, 2), ("--epochs", args.epochs, 1),
+                               ("--batch-size", args.batch_size, 1), ("--estimate", args.estimate, 1)):
+        if value is not None and value < least:
+            print(f"error: {flag} must be at least {least}, not {value}.", file=sys.stderr)
+            return 2
     try:
         freeze = CLASSIFICATION.start_freeze(args.freeze, args.keep_frozen)
         rows = group_rows(args.model, freeze, num_classes=args.classes, epochs=args.epochs)
@@ -99,6 +113,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_weights_add(args: argparse.Namespace) -> int:
     from core.zoo import ZooError, register_user_weights
 
+    if not Path(args.file).is_file():
+        print(f"error: {args.file} is not a file (a .safetensors file is expected).", file=sys.stderr)
+        return 2
     try:
         spec = register_user_weights(Path(args.file), args.arch, args.label, title=args.title or "")
     except (ZooError, OSError) as err:
@@ -122,6 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core.recorder import RunRecorder, TextProgress
     from core.tasks import get_task, task_of
 
+    if not 0.0 < args.val_fraction < 1.0:
+        print(f"error: --val-fraction must be between 0 and 1 (a share of the photos), not {args.val_fraction:g}.",
+              file=sys.stderr)
+        return 2
     task = task_of(args.resume) if args.resume else args.task
     if not args.resume and not args.model and task != "faces":  # faces: its own face embedder by default
         from core.config import DEFAULT_BACKBONE
@@ -199,6 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         runs.write_status(run_dir, state="running", pid=os.getpid())
         result = train_quick(run_dir, subscribers)
         out = {"run_dir": str(run_dir), "state": "completed", **result}
+        out["seconds"] = round(float(out.get("seconds") or 0.0), 2)
     elif spec.world_size > 1:
         out = _train_distributed(args, run_dir, spec)
     else:
@@ -219,8 +241,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
     else:
-        print(f"{out['state']}: best val accuracy {out['best_val_accuracy']} in {out['seconds']:.1f} s; "
-              f"run folder {run_dir}")
+        best = out["best_val_accuracy"]
+        print(f"{out['state']}: best validation accuracy {'-' if best is None else f'{100 * best:.1f} %'} in "
+              f"{out['seconds']:.1f} s; run folder {run_dir}")
     return 0 if out["state"] in ("completed", "stopped") else 1
 
 
@@ -311,12 +334,25 @@ def cmd_app(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0  # pragma: no cover
 
 
+def resolve_run(text: str) -> str:
+    """`text` as given when it is a path that exists, else the folder of the run with that id in the data root
+    (`runs list` shows the ids); unchanged otherwise, so the command names what the user typed."""
+    from core import runs
+    from core.settings import runs_root
+
+    path = Path(text).expanduser()
+    if path.exists() or not runs.is_run_id(text):
+        return str(path) if path.exists() else text
+    candidate = runs_root() / text
+    return str(candidate) if (candidate / "config.json").is_file() else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transfer-studio", description="Train image models by transfer learning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="versions, device, data root and weight packages")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("models", help="list the backbones with their facts and measured CPU latency")
@@ -336,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--train-size", type=int, default=None, metavar="PIXELS",
                    help="--estimate: side of the training crops (default: what `train` uses; 0 = the model's own)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("weights", help="register your own safetensors weights for a timm architecture")
@@ -396,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-rank", type=int, default=0, help="this machine's place, 0..nnodes-1 (as torchrun)")
     p.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT", help="node 0's address for a multi-node job")
     p.add_argument("--from-scratch", action="store_true", help="random initial weights (to see what transfer buys)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run to its planned end")
+    p.add_argument("--resume", metavar="RUN", help="continue a stopped or interrupted run to its planned end (run id, "
+                   "as `runs list` shows, or run folder)")
     p.add_argument("--runs-dir", help="where to create the run folder (default: the data root's runs/)")
     p.add_argument("--name", default="")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -414,9 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_runs(sub)
 
     p = sub.add_parser("report", help="write a run's self-contained HTML report for people")
-    p.add_argument("--run", required=True, metavar="RUN_DIR")
-    p.add_argument("--out", help="file to write (default: RUN_DIR/report.html)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--run", required=True, metavar="RUN", help="run id (as `runs list` shows) or run folder")
+    p.add_argument("--out", help="file to write (default: report.html in the run folder)")
+    p.add_argument("--json", action="store_true", help="last line: {report, bytes}")
     from core.cli_eval import by_task
 
     p.set_defaults(func=by_task("report", cmd_report))
@@ -434,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(argv)
         return cmd_app(argparse.Namespace(), argv[1:])
     args = parser.parse_args(argv)
+    for key in ("run", "resume"):  # a run id (as `runs list` shows it) names its folder in the data root
+        if getattr(args, key, None):
+            setattr(args, key, resolve_run(getattr(args, key)))
     if getattr(args, "computes", True):  # listing runs or datasets needs no torch (its import alone takes ~2 s)
         from core.device import configure_threads, keep_freed_memory
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 
 def print_json(obj: object) -> None:
@@ -45,6 +47,16 @@ def error_text(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
+def naming_run(message: str, args: argparse.Namespace) -> str:
+    """`message` naming the run of `--run` when it speaks of "this run" without saying which (scripts loop over
+    many runs: "This run has no saved best weights yet." alone does not say which one)."""
+    run = getattr(args, "run", None)
+    if not run or not re.search(r"\b(this|the) run\b", message, re.IGNORECASE):
+        return message
+    name = Path(str(run)).name or str(run)
+    return message if name in message else f"{message} (run {name})"
+
+
 def run_command(handlers: Mapping[str, Callable[[argparse.Namespace], int]], command: str,
                 args: argparse.Namespace, what: str) -> int:
     """Run `handlers[command]`; unknown commands, Ctrl-C and errors become one line and a non-zero status."""
@@ -55,4 +67,4 @@ def run_command(handlers: Mapping[str, Callable[[argparse.Namespace], int]], com
     except KeyboardInterrupt:
         return fail("interrupted", 130)
     except Exception as err:  # noqa: BLE001 - the user gets a message, never a traceback
-        return fail(error_text(err))
+        return fail(naming_run(error_text(err), args))

@@ -101,16 +101,30 @@ def counts_table(classes: list[str] | tuple[str, ...], counts: dict[str, dict[st
     return "\n".join(lines)
 
 
-def report_lines(report: Any, names: dict[str, str] | None = None, limit_files: int = 8) -> list[str]:
-    """Problems as indented text lines (most severe first), naming files."""
+def report_lines(report: Any, names: dict[str, str] | None = None, limit_files: int = 8,
+                 limit_kind: int = 3) -> list[str]:
+    """Problems as indented text lines (most severe first), naming files. Past `limit_kind` problems of one kind
+    (e.g. one note per photo outside a class folder) the rest are one line naming how many more and their files."""
     lines = []
+    seen: dict[str, int] = {}
+    rest: dict[str, list] = {}
     for p in report.problems:
+        seen[p.kind] = seen.get(p.kind, 0) + 1
+        if seen[p.kind] > limit_kind:
+            rest.setdefault(p.kind, []).append(p)
+            continue
         lines.append(f"  {SEVERITY_LABEL.get(p.severity, p.severity):7}  {p.kind}: {p.message}")
         files = [names.get(f, f) if names else f for f in p.files]
         if len(files) > 1 or (files and files[0] not in p.message):
             shown = ", ".join(files[:limit_files]) + (f" (+{len(files) - limit_files} more)"
                                                       if len(files) > limit_files else "")
             lines.append(f"           files: {shown}")
+    for kind, more in rest.items():
+        files = [names.get(f, f) if names else f for p in more for f in p.files]
+        shown = ", ".join(files[:limit_files]) + (f" (+{len(files) - limit_files} more)"
+                                                  if len(files) > limit_files else "")
+        label = SEVERITY_LABEL.get(more[0].severity, more[0].severity)
+        lines.append(f"  {label:7}  {kind}: {len(more)} more like the above" + (f": {shown}" if shown else ""))
     return lines
 
 
@@ -167,7 +181,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
         else:
             return _error(f"{args.source} is neither a folder nor a .zip file")
     except (ArchiveError, DatasetError) as err:
-        return _error(err.reason)
+        reason = err.reason
+        return _error(reason if args.source in reason or src.name in reason else f"{args.source}: {reason}")
     except (OSError, ValueError) as err:
         return _error(str(err))
     ds, report = result.dataset, result.report

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from core.cli_common import error_text
+from core.cli_common import error_text, naming_run
 from core.cli_common import fail as _fail
 from core.cli_common import pct as _pct
 from core.cli_common import print_json as _print_json
@@ -39,7 +39,7 @@ def _guard(fn):
         except KeyboardInterrupt:
             return _fail("interrupted", 130)
         except Exception as err:  # noqa: BLE001 - the user gets a message, never a traceback
-            return _fail(error_text(err))
+            return _fail(naming_run(error_text(err), args))
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper
@@ -146,7 +146,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core.inference import is_run_dir
 
     if not is_run_dir(args.run):
-        return _fail(f"{args.run} is not a run folder.")
+        return _fail(f"{args.run} is not a run folder (give a run id as `transfer-studio runs list` shows, or a run "
+                     f"folder).")
     result = export_run(args.run, args.format, args.out)
     check = result.check
     if args.json:
@@ -166,6 +167,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def expand_images(paths: list[str]) -> list[str]:
+    """The files `predict` reads: each file as given, and a folder's photos (in its sub-folders too, sorted by path;
+    hidden files left out). ValueError naming a folder without photos."""
+    from core.data.names import IMAGE_EXTENSIONS
+
+    out: list[str] = []
+    for text in paths:
+        folder = Path(text)
+        if not folder.is_dir():
+            out.append(text)
+            continue
+        found = sorted(str(f) for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                       and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+        if not found:
+            raise ValueError(f"{text} is a folder without photos ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        out.extend(found)
+    return out
+
+
+#: Exported files that only run outside the app (predict and evaluate here read run folders and safetensors exports).
+_OUTSIDE_FORMATS = {"model.onnx": "ONNX", "model.torchscript.pt": "TorchScript"}
+
+
+def _outside_export(run: str) -> str | None:
+    """The reason `run` cannot be used here when it is an ONNX or TorchScript export, else None."""
+    folder = Path(run)
+    if not folder.is_dir() or (folder / "model.safetensors").is_file() or (folder / "config.json").is_file():
+        return None
+    for file, kind in _OUTSIDE_FORMATS.items():
+        if (folder / file).is_file():
+            article = "an" if kind[0] in "AEIOU" else "a"
+            return (f"{run} is {article} {kind} export, for running the model outside this app (see its "
+                    f"predict_example.py); predict and evaluate read a run (id or folder) or a safetensors export "
+                    f"(transfer-studio export --format safetensors).")
+    return None
+
+
 def by_task(command: str, classification: Callable[[argparse.Namespace], int]
             ) -> Callable[[argparse.Namespace], int]:
     """`command` for the task of `--run` (its config.json or manifest.json): classification here, any other task
@@ -173,6 +211,15 @@ def by_task(command: str, classification: Callable[[argparse.Namespace], int]
     def dispatch(args: argparse.Namespace) -> int:
         from core.tasks import get_task, task_of
 
+        if command in ("predict", "evaluate"):
+            reason = _outside_export(args.run)
+            if reason:
+                return _fail(reason)
+        if command == "predict":
+            try:
+                args.images = expand_images(args.images)
+            except ValueError as err:
+                return _fail(str(err))
         task = task_of(args.run)
         if task == "classification":
             return classification(args)
@@ -189,7 +236,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the evaluate, predict and export subcommands to the main parser's subparsers."""
     p = subparsers.add_parser("evaluate", help="metrics of a run (or export) on a labelled folder or its own "
                                                "validation images")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder (or export folder/zip with --data)")
+    p.add_argument("--run", required=True, metavar="RUN", help="run id (as `runs list` shows) or run folder; or an "
+                   "exported model (safetensors folder or zip) with --data")
     p.add_argument("--data", metavar="DIR", help="folder with one sub-folder per class; default: the run's own "
                                                  "validation images (saved as evaluation.json)")
     p.add_argument("--no-learning-curve", action="store_true", help="skip the learning curve (run evaluation only)")
@@ -199,19 +247,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-index", type=int, default=None, help="segmentation: mask value to ignore (void)")
     p.set_defaults(func=by_task("evaluate", cmd_evaluate))
 
-    p = subparsers.add_parser("predict", help="classify images with a run or an exported model")
-    p.add_argument("--run", required=True, metavar="RUN_DIR_OR_EXPORT")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, default=5)
+    p = subparsers.add_parser("predict", help="answer photos with a run or an exported model (classes, boxes, masks "
+                                              "or people, by the run's task)")
+    p.add_argument("--run", required=True, metavar="RUN_OR_EXPORT",
+                   help="run id (as `runs list` shows), run folder, or a safetensors export (folder or zip)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="photo files, or folders (their photos, sub-folders too)")
+    p.add_argument("--top-k", type=int, default=5, help="classification: how many classes to show per photo")
     p.add_argument("--threshold", type=float, default=None,
                    help="answer 'not sure' below this top probability (default: the stored one; -1: never)")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with every prediction")
-    p.add_argument("--out", metavar="DIR", help="segmentation: folder for the predicted mask PNGs")
+    p.add_argument("--out", metavar="DIR", help="segmentation: folder for the predicted mask PNGs (default: "
+                   "./predicted_masks in the current folder)")
     p.set_defaults(func=by_task("predict", cmd_predict))
 
     p = subparsers.add_parser("export", help="export a run as safetensors, ONNX or TorchScript, with a parity check")
-    p.add_argument("--run", required=True, metavar="RUN_DIR")
-    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript"])
+    p.add_argument("--run", required=True, metavar="RUN", help="run id (as `runs list` shows) or run folder")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript"],
+                   help="detection and segmentation: safetensors or onnx; face recognition with the dlib model: "
+                   "safetensors")
     p.add_argument("--out", required=True, metavar="PATH", help="folder that receives the files")
     p.add_argument("--json", action="store_true", help="last line: a JSON object with the files and the check")
     p.set_defaults(func=by_task("export", cmd_export))

@@ -15,6 +15,9 @@ from core.cli_common import fail, print_json
 
 LIST_COLUMNS = ["run", "name", "task", "date", "backbone", "dataset", "freeze", "epochs", "status",
                 "best_val_accuracy", "seconds"]
+#: Headings of the text table where the JSON key would mislead: the best score is accuracy, mAP@0.5, mIoU or
+#: identification by the run's task (the Runs page heads it "best score" too).
+LIST_HEADINGS = {"best_val_accuracy": "best score"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     rsub = p.add_subparsers(dest="runs_command", required=True)
 
     ls = rsub.add_parser("list", help="the runs, newest first, with their state and best score")
-    ls.add_argument("--task", default=None, help="only this task's runs (classification, detection, ...)")
+    ls.add_argument("--task", default=None, help="only this task's runs: classification, detection, segmentation "
+                    "or faces")
     ls.add_argument("--limit", type=int, default=None, metavar="N", help="only the newest N")
     ls.add_argument("--json", action="store_true", help="one JSON object: {'runs': [...]}")
     ls.set_defaults(func=cmd_runs_list, computes=False)
@@ -54,13 +58,13 @@ def _run_dir(run: str) -> Path:
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from core import runs
     from core.run_table import run_row
-    from core.tasks import get_task
+    from core.tasks import task_names
 
+    if args.limit is not None and args.limit < 1:
+        return fail(f"--limit must be at least 1, not {args.limit}.")
     if args.task is not None:
-        try:
-            get_task(args.task)
-        except KeyError:
-            return fail(f"unknown task '{args.task}'")
+        if args.task not in task_names():
+            return fail(f"unknown task '{args.task}' (the tasks: {', '.join(task_names())})")
     folders = runs.list_runs(task=args.task)[: args.limit] if args.limit else runs.list_runs(task=args.task)
     rows = [run_row(p) for p in folders]
     if args.json:
@@ -73,7 +77,8 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
     table = pd.DataFrame(rows)[LIST_COLUMNS]
     table["epochs"] = table["epochs"].astype("Int64")  # whole numbers, blank for a quick model
-    print(table.astype(object).where(table.notna(), "").to_string(index=False))
+    table = table.astype(object).where(table.notna(), "").rename(columns=LIST_HEADINGS)
+    print(table.to_string(index=False))
     return 0
 
 

@@ -109,7 +109,7 @@ def test_import_errors_exit_2(home: Path, tmp_path: Path, capsys: pytest.Capture
     fake = tmp_path / "fake.zip"
     fake.write_text("not a zip")
     rc, out, err = _run(["data", "import", str(fake)], capsys)
-    assert rc == 2 and out == "" and "error: this file is not a zip archive" in err
+    assert rc == 2 and out == "" and "error: " in err and "fake.zip: this file is not a zip archive" in err
     rc, out, err = _run(["data", "import", str(tmp_path / "missing")], capsys)
     assert rc == 2 and "neither a folder nor a .zip" in err
     rc, _, err = _run(["data", "import", str(tmp_path), "--val-fraction", "1.5"], capsys)

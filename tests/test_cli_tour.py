@@ -1,0 +1,168 @@
+"""What a power user met on a tour of `transfer-studio`: run ids everywhere a run is named, folders for `predict`,
+errors that name the run and the file, checks of numbers a user mistypes, and tables without None/NaN."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core import runs, trainset
+from core.cli import main
+from core.config import FreezeConfig, RunConfig, TrainConfig
+from tests.synthetic import make_colour_folders
+
+
+def _json_out(capsys: pytest.CaptureFixture) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1, out  # --json: one line of stdout, nothing else mixed in
+    return json.loads(out[0])
+
+
+def _untrained_run(folder: Path, name: str) -> Path:
+    config = RunConfig("test_resnet", str(folder), FreezeConfig("all"), TrainConfig(epochs=1), pretrained=False,
+                       name=name)
+    return runs.create_run(config, trainset.resolve(str(folder)))
+
+
+@pytest.fixture()
+def colours(home: Path, tmp_path: Path) -> Path:
+    return make_colour_folders(tmp_path / "colours", train=4, val=2)
+
+
+def test_a_run_id_from_runs_list_names_the_run_in_every_command(colours: Path, tmp_path: Path, capsys) -> None:
+    args = ["train", "--data", str(colours), "--model", "test_resnet", "--freeze", "all", "--epochs", "1",
+            "--batch-size", "4", "--precision", "fp32", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "best validation accuracy" in out and " %" in out  # a percentage, as everywhere else
+    assert main(["runs", "list", "--json"]) == 0
+    run_id = _json_out(capsys)["runs"][0]["run"]
+    assert main(["evaluate", "--run", run_id, "--no-learning-curve", "--json"]) == 0
+    assert _json_out(capsys)["n_images"] == 6
+    assert main(["train", "--resume", run_id, "--quiet", "--json"]) == 0
+    assert _json_out(capsys)["run_dir"] == str(runs.list_runs()[0])
+    # predict: a folder stands for its photos (sub-folders too); an empty one is said
+    assert main(["predict", "--run", run_id, str(colours / "val"), "--json"]) == 0
+    got = _json_out(capsys)
+    assert got["n_images"] == 6 and got["n_failed"] == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--run", run_id, str(tmp_path / "empty")]) == 2
+    assert "empty is a folder without photos" in capsys.readouterr().err
+    assert main(["export", "--run", run_id, "--format", "safetensors", "--out", str(tmp_path / "exp"), "--json"]) == 0
+    assert _json_out(capsys)["check"]["ok"] is True
+
+
+def test_an_onnx_export_given_to_predict_says_what_to_use_on_the_command_line(tmp_path: Path, capsys) -> None:
+    export = tmp_path / "export-onnx"
+    export.mkdir()
+    (export / "manifest.json").write_text("{}")
+    (export / "model.onnx").write_bytes(b"onnx")
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    for cmd in (["predict", "--run", str(export), str(photo)],
+                ["evaluate", "--run", str(export), "--data", str(tmp_path)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert "is an ONNX export" in err and "export --format safetensors" in err and "upload" not in err
+
+
+def test_an_error_about_the_run_names_the_run(colours: Path, tmp_path: Path, capsys) -> None:
+    run_dir = _untrained_run(colours, "never trained")
+    assert main(["export", "--run", run_dir.name, "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "no saved" in err and run_dir.name in err
+    assert main(["predict", "--run", str(run_dir), str(colours / "val")]) == 2
+    assert run_dir.name in capsys.readouterr().err
+
+
+def test_models_without_measuring_measures_nothing_and_shows_no_none(home: Path, capsys) -> None:
+    assert main(["models", "--no-measure"]) == 0
+    captured = capsys.readouterr()
+    assert "measuring latency" not in captured.err
+    assert "None" not in captured.out and "NaN" not in captured.out
+    assert "not measured on this machine yet" in captured.out
+
+
+@pytest.mark.parametrize("flag", ["--classes", "--epochs", "--batch-size", "--estimate"])
+def test_layers_refuses_counts_that_cannot_be(flag: str, capsys) -> None:
+    assert main(["layers", "mobilenetv2_100", flag, "0"]) == 2
+    assert f"{flag} must be at least" in capsys.readouterr().err
+
+
+def test_runs_list_refuses_a_limit_below_one_and_names_the_tasks(home: Path, capsys) -> None:
+    for limit in ("0", "-1"):
+        assert main(["runs", "list", "--limit", limit]) == 2
+        assert "--limit must be at least 1" in capsys.readouterr().err
+    assert main(["runs", "list", "--task", "detecton"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'detecton'" in err and "classification, detection, segmentation, faces" in err
+
+
+def test_runs_list_heads_the_score_column_as_the_runs_page(colours: Path, capsys) -> None:
+    run_dir = _untrained_run(colours, "scored")
+    runs.write_status(run_dir, state="completed", best_val_accuracy=0.5, seconds=1.0)
+    assert main(["runs", "list"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "best score" in head and "best_val_accuracy" not in head
+
+
+@pytest.mark.parametrize("fraction", ["1.5", "0", "-0.2"])
+def test_train_refuses_a_val_fraction_outside_0_and_1(home: Path, tmp_path: Path, fraction: str, capsys) -> None:
+    data = make_colour_folders(tmp_path / "data", train=4, val=0)
+    shutil.rmtree(data / "val")
+    assert main(["train", "--data", str(data / "train"), "--model", "test_resnet", "--epochs", "1",
+                 "--val-fraction", fraction, "--quiet"]) == 2
+    assert "--val-fraction must be between 0 and 1" in capsys.readouterr().err
+    assert runs.list_runs() == []
+
+
+def test_weights_add_of_a_missing_file_names_it_without_an_errno(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "mine.safetensors"
+    assert main(["weights", "add", str(missing), "--arch", "resnet18", "--label", "lab"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Errno" not in err
+
+
+def test_data_import_of_a_file_that_is_no_zip_names_the_file(home: Path, tmp_path: Path, capsys) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a zip")
+    assert main(["data", "import", str(notes), "--quiet"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+
+
+def test_data_check_of_photos_without_class_folders_is_a_few_lines(home: Path, tmp_path: Path, capsys) -> None:
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for i in range(30):
+        Image.new("RGB", (64, 64), (i * 8, 100, 50)).save(loose / f"photo_{i:02}.png")
+    assert main(["data", "check", str(loose), "--quiet"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) < 12, out
+    assert any("27 more like the above" in line and "photo_03.png" in line for line in out), out
+
+
+def test_readme_command_line_section_names_every_command() -> None:
+    """README's command-line section shows every (sub)command the parser has, with the run named as RUN."""
+    import argparse
+
+    from core.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+
+    def commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    inner = commands(sub, f"{prefix}{name} ")
+                    found += inner or [f"{prefix}{name}"]
+        return found
+
+    for command in commands(build_parser()):
+        assert f"transfer-studio {command}" in section, command
+    assert "RUN_DIR" not in section  # a run id works wherever a run is named
