@@ -166,10 +166,10 @@ def _gallery_summary(gallery_file: str, mtime: float) -> tuple[float | None, str
 
 
 @st.fragment(run_every=1.0)
-def live(RUN_DIR: Path) -> None:  # noqa: N803 - the run folder, as the module-level name it was
-    view = read_run(RUN_DIR)
+def live(run_dir: Path) -> None:
+    view = read_run(run_dir)
     status, state = view.status, view.state
-    st.subheader(runs.display_name(RUN_DIR))
+    st.subheader(runs.display_name(run_dir))
     if state in ("queued", "running", "stopping"):
         st.progress(min(1.0, float(status.get("progress") or 0.0)), text=status.get("message", "Starting…"))
     elif state == "completed":
@@ -181,19 +181,19 @@ def live(RUN_DIR: Path) -> None:  # noqa: N803 - the run folder, as the module-l
     b1, b2 = st.columns(2)
     if state in ("running", "queued"):
         if b1.button("Stop", key="faces_train_stop", icon=":material/stop:"):
-            jobs.stop(RUN_DIR)
+            jobs.stop(run_dir)
         if b2.button("Cancel now", key="faces_train_cancel", icon=":material/cancel:"):
-            jobs.cancel(RUN_DIR)
+            jobs.cancel(run_dir)
     if state in ("stopped", "crashed", "cancelled", "failed"):
         if b1.button("Resume", key="faces_train_resume", icon=":material/play_arrow:"):
-            jobs.start(RUN_DIR)
+            jobs.start(run_dir)
     if view.history:
         best = status.get("best_val_accuracy")
         last = view.history[-1]
         m1, m2, m3 = st.columns(3)
         m1.metric("Held-back photos named correctly", f"{best:.1%}" if best is not None else "—")
         threshold, note = (last.get("metrics") or {}).get("threshold"), ""
-        gallery_file = RUN_DIR / "gallery.json"
+        gallery_file = run_dir / "gallery.json"
         if gallery_file.is_file():  # the saved model's: the best epoch's, or chosen again on the Runs page
             saved, note = _gallery_summary(str(gallery_file), gallery_file.stat().st_mtime)
             threshold = saved if saved is not None else threshold
