@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli_common import fail, too_small
 from core.cli_common import print_json as _print_json
 from core.config import FIT_CHOICES
 from core.settings import PROJECT_ROOT
@@ -74,11 +75,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from core.tasks.classification import CLASSIFICATION
     from core.zoo import ZooError
 
-    for flag, value, least in (("--classes", args.classes, 2), ("--epochs", args.epochs, 1),
-                               ("--batch-size", args.batch_size, 1), ("--estimate", args.estimate, 1)):
-        if value is not None and value < least:
-            print(f"error: {flag} must be at least {least}, not {value}.", file=sys.stderr)
-            return 2
+    problem = too_small((("--classes", args.classes, 2), ("--epochs", args.epochs, 1),
+                         ("--batch-size", args.batch_size, 1), ("--estimate", args.estimate, 1)))
+    if problem:
+        return fail(problem)
     try:
         freeze = CLASSIFICATION.start_freeze(args.freeze, args.keep_frozen)
         rows = group_rows(args.model, freeze, num_classes=args.classes, epochs=args.epochs)
@@ -139,11 +139,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core.recorder import RunRecorder, TextProgress
     from core.tasks import get_task, task_of
 
+    problem = too_small((("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1), ("--nproc", args.nproc, 1),
+                         ("--nnodes", args.nnodes, 1), ("--keep-frozen", args.keep_frozen, 0)))
+    if problem:
+        return fail(problem)
     if not 0.0 < args.val_fraction < 1.0:
         print(f"error: --val-fraction must be between 0 and 1 (a share of the photos), not {args.val_fraction:g}.",
               file=sys.stderr)
         return 2
     task = task_of(args.resume) if args.resume else args.task
+    if args.resume and (Path(args.resume) / "config.json").is_file():
+        refused = _not_resumable(Path(args.resume).resolve(), args.json)
+        if refused is not None:
+            return refused
     if not args.resume and not args.model and task != "faces":  # faces: its own face embedder by default
         from core.config import DEFAULT_BACKBONE
 
@@ -155,7 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if task != "classification":
         ignored = [flag for key, flag in _CLASSIFICATION_FLAGS.items() if getattr(args, key, None) is not None]
         if ignored:
-            print(f"note: {', '.join(ignored)} apply to classification only; ignored for {task}.", file=sys.stderr)
+            verb = "applies" if len(ignored) == 1 else "apply"
+            print(f"note: {', '.join(ignored)} {verb} to classification only; ignored for {task}.", file=sys.stderr)
         return get_task(task).cli("train", args)
     try:
         spec = _launch_spec(args, None)
@@ -194,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return 2
             pretrained = zoo.has_weights(spec) and not args.from_scratch
             if not pretrained:
-                print(f"note: {args.model} trains from scratch (random initial weights).", file=sys.stderr)
+                print(f"note: {zoo.scratch_note(args.model, args.from_scratch)}", file=sys.stderr)
             data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data  # or an id/sample:
             freeze = FreezeConfig("head") if args.quick and not args.freeze else \
                 CLASSIFICATION.start_freeze(args.freeze, args.keep_frozen)
@@ -245,6 +254,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{out['state']}: best validation accuracy {'-' if best is None else f'{100 * best:.1f} %'} in "
               f"{out['seconds']:.1f} s; run folder {run_dir}")
     return 0 if out["state"] in ("completed", "stopped") else 1
+
+
+def _not_resumable(run_dir: Path, as_json: bool) -> int | None:
+    """The exit status when a run must not be resumed (another process trains it, or it has nothing left to train),
+    after saying why; None when it may."""
+    from core import jobs, runs
+
+    name = runs.display_name(run_dir)
+    pid = jobs.trainer_pid(run_dir)
+    if pid is not None:
+        return fail(f"run '{name}' is training now (process {pid}); let it finish, or stop it first with "
+                    f"`transfer-studio runs stop {run_dir.name}`.")
+    status = jobs.state(run_dir)
+    if status.get("state") != "completed":
+        return None
+    print(f"nothing to resume: run '{name}' has trained all its planned epochs. To train longer, start a new run.",
+          file=sys.stderr)
+    if as_json:  # the keys of a run that trained, as a script reading them expects
+        _print_json({"run_dir": str(run_dir), "state": "completed", "best_val_accuracy":
+                     status.get("best_val_accuracy"), "epochs": runs.load_config(run_dir).train.epochs,
+                     "seconds": 0.0, "device": status.get("device"), "message": "nothing to resume",
+                     "world_size": 1})
+    return 0
 
 
 def _launch_spec(args: argparse.Namespace, config_nproc: int | None):
@@ -479,7 +511,13 @@ def main(argv: list[str] | None = None) -> int:
 
         configure_threads()
         keep_freed_memory()  # a CLI process trains or predicts, then ends
-    return int(args.func(args) or 0)
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): end quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit has somewhere to go
+        return 141
+    return code
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def too_small(counts: tuple[tuple[str, int | None, int], ...]) -> str | None:
+    """The error for the first (flag, value, least) whose value was given and is below its least, else None."""
+    for flag, value, least in counts:
+        if value is not None and value < least:
+            return f"{flag} must be at least {least}, not {value}."
+    return None
+
+
 def pct(v: float | None) -> str:
     """A share as a percentage for people ('-' when missing or NaN)."""
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"

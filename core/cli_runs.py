@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cli_common import fail, print_json
+from core.cli_common import fail, print_json, too_small
 
 LIST_COLUMNS = ["run", "name", "task", "date", "backbone", "dataset", "freeze", "epochs", "status",
                 "best_val_accuracy", "seconds"]
@@ -60,8 +60,9 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     from core.run_table import run_row
     from core.tasks import task_names
 
-    if args.limit is not None and args.limit < 1:
-        return fail(f"--limit must be at least 1, not {args.limit}.")
+    problem = too_small((("--limit", args.limit, 1),))
+    if problem:
+        return fail(problem)
     if args.task is not None:
         if args.task not in task_names():
             return fail(f"unknown task '{args.task}' (the tasks: {', '.join(task_names())})")

@@ -91,14 +91,15 @@ class TrainConfig:
     crop_min_area: float = 0.25  # "crop" augmentation: the smallest share of the square a random crop keeps
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
-        if self.nproc < 1:
-            raise ValueError("the number of processes must be at least 1")
+        for what, value in (("epochs", self.epochs), ("the batch size", self.batch_size),
+                            ("the number of processes", self.nproc)):
+            if value < 1:
+                raise ValueError(f"{what} must be at least 1, not {value}")
         if self.lr is not None and not 0 < self.lr < 10:
-            raise ValueError("the learning rate must be between 0 and 10")
+            raise ValueError(f"the learning rate must be between 0 and 10, not {self.lr:g}")
         if self.train_size and not 32 <= self.train_size <= 1024:
-            raise ValueError("the training image size must be between 32 and 1024 pixels (0 = the model's own)")
+            raise ValueError(f"the training image size must be between 32 and 1024 pixels (0 = the model's own), "
+                             f"not {self.train_size}")
         if self.image_fit not in FIT_CHOICES:
             raise ValueError(f"image fit must be one of {', '.join(FIT_CHOICES)}")
         if not 0.05 <= self.crop_min_area <= 1.0:

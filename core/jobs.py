@@ -24,6 +24,10 @@ def start(run_dir: Path) -> int:
     run_dir = Path(run_dir).resolve()
     if is_alive(run_dir) and not _exited(run_dir):
         raise runs.RunError("This run is already running.")
+    other = None if is_alive(run_dir) else trainer_pid(run_dir)
+    if other is not None:
+        raise runs.RunError(f"This run is training in another process (pid {other}, e.g. `transfer-studio train`); "
+                            "stop it there first.")
     runs.clear_stop(run_dir)
     runs.write_status(run_dir, state="queued", message="Starting…", queued_at=time.time())
     out = subprocess.run([sys.executable, "-m", "core.launch", str(run_dir)], cwd=PROJECT_ROOT, capture_output=True,
@@ -76,6 +80,25 @@ def seconds_since_start(run_dir: Path, until: float) -> float | None:
 
 def is_alive(run_dir: Path) -> bool:
     return _process(run_dir) is not None
+
+
+def trainer_pid(run_dir: Path) -> int | None:
+    """The live process, other than this one, that trains this run: the app's worker, or a `transfer-studio train`
+    process (which writes its pid into status.json); None when no other process does."""
+    proc = _process(run_dir)
+    if proc is not None:
+        return proc.pid
+    status = runs.read_status(run_dir)
+    if status.get("state") not in runs.ACTIVE_STATES or not status.get("pid"):
+        return None
+    try:
+        proc = psutil.Process(int(status["pid"]))
+        if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE or \
+                proc.create_time() > float(status.get("updated") or 0):
+            return None  # this process, ended, or the pid is another's now (it started after the status was written)
+        return proc.pid
+    except (OSError, ValueError, TypeError, psutil.Error):
+        return None
 
 
 def state(run_dir: Path) -> dict:

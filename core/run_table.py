@@ -10,7 +10,7 @@ from pathlib import Path
 
 from core import jobs, runs
 from core.storage import read_json
-from core.tasks import TITLES
+from core.tasks import TITLES, USED_AS_IS
 
 STORE_HASH = re.compile(r"[0-9a-f]{32}")  # a stored dataset's id
 
@@ -58,19 +58,22 @@ def run_row(run_dir: Path, cell: Callable[[Path, str], str] = _dataset_cell) -> 
     cfg, status = runs.read_json_config(run_dir), runs.read_status(run_dir)
     meta = read_json(run_dir / "meta.json", {}) or {}
     train, quick = cfg.get("train", {}), bool(cfg.get("quick"))
+    as_is = cfg.get("backbone") in USED_AS_IS  # a frozen face model: nothing was trained, nothing frozen by choice
     dataset = cell(run_dir, str(cfg.get("dataset") or ""))
     created = status.get("created") or run_dir.stat().st_mtime
     task = runs.run_task(run_dir)
     best = status.get("best_val_accuracy")
     return {"run": run_dir.name, "name": runs.display_name(run_dir),
-            "task": TITLES.get(task, task),
+            "task": task, "task_title": TITLES.get(task, task),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(created)), "backbone": cfg.get("backbone"),
-            "dataset": dataset, "freeze": "quick" if quick else cfg.get("freeze", {}).get("preset"),
+            "dataset": dataset,
+            "freeze": "quick" if quick else "used as is" if as_is else cfg.get("freeze", {}).get("preset"),
             "pretrained": cfg.get("pretrained", True),
-            # a quick model is one pass over cached features: epochs, batch and lr of the form do not apply
-            "epochs": None if quick else train.get("epochs"),
-            "batch": None if quick else train.get("batch_size"),
-            "lr": "" if quick else f"{train['lr']:.3g}" if train.get("lr") else "auto",
+            # a quick model is one pass over cached features, a frozen face model no training: epochs, batch and lr
+            # of the form do not apply
+            "epochs": None if quick or as_is else train.get("epochs"),
+            "batch": None if quick or as_is else train.get("batch_size"),
+            "lr": "" if quick or as_is else f"{train['lr']:.3g}" if train.get("lr") else "auto",
             "status": jobs.state(run_dir).get("state", status.get("state")),
             # rounded as the Train page writes it (0.8125 → 0.812): a table's printf would show 0.813
             "best_val_accuracy": None if best is None else round(best, 3),

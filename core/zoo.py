@@ -7,6 +7,7 @@ architecture are registered as `<arch>.<label>` (timm's own `arch.tag` conventio
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -157,8 +158,21 @@ def get_spec(name: str) -> BackboneSpec:
             return spec
     if name in timm.list_models():
         return _spec_from_timm(name, name, name, "timm", NO_WEIGHTS, listed=False)
-    known = ", ".join(s.name for s in list_backbones())
-    raise ZooError(f"Unknown model '{name}'. Known models: {known}.")
+    names = [s.name for s in list_backbones()]
+    close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ZooError(f"Unknown model '{name}'.{hint} Known models: {', '.join(names)}.")
+
+
+def scratch_note(name: str, chosen: bool = False) -> str:
+    """The note for a model that trains from random weights. Unless that was chosen (`--from-scratch`), it names a
+    model with weights on this machine whose name is near (`efficientnet_lite0` → `tf_efficientnet_lite0`)."""
+    note = f"{name} trains from scratch (random initial weights)."
+    if chosen:
+        return note
+    pretrained = [s.name for s in list_backbones(include_scratch=False) if has_weights(s) and s.name != name]
+    close = difflib.get_close_matches(name.lower(), pretrained, n=1, cutoff=0.6)
+    return note + (f" '{close[0]}' has pretrained weights here." if close else "")
 
 
 def weights_file(spec: BackboneSpec) -> Path | None:

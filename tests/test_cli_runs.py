@@ -54,7 +54,8 @@ def test_runs_list_shows_each_run_newest_first_with_its_state(colours: Path, cap
     done = rows[1]
     assert (done["name"], done["status"], done["best_val_accuracy"], done["epochs"]) == ("first", "completed",
                                                                                          0.812, 3)
-    assert done["dataset"] == "colours" and done["task"] == "Image classification"
+    assert done["dataset"] == "colours" and done["task"] == "classification"
+    assert done["task_title"] == "Image classification"
     assert rows[0]["freeze"] == "quick" and rows[0]["epochs"] is None
     assert main(["runs", "list", "--limit", "1", "--json"]) == 0
     assert [r["name"] for r in _json_out(capsys)["runs"]] == ["second"]

@@ -4,13 +4,17 @@ errors that name the run and the file, checks of numbers a user mistypes, and ta
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
-from core import runs, trainset
+from core import jobs, runs, trainset
 from core.cli import main
 from core.config import FreezeConfig, RunConfig, TrainConfig
 from tests.synthetic import make_colour_folders
@@ -93,6 +97,13 @@ def test_layers_refuses_counts_that_cannot_be(flag: str, capsys) -> None:
     assert f"{flag} must be at least" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--nproc", "--nnodes"])
+def test_train_refuses_counts_that_cannot_be_by_their_flag(flag: str, tmp_path: Path, capsys) -> None:
+    assert main(["train", "--data", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), flag, "0"]) == 2
+    assert f"{flag} must be at least 1, not 0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before anything was made
+
+
 def test_runs_list_refuses_a_limit_below_one_and_names_the_tasks(home: Path, capsys) -> None:
     for limit in ("0", "-1"):
         assert main(["runs", "list", "--limit", limit]) == 2
@@ -143,6 +154,7 @@ def test_data_check_of_photos_without_class_folders_is_a_few_lines(home: Path, t
     out = capsys.readouterr().out.splitlines()
     assert len(out) < 12, out
     assert any("27 more like the above" in line and "photo_03.png" in line for line in out), out
+    assert any("30 photos lie outside any class folder" in line and "one folder per class" in line for line in out)
 
 
 def test_readme_command_line_section_names_every_command() -> None:
@@ -166,3 +178,63 @@ def test_readme_command_line_section_names_every_command() -> None:
     for command in commands(build_parser()):
         assert f"transfer-studio {command}" in section, command
     assert "RUN_DIR" not in section  # a run id works wherever a run is named
+
+
+def test_output_piped_into_a_reader_that_leaves_ends_quietly(colours: Path) -> None:
+    """`transfer-studio data check DIR | head -1`: the reader closes the pipe before the command writes."""
+    exe = Path(sys.executable).parent / "transfer-studio"
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the command has started: every write meets a closed pipe
+    proc = subprocess.run([str(exe), "data", "check", str(colours)], stdout=writer, stderr=subprocess.PIPE,
+                          text=True, timeout=300)
+    os.close(writer)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141
+
+
+def test_resuming_a_completed_run_says_there_is_nothing_to_resume(colours: Path, capsys) -> None:
+    run_dir = _untrained_run(colours, "done")
+    runs.write_status(run_dir, state="completed", best_val_accuracy=0.75, seconds=3.0)
+    events = (run_dir / "events.jsonl").read_text() if (run_dir / "events.jsonl").exists() else ""
+    assert main(["train", "--resume", run_dir.name, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "nothing to resume" in captured.err and "resuming" not in captured.err
+    assert json.loads(captured.out)["best_val_accuracy"] == 0.75
+    after = (run_dir / "events.jsonl").read_text() if (run_dir / "events.jsonl").exists() else ""
+    assert after == events and runs.read_status(run_dir)["state"] == "completed"  # nothing was trained or rewritten
+
+
+def test_a_run_another_process_trains_is_not_resumed_beside_it(colours: Path, capsys) -> None:
+    run_dir = _untrained_run(colours, "busy")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runs.write_status(run_dir, state="running", pid=other.pid)  # as `transfer-studio train` writes it
+        assert main(["train", "--resume", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert f"is training now (process {other.pid})" in err and f"runs stop {run_dir.name}" in err
+        with pytest.raises(runs.RunError, match="training in another process"):  # nor by the app's Resume
+            jobs.start(run_dir)
+        assert runs.read_status(run_dir)["state"] == "running"
+        status = json.loads((run_dir / "status.json").read_text())
+        status["updated"] = psutil.Process(other.pid).create_time() - 60  # the pid is another process's now
+        (run_dir / "status.json").write_text(json.dumps(status))
+        assert jobs.trainer_pid(run_dir) is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_runs_list_shows_a_frozen_face_model_as_used_as_is(colours: Path, capsys) -> None:
+    from core.tasks import USED_AS_IS
+    from core.tasks.faces.embed import DLIB_MODEL, FACE_MODELS
+
+    assert USED_AS_IS == set(FACE_MODELS)  # the torch-free list names the same models
+    config = RunConfig(DLIB_MODEL, str(colours), FreezeConfig("all"), TrainConfig(epochs=12), task="faces",
+                       name="people")
+    runs.create_run(config, trainset.resolve(str(colours)))
+    assert main(["runs", "list", "--json"]) == 0
+    row = _json_out(capsys)["runs"][0]
+    assert row["task"] == "faces" and row["task_title"] == "Face recognition"  # the name `--task` takes
+    assert row["freeze"] == "used as is" and row["epochs"] is None and row["lr"] == ""
+    assert main(["runs", "list", "--task", row["task"]]) == 0
+    assert "used as is" in capsys.readouterr().out

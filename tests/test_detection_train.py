@@ -186,8 +186,8 @@ def test_cli_train_evaluate_predict_export(tmp_path: Path, capsys: pytest.Captur
     assert dets and {"label", "score", "box"} == set(dets[0]) and len(dets[0]["box"]) == 4
     assert main(["export", "--run", run_dir, "--format", "safetensors", "--out", str(tmp_path / "x"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"] is True
-    assert main(["predict", "--run", str(tmp_path / "x"), image, "--json"]) == 0
-    capsys.readouterr()
+    assert main(["predict", "--run", str(tmp_path / "x"), image]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")  # the photo as given, as classification names it
     assert main(["train", "--task", "detection", "--data", str(tmp_path / "nowhere"), "--model",
                  "test_efficientnet", "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "nowhere" in capsys.readouterr().err

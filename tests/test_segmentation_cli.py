@@ -50,9 +50,13 @@ def test_train_evaluate_predict_export_report(trained, capsys) -> None:
 
     assert main(["export", "--run", run, "--format", "onnx", "--out", str(tmp / "exp"), "--json"]) == 0
     assert _last_json(capsys)["ok"] is True
-    assert main(["export", "--run", run, "--format", "safetensors", "--out", str(tmp / "exp"), "--json"]) == 0
+    assert main(["export", "--run", run, "--format", "safetensors", "--out", str(tmp / "exp")]) == 0
+    said = capsys.readouterr().out
+    assert "parity check PASS: mask" in said and "identical: False" not in said  # the check's own words
     assert main(["predict", "--run", str(tmp / "exp"), str(img), "--out", str(tmp / "m2"), "--json"]) == 0
     assert (np.asarray(Image.open(_last_json(capsys)["predictions"][0]["mask_path"])) == mask).all()
+    assert main(["predict", "--run", str(tmp / "exp"), str(img), "--out", str(tmp / "m3")]) == 0
+    assert capsys.readouterr().out.startswith(f"{img} → {tmp / 'm3'}")  # which photo gave which mask
     assert main(["export", "--run", run, "--format", "torchscript", "--out", str(tmp / "exp")]) == 2
 
     assert main(["report", "--run", run, "--json"]) == 0
@@ -66,7 +70,7 @@ def test_bad_data_is_one_clear_line(tmp_path: Path, capsys) -> None:
                  "--runs-dir", str(tmp_path / "runs"), "--label-smoothing", "0.1", "--json"])
     err = capsys.readouterr().err
     assert code == 2 and "images/" in err and "Traceback" not in err
-    assert "--label-smoothing apply to classification only; ignored for segmentation" in err
+    assert "--label-smoothing applies to classification only; ignored for segmentation" in err
 
 
 def test_unknown_architecture_is_refused(trained, capsys) -> None:

@@ -49,8 +49,14 @@ def test_missing_weight_package_names_the_package_and_command() -> None:
 def test_unknown_model_is_a_clear_error_and_any_timm_name_builds_without_weights() -> None:
     with pytest.raises(zoo.ZooError, match="Unknown model 'no_such_net'"):
         zoo.get_spec("no_such_net")
+    with pytest.raises(zoo.ZooError, match="Did you mean 'mobilenetv2_100'"):  # a typo gets the near name
+        zoo.get_spec("MobileNetV2-100")
     spec = zoo.get_spec("test_resnet")
     assert spec.weights.kind == "none" and not spec.listed
+    if zoo.has_weights(zoo.get_spec("mobilenetv2_100")):  # a near name with weights here is named, unless chosen
+        assert "'mobilenetv2_100' has pretrained weights here" in zoo.scratch_note("mobilenetv2_050")
+        assert "has pretrained" not in zoo.scratch_note("mobilenetv2_050", chosen=True)
+    assert "has pretrained" not in zoo.scratch_note("test_resnet")
     model = zoo.create_model("test_resnet", num_classes=3, pretrained=False)
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
     with pytest.raises(zoo.ZooError, match="trains? from scratch|no local pretrained"):

@@ -73,9 +73,10 @@ def _is_zoo_backbone(name: str) -> bool:
     return True
 
 
-COLUMNS = ["task", "date", "status", "best_val_accuracy", "backbone", "dataset", "freeze", "pretrained", "epochs",
+COLUMNS = ["task_title", "date", "status", "best_val_accuracy", "backbone", "dataset", "freeze", "pretrained", "epochs",
            "batch", "lr", "seconds", "device", "note"]  # the runs table's order, also the compare table's rows
-COLUMN_TITLES = {"best_val_accuracy": "best score", "seconds": "seconds training"}  # as the runs table heads them
+#: as the runs table heads them
+COLUMN_TITLES = {"best_val_accuracy": "best score", "seconds": "seconds training", "task_title": "task"}
 
 
 def _row(run_dir: Path) -> dict:
@@ -126,7 +127,7 @@ if not all_runs:
 table = pd.DataFrame([_row(p) for p in all_runs])
 st.dataframe(table, hide_index=True, key="runs_table",
              column_order=["name", *COLUMNS, "run"],
-             column_config={"best_val_accuracy": st.column_config.ProgressColumn(
+             column_config={"task_title": "task", "best_val_accuracy": st.column_config.ProgressColumn(
                  "best score", min_value=0, max_value=1, format="%.3f",
                  help="On the validation photos: accuracy (classification), mAP@0.5 (detection), mean IoU "
                       "(segmentation), share named correctly (faces)."),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.images import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT_S, CheckOptions, ImageInfo, Rejected, check_images
+from core.data.names import IMAGE_EXTENSIONS
 from core.data.scan import Layout, ScanItem, ScanProblem, class_names, detect_layout, iter_scan
 from core.data.splits import SplitConfig, SplitItem, assign_splits, split_mode
 
@@ -167,12 +168,21 @@ def count_usable(records: Iterable[Record]) -> dict[str, dict[str, int]]:
     return {s: dict(sorted(counts[s].items())) for s in ("train", "val", "test") if s in counts}
 
 
+def _stray_photos(problems: Iterable[Problem]) -> int:
+    """How many photos lie outside any class folder (so were ignored)."""
+    return sum(1 for p in problems if p.kind == "outside_class_folder" and p.files and not p.files[0].endswith("/")
+               and Path(p.files[0]).suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def _class_problems(classes: Sequence[str], counts: dict[str, dict[str, int]],
-                    config: ValidationConfig) -> list[Problem]:
+                    config: ValidationConfig, stray: int = 0) -> list[Problem]:
     totals = {c: sum(counts.get(s, {}).get(c, 0) for s in counts) for c in classes}
     out: list[Problem] = []
     if not any(totals.values()):
-        return [Problem("no_images", ERROR, "No usable images were found. Put images in one folder per class.")]
+        where = (f" {stray} photo{'s' * (stray != 1)} {'lie' if stray != 1 else 'lies'} outside any class folder."
+                 if stray else "")
+        return [Problem("no_images", ERROR, f"No usable images were found.{where} Put the photos in one folder per "
+                        "class (e.g. ants/, bees/), optionally inside train/ and val/.")]
     nonempty = [c for c in classes if totals[c] > 0]
     if len(nonempty) < 2:
         out.append(Problem("too_few_classes", ERROR, f"Training needs at least 2 classes with images; found "
@@ -319,7 +329,7 @@ def analyze(records: Sequence[Record], *, classes: Iterable[str] = (), config: V
     counts = count_usable(records)
     problems = list(extra)
     problems += _file_problems(records, config)
-    problems += _class_problems(all_classes, counts, config)
+    problems += _class_problems(all_classes, counts, config, _stray_photos(problems))
     if groups is None:
         groups = duplicate_groups(records, config.near_duplicate_distance, config.near_duplicate_dhash)
     problems += [_group_problem([records[i] for i in g]) for g in groups]

@@ -43,6 +43,9 @@ ORDER = ("classification", "detection", "segmentation", "faces")
 #: Each task's title, readable without importing the task (tables of runs list them; a task imports timm).
 TITLES = {"classification": "Image classification", "detection": "Object detection",
           "segmentation": "Segmentation", "faces": "Face recognition"}
+#: Models a task uses as they come, with nothing to train (no layers to freeze, no epochs): faces' dlib embedder
+#: (`core.tasks.faces.embed.FACE_MODELS`). Here so that listing runs needs no torch.
+USED_AS_IS = frozenset({"dlib_resnet_face"})
 
 
 class Task(Protocol):

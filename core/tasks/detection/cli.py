@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return _fail(zoo.weights_status(spec))
             pretrained = zoo.has_weights(spec) and not args.from_scratch
             if not pretrained:
-                print(f"note: {args.model} trains from scratch (random initial weights).", file=sys.stderr)
+                print(f"note: {zoo.scratch_note(args.model, args.from_scratch)}", file=sys.stderr)
             data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
             annotations = str(Path(args.annotations).resolve()) if getattr(args, "annotations", None) else None
             freeze = FreezeConfig(args.freeze) if args.freeze else DETECTION.default_freeze()

@@ -103,7 +103,8 @@ class Detector:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class {label}"
 
     def predict(self, sources: list[str], threshold: float = DEFAULT_THRESHOLD) -> list[ImageResult]:
-        return [self.detect(s, threshold=threshold) for s in sources]
+        """Each photo named as given (a folder's photos may share a file name), as classification names them."""
+        return [self.detect(s, name=str(s), threshold=threshold) for s in sources]
 
 
 def from_run(run_dir: str | os.PathLike) -> Detector:

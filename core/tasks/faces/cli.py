@@ -171,7 +171,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rec = load_recognizer(args.run)
     if args.threshold is not None:
         rec = rec.with_threshold(-1.0 if args.threshold < 0 else float(args.threshold))
-    preds = [rec.predict_file(p) for p in args.images]
+    preds = [rec.predict_file(p, name=str(p)) for p in args.images]  # named as given: folders may repeat a name
     failed = [p for p in preds if p.get("error")]
     if args.json:
         _print_json({"model": rec.describe(), "predictions": preds, "n_images": len(preds), "n_failed": len(failed)})

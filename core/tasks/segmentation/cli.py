@@ -45,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _fail(zoo.weights_status(spec))
         pretrained = zoo.has_weights(spec) and not args.from_scratch
         if not pretrained:
-            print(f"note: {model} trains from scratch (random initial weights).", file=sys.stderr)
+            print(f"note: {zoo.scratch_note(model, args.from_scratch)}", file=sys.stderr)
         defaults = TASK.default_train()
         train = defaults.with_choices(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                       augment=() if args.no_augment else None, device=args.device,
@@ -172,7 +172,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             row["shares"] = {k: round(v, 5) for k, v in pred.shares.items()}
         else:
             failed += 1
-            print(f"error: {pred.name}: {pred.error}", file=sys.stderr)
+            print(f"error: {path}: {pred.error}", file=sys.stderr)
         rows.append(row)
     if args.json:
         _print_json({"model": predictor.describe(), "predictions": rows, "n_images": len(rows), "n_failed": failed,
@@ -182,7 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if row["ok"]:
                 top = ", ".join(f"{c} {100 * v:.1f} %" for c, v in sorted(row["shares"].items(), key=lambda kv: -kv[1])
                                 if v >= 0.005)
-                print(f"{row['mask_path']}  ({top})  {1000 * row['seconds']:.0f} ms"
+                print(f"{row['image']} → {row['mask_path']}  ({top})  {1000 * row['seconds']:.0f} ms"
                       + (f"  [{row['note']}]" if row["note"] else ""))
     return 2 if failed else 0
 
@@ -203,9 +203,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         verdict = "PASS" if result.ok else "FAIL"
         print(f"exported {args.format} to {result.folder}: {', '.join(result.files)}")
-        print(f"parity check {verdict}: max |logit difference| {check.get('max_abs_diff', float('nan')):.2e} "
-              f"(tolerance {check['tolerance']:g}), masks identical: {check.get('masks_identical')}, on "
-              f"{check.get('n_images')} images ({check.get('inputs')}), sizes {check.get('sizes')}")
+        print(f"parity check {verdict}: {check.get('summary', '')}; on {check.get('n_images')} images "
+              f"({check.get('inputs')}), sizes {check.get('sizes')}")
     if not result.ok:
         print(f"error: the exported {args.format} model does not match PyTorch", file=sys.stderr)
         return 1
