@@ -9,12 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from core import runs
 from core.settings import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from core.config import RunConfig
 
 JOB_FILE = "job.json"
 
@@ -80,6 +85,37 @@ def seconds_since_start(run_dir: Path, until: float) -> float | None:
 
 def is_alive(run_dir: Path) -> bool:
     return _process(run_dir) is not None
+
+
+def _same_training(config: dict, wanted: dict) -> bool:
+    """Two configs train the same (names aside; a fit of "auto" matches the fit a run settled on when it began)."""
+    a = {k: v for k, v in config.items() if k != "name"}
+    b = {k: v for k, v in wanted.items() if k != "name"}
+    if (b.get("train") or {}).get("image_fit") == "auto":
+        a["train"] = {k: v for k, v in (a.get("train") or {}).items() if k != "image_fit"}
+        b["train"] = {k: v for k, v in b["train"].items() if k != "image_fit"}
+    return a == b
+
+
+def active_twin(config: RunConfig, extras: Mapping[str, Any] | None = None) -> Path | None:
+    """A queued or training run that trains just as `config` would (its photos' manifest also holding `extras`, e.g.
+    a face gallery's choices), or None. Starting `config` again would only repeat that run: a double click on
+    Start, or a Start pressed again after a reload."""
+    wanted = json.loads(json.dumps(config.to_dict()))  # as config.json reads back (tuples become lists)
+    extras = json.loads(json.dumps(dict(extras or {})))
+    for run_dir in runs.list_runs(task=config.task):
+        if runs.read_status(run_dir).get("state") not in runs.ACTIVE_STATES or \
+                state(run_dir).get("state") not in runs.ACTIVE_STATES:  # a dead worker's run reads as crashed
+            continue
+        if not _same_training(runs.read_json_config(run_dir), wanted):
+            continue
+        try:
+            manifest = runs.load_dataset(run_dir) if extras else {}
+        except runs.RunError:
+            continue
+        if all(manifest.get(k) == v for k, v in extras.items()):
+            return run_dir
+    return None
 
 
 def trainer_pid(run_dir: Path) -> int | None:

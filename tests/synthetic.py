@@ -41,3 +41,15 @@ def model_with_batchnorm_statistics(name: str, seed: int = 0, num_classes: int =
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
     return model
+
+
+def hold_training(run_dir: Path) -> None:
+    """Leave a run that a page just started "training" for as long as a test needs, without its worker: the worker is
+    ended and the run says it trains in this process, as `transfer-studio train` writes it. Nothing races the test."""
+    import os
+
+    from core import jobs, runs
+
+    jobs.cancel(run_dir)
+    (Path(run_dir) / jobs.JOB_FILE).unlink(missing_ok=True)
+    runs.write_status(run_dir, state="running", pid=os.getpid(), message="Training (held by a test)")

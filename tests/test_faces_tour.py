@@ -25,6 +25,8 @@ from core.settings import runs_root
 from core.tasks.faces.data import dropped_folder_name, scan_people
 from core.tasks.faces.draw import draw_answers, label_size
 from core.tasks.faces.enrol import FacePhoto, shown_name
+from core.tasks.faces.gallery import KINDS
+from tests.synthetic import hold_training
 from tests.test_faces_pages import _app, _ok, _texts, make_face_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +159,27 @@ def test_a_run_is_named_after_the_people_it_enrols(home: Path, tmp_path: Path) -
         assert runs.display_name(run_dir) == "Face model (frozen) · Team Blue"
     finally:
         jobs.cancel(run_dir)
+
+
+def test_a_second_start_with_the_same_choices_does_not_enrol_twice(home: Path, tmp_path: Path) -> None:
+    """Start stayed enabled while the run shown trained, so a double click queued a second, identical run."""
+    team = import_folder(_plain_photos(tmp_path / "team", {"ann": 2, "bob": 2}), "Team Red").dataset
+    set_task(team.id, "faces")
+    at = _app("views/train.py", dataset_id=team.id)
+    at.run()
+    at.button(key="faces_train_start").click().run()
+    _ok(at)
+    first = runs_root() / at.session_state["draft_run_id"]
+    hold_training(first)
+    try:
+        at.button(key="faces_train_start").click().run()  # the second click of a double click
+        _ok(at)
+        assert runs.list_runs() == [first] and at.button(key="faces_train_start").disabled
+        assert any("already enrolling these people with these very choices" in c.value for c in at.caption)
+        at.radio(key="faces_gallery").set_value(next(k for k in KINDS if k != "prototype")).run()
+        assert not at.button(key="faces_train_start").disabled  # another gallery: a run of its own
+    finally:
+        runs.write_status(first, state="cancelled")
 
 
 def test_home_describes_the_face_steps_in_their_own_words(home: Path) -> None:

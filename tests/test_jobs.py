@@ -118,3 +118,20 @@ def test_worker_priority_setting_is_read_safely() -> None:
     base = os.nice(0)
     assert niceness("0") == base
     assert niceness("abc") == niceness("5") == min(19, base + 5)
+
+
+def test_an_active_twin_is_a_queued_or_training_run_with_the_same_choices(home: Path, colours: Path) -> None:
+    base = RunConfig("test_resnet", str(colours), FreezeConfig("all"), TrainConfig(epochs=2, image_fit="crop"),
+                     name="first", pretrained=False)
+    run_dir = runs.create_run(base, {"faces": {"gallery": "prototype"}})
+    assert jobs.active_twin(base) is None  # created, not queued: starting it is no repeat
+    runs.write_status(run_dir, state="queued")
+    auto = RunConfig(base.backbone, base.dataset, base.freeze, TrainConfig(epochs=2, image_fit="auto"),
+                     name="another name", pretrained=False)
+    assert jobs.active_twin(auto) == run_dir  # names aside; "auto" matches the fit the run settled on
+    assert jobs.active_twin(auto, {"faces": {"gallery": "prototype"}}) == run_dir
+    assert jobs.active_twin(auto, {"faces": {"gallery": "nearest"}}) is None  # another choice in the manifest
+    assert jobs.active_twin(RunConfig(base.backbone, base.dataset, base.freeze, TrainConfig(epochs=3),
+                                      pretrained=False)) is None
+    runs.write_status(run_dir, state="completed")
+    assert jobs.active_twin(base) is None

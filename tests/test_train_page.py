@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core import runs
 from core.settings import runs_root
 from core.tasks.classification import CLASSIFICATION
+from tests.synthetic import hold_training
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,6 +90,26 @@ def test_faster_epochs_option_trains_on_smaller_crops(home: Path, sample_texture
     from core import jobs
 
     jobs.cancel(run_dir)
+
+
+def test_a_second_start_with_the_same_choices_does_not_queue_a_twin(home: Path, sample_textures) -> None:
+    """A double click on Start (or Start again after a reload) while the run trains would only repeat it."""
+
+    at = _with_sample()
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_start").click().run()
+    first = runs_root() / at.session_state["draft_run_id"]
+    hold_training(first)
+    try:
+        at.button(key="train_start").click().run()  # the second click of a double click
+        assert not at.exception
+        assert runs.list_runs() == [first], "no second run with the same choices"
+        assert at.button(key="train_start").disabled
+        assert any("already training with these very choices (shown below)" in c.value for c in at.caption)
+        at.number_input(key="train_epochs").set_value(2).run()  # another choice: queueing it is the user's call
+        assert not at.button(key="train_start").disabled
+    finally:
+        runs.write_status(first, state="cancelled")
 
 
 def test_unticking_faster_epochs_trains_at_the_models_size(home: Path, sample_textures) -> None:

@@ -102,8 +102,11 @@ if model != DLIB_MODEL:
     epochs = st.number_input("Epochs", 1, 200, value=defaults.epochs, key="faces_epochs")
 
 
+train = replace(defaults, epochs=int(epochs))
+choices = {"gallery": kind, "target_far": float(far)}  # kept in the run's manifest, beside the people
+
+
 def _start() -> None:
-    train = replace(defaults, epochs=int(epochs))
     try:
         manifest = TASK.resolve_data(dataset_id, train.seed)
     except DatasetProblem as err:
@@ -112,7 +115,7 @@ def _start() -> None:
     except Exception as err:  # a store error: say it plainly
         st.error(f"The people cannot be used: {err}")
         return
-    manifest["faces"] = {"gallery": kind, "target_far": float(far)}
+    manifest["faces"] = choices
     name = ("Face model (frozen)" if model == DLIB_MODEL else f"Fine-tune · {model}") + \
         f" · {photos_name(manifest, dataset_id)}"  # the people's set: runs on other people told apart
     config = RunConfig(model, dataset_id, freeze, train, task="faces", name=name)
@@ -121,8 +124,15 @@ def _start() -> None:
     set_draft("run_id", run_dir.name)
 
 
-if st.button("Start", key="faces_train_start", type="primary", icon=":material/play_arrow:"):
+twin = jobs.active_twin(RunConfig(model, dataset_id, freeze, train, task="faces"), {"faces": choices})
+twin_note = None if twin is None else (
+    f"'{runs.display_name(twin)}' is already enrolling these people with these very choices. Change a choice to "
+    "queue another run, or stop that one first.")
+if st.button("Start", key="faces_train_start", type="primary", icon=":material/play_arrow:",
+             disabled=twin is not None, help=twin_note) and twin is None:  # a second click sent before the redraw
     _start()
+if twin_note:
+    st.caption(twin_note)
 
 
 def _people_of(run_dir: Path) -> str:

@@ -354,15 +354,32 @@ def _time_note(train: TrainConfig) -> str | None:
 
 if (_eta := _time_note(train)) is not None:
     st.caption(_eta)
+def _twin_note(quick: bool) -> str | None:
+    """Why Start would only repeat a run that is queued or training with these very choices, or None."""
+    extras = {"model": {"arch": (draft(f"{TASK.name}_options") or {}).get("arch", TASK.default_arch)}} \
+        if TASK.name == "segmentation" else None  # the architecture lives in the run's manifest
+    twin = jobs.active_twin(RunConfig(backbone, dataset_id, freeze, train, quick=quick, task=TASK.name), extras)
+    if twin is None:
+        return None
+    shown = " (shown below)" if draft("run_id") == twin.name else " (pick it under *Other runs* to watch it)"
+    return (f"'{runs.display_name(twin)}' is already training with these very choices{shown}. Change a choice to "
+            "queue another run, or stop that one first.")
+
+
 _fix_first = "The photos cannot be trained on yet: see above." if BLOCKED else None
+_twins = {quick: _twin_note(quick) for quick in ((True, False) if TASK.has_quick else (False,))}
 c1, c2 = st.columns(2) if TASK.has_quick else (None, st.container())  # one button: no empty column beside it
 if TASK.has_quick and c1.button("Quick model (seconds)", key="train_quick", icon=":material/bolt:",
-                                disabled=bool(BLOCKED), help=_fix_first or "Trains only a new head on features of "
-                                "the frozen model: a baseline in seconds.") and not BLOCKED:
+                                disabled=bool(BLOCKED or _twins[True]), help=_fix_first or _twins[True] or
+                                "Trains only a new head on features of the frozen model: a baseline in seconds.") \
+        and not (BLOCKED or _twins[True]):
     _start(True, train)
 if c2.button("Start training", key="train_start", type="primary", icon=":material/play_arrow:",
-             disabled=bool(BLOCKED), help=_fix_first) and not BLOCKED:
+             disabled=bool(BLOCKED or _twins[False]), help=_fix_first or _twins[False]) \
+        and not (BLOCKED or _twins[False]):  # a second click sent before the page redrew the button disabled
     _start(False, train)
+if _twins[False] and not BLOCKED:
+    st.caption(_twins[False])
 
 run_id = draft("run_id")
 if not run_id:  # a new session or another task: this task's running job, else its latest run on these photos
