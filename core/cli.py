@@ -226,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config.quick:
         from core.quick import train_quick
 
-        runs.write_status(run_dir, state="running", pid=os.getpid())
+        runs.write_status(run_dir, state="running", **runs.this_process())
         result = train_quick(run_dir, subscribers)
         out = {"run_dir": str(run_dir), "state": "completed", **result}
         out["seconds"] = round(float(out.get("seconds") or 0.0), 2)
@@ -237,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         runs.clear_stop(run_dir)
-        runs.write_status(run_dir, state="running", pid=os.getpid())
+        runs.write_status(run_dir, state="running", **runs.this_process())
         try:
             res = fit(run_dir, subscribers, should_stop=lambda: stop["asked"] or runs.stop_requested(run_dir))
         finally:
@@ -304,7 +304,7 @@ def _train_distributed(args: argparse.Namespace, run_dir: Path, spec) -> dict:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     runs.clear_stop(run_dir)
-    runs.write_status(run_dir, state="running", pid=os.getpid(), message=f"Starting {spec.world_size} processes…")
+    runs.write_status(run_dir, state="running", **runs.this_process(), message=f"Starting {spec.world_size} processes…")
     t0 = time.time()
     try:
         res = run_distributed(run_dir, spec, extra_env={"TS_DDP_PROGRESS": "0" if args.quiet else "1"},

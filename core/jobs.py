@@ -125,13 +125,13 @@ def trainer_pid(run_dir: Path) -> int | None:
     if proc is not None:
         return proc.pid
     status = runs.read_status(run_dir)
-    if status.get("state") not in runs.ACTIVE_STATES or not status.get("pid"):
+    if status.get("state") not in runs.ACTIVE_STATES or not status.get("pid") or not status.get("pid_created"):
         return None
     try:
         proc = psutil.Process(int(status["pid"]))
         if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE or \
-                proc.create_time() > float(status.get("updated") or 0):
-            return None  # this process, ended, or the pid is another's now (it started after the status was written)
+                abs(proc.create_time() - float(status["pid_created"])) > 1:
+            return None  # this process, ended, or the pid is another process's now
         return proc.pid
     except (OSError, ValueError, TypeError, psutil.Error):
         return None
@@ -140,6 +140,9 @@ def trainer_pid(run_dir: Path) -> int | None:
 def state(run_dir: Path) -> dict:
     """The run's status; a run that says it is active but has no live worker is marked 'crashed' with a reason."""
     status = runs.read_status(run_dir)
+    if _command_line_gone(run_dir, status):  # `transfer-studio train` killed (kill -9, a closed terminal)
+        return runs.write_status(run_dir, state="crashed", ended=time.time(),
+                                 message="The command-line process that trained it ended unexpectedly.")
     if status.get("state") in runs.ACTIVE_STATES and (Path(run_dir) / JOB_FILE).exists() and not is_alive(run_dir):
         time.sleep(0.2)  # the worker may be writing its last status
         status = runs.read_status(run_dir)
@@ -149,6 +152,17 @@ def state(run_dir: Path) -> dict:
                                        message="The training process ended unexpectedly" + (f": {tail}" if tail
                                                                                             else "."))
     return status
+
+
+def _command_line_gone(run_dir: Path, status: dict) -> bool:
+    """True when a run says a command-line process trains it (no app worker) and that process is gone."""
+    if status.get("state") not in runs.ACTIVE_STATES or (Path(run_dir) / JOB_FILE).exists() or \
+            not status.get("pid_created") or status.get("pid") == os.getpid():
+        return False
+    if trainer_pid(run_dir) is not None:
+        return False
+    time.sleep(0.2)  # it may be writing its last status
+    return runs.read_status(run_dir).get("state") in runs.ACTIVE_STATES
 
 
 def _log_tail(run_dir: Path, n: int = 400) -> str:
@@ -168,7 +182,8 @@ def stop(run_dir: Path) -> None:
 
 
 def cancel(run_dir: Path, grace: float = 1.5) -> None:
-    """End the worker now: SIGTERM, then SIGKILL after `grace` seconds. The last checkpoint stays."""
+    """End the worker now: SIGTERM, then SIGKILL after `grace` seconds. The last checkpoint stays. A run that a
+    `transfer-studio train` process trains ends that process (only it: not the shell's pipeline around it)."""
     proc = _process(run_dir)
     if proc is not None:
         try:
@@ -179,8 +194,23 @@ def cancel(run_dir: Path, grace: float = 1.5) -> None:
             proc.wait(2)
         except (ProcessLookupError, psutil.NoSuchProcess):
             pass
+    elif (pid := trainer_pid(run_dir)) is not None:
+        _end(pid, grace)
     if runs.read_status(run_dir).get("state") in runs.ACTIVE_STATES:
         runs.write_status(run_dir, state="cancelled", message="Cancelled.", ended=time.time())
+
+
+def _end(pid: int, grace: float) -> None:
+    """SIGTERM one process, SIGKILL it when it is still there after `grace` seconds."""
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
+        proc.wait(grace)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(2)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def queue_position(run_dir: Path) -> int | None:

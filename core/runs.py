@@ -102,6 +102,14 @@ def read_status(run_dir: Path) -> dict:
     return read_json(Path(run_dir) / "status.json", {}) or {}
 
 
+def this_process() -> dict[str, float]:
+    """Status fields naming the process that trains a run: its pid and start time (a pid alone may be another
+    process's after the first has died)."""
+    import psutil
+
+    return {"pid": os.getpid(), "pid_created": psutil.Process().create_time()}
+
+
 def write_status(run_dir: Path, **fields: Any) -> dict:
     """Merge `fields` into status.json (atomic)."""
     status = read_status(run_dir)

@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     config = runs.load_config(run_dir)
     device = "cuda" if config.train.device in ("auto", "cuda") and _cuda() else "cpu"
     lock = _wait_for_device(run_dir, device)
-    runs.write_status(run_dir, state="running", pid=os.getpid(), message="Starting…", started=time.time())
+    runs.write_status(run_dir, state="running", **runs.this_process(), message="Starting…", started=time.time())
     from core.quick import train_quick
     from core.recorder import RunRecorder
     from core.tasks import get_task

@@ -208,17 +208,21 @@ def test_a_run_another_process_trains_is_not_resumed_beside_it(colours: Path, ca
     run_dir = _untrained_run(colours, "busy")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        runs.write_status(run_dir, state="running", pid=other.pid)  # as `transfer-studio train` writes it
+        started = psutil.Process(other.pid).create_time()
+        runs.write_status(run_dir, state="running", pid=other.pid, pid_created=started)  # as `train` writes it
         assert main(["train", "--resume", str(run_dir)]) == 2
         err = capsys.readouterr().err
         assert f"is training now (process {other.pid})" in err and f"runs stop {run_dir.name}" in err
         with pytest.raises(runs.RunError, match="training in another process"):  # nor by the app's Resume
             jobs.start(run_dir)
         assert runs.read_status(run_dir)["state"] == "running"
-        status = json.loads((run_dir / "status.json").read_text())
-        status["updated"] = psutil.Process(other.pid).create_time() - 60  # the pid is another process's now
-        (run_dir / "status.json").write_text(json.dumps(status))
+        runs.write_status(run_dir, pid_created=started - 60)  # the pid is another process's now
         assert jobs.trainer_pid(run_dir) is None
+        jobs.cancel(run_dir)
+        assert other.poll() is None, "a process that only has the run's old pid is never ended"
+        runs.write_status(run_dir, state="running", pid_created=started)
+        jobs.cancel(run_dir)  # `runs cancel` of a run a command-line process trains ends that process
+        assert other.wait(5) is not None and runs.read_status(run_dir)["state"] == "cancelled"
     finally:
         other.kill()
         other.wait()

@@ -135,3 +135,22 @@ def test_an_active_twin_is_a_queued_or_training_run_with_the_same_choices(home: 
                                       pretrained=False)) is None
     runs.write_status(run_dir, state="completed")
     assert jobs.active_twin(base) is None
+
+
+def test_a_command_line_trainer_killed_leaves_its_run_crashed_not_running(tmp_path: Path, colours: Path) -> None:
+    import subprocess
+    import sys
+
+    run_dir = _run(colours, tmp_path / "runs")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runs.write_status(run_dir, state="running", pid=other.pid,
+                          pid_created=psutil.Process(other.pid).create_time())  # as `transfer-studio train` writes
+        assert jobs.state(run_dir)["state"] == "running" and jobs.trainer_pid(run_dir) == other.pid
+    finally:
+        other.kill()  # kill -9, or the terminal closed
+        other.wait()
+    status = jobs.state(run_dir)
+    assert status["state"] == "crashed" and "command-line process" in status["message"]
+    runs.write_status(run_dir, state="running", pid=os.getpid(), pid_created=psutil.Process().create_time())
+    assert jobs.state(run_dir)["state"] == "running"  # this very process trains it (the tests' in-process runs)

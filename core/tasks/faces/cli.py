@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -99,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     runs.clear_stop(run_dir)
-    runs.write_status(run_dir, state="running", pid=os.getpid())
+    runs.write_status(run_dir, state="running", **runs.this_process())
     try:
         res = fit(run_dir, [RunRecorder(run_dir), _progress(args.quiet or args.json)],
                   should_stop=lambda: stop["asked"] or runs.stop_requested(run_dir))

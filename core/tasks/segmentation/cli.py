@@ -5,7 +5,6 @@ export whose config.json / manifest.json names the task). Errors are one line on
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -73,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {run_dir}", file=sys.stderr)
     previous = signal.signal(signal.SIGINT, on_sigint)
     runs.clear_stop(run_dir)
-    runs.write_status(run_dir, state="running", pid=os.getpid())
+    runs.write_status(run_dir, state="running", **runs.this_process())
     try:
         res = fit(run_dir, subscribers, should_stop=lambda: stop["asked"] or runs.stop_requested(run_dir))
     finally:
