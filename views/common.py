@@ -63,8 +63,8 @@ def memo_put(store: dict, key: tuple, value: object, limit: int) -> None:
 
 
 def duration(seconds: float) -> str:
-    """A length of time for people: "< 1 s", "7.3 s", "40 s", "4 min", "1 h 10 min" (under 90 s as the Layers
-    page's epoch time writes it)."""
+    """A length of time for people: "< 1 s", "7.3 s", "40 s", "2 min" (from 90 s), "1 h 10 min"; the Layers page's
+    time per epoch and the Train page's estimate say it alike."""
     if seconds < 1:
         return "< 1 s"
     if seconds < 90:

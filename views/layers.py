@@ -16,6 +16,7 @@ from views.common import (
     current_task,
     draft,
     draft_freeze,
+    duration,
     need_backbone,
     set_draft,
     step_page,
@@ -37,13 +38,6 @@ def preset_help(preset: str, freeze: FreezeConfig) -> str:
         return ("Train the head first, then unfreeze the rest with lower learning rates for earlier groups; the first "
                 f"{freeze.keep_frozen} {'group stays' if freeze.keep_frozen == 1 else 'groups stay'} frozen.")
     return PRESET_HELP[preset]
-
-
-def epoch_time(seconds: float) -> str:
-    """A measured time per epoch for a metric: "< 1 s" under a second, one decimal under ten, whole seconds above."""
-    if seconds < 1:
-        return "< 1 s"
-    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 st.title("3 · Choose what to train")
@@ -148,7 +142,8 @@ if st.button("Measure", key="estimate_run"):
 est = st.session_state.get("estimate")
 if est and est["model"] == backbone and est["freeze_config"] == freeze.to_dict() and est["batch_size"] == batch:
     c1, c2, c3 = st.columns(3)
-    c1.metric("Time per epoch", epoch_time(est["seconds_per_step"] * -(-int(n_images) // int(batch))))
+    # in the words the Train page uses for the same figure ("2 min", not "100 s")
+    c1.metric("Time per epoch", duration(est["seconds_per_step"] * -(-int(n_images) // int(batch))))
     c2.metric("Images / second", f"{est['images_per_second']:.0f}")
     c3.metric("Peak memory", f"{est['peak_memory_mb'] / 1024:.2f} GB")
     st.caption(est["note"])
