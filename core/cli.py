@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from core.cli_common import fail, too_small
@@ -137,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core import runs, trainset
     from core.config import FreezeConfig, RunConfig
     from core.recorder import RunRecorder, TextProgress
-    from core.tasks import get_task, task_of
+    from core.tasks import get_task, run_name, task_of
 
     problem = too_small((("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1), ("--nproc", args.nproc, 1),
                          ("--nnodes", args.nnodes, 1), ("--keep-frozen", args.keep_frozen, 0)))
@@ -213,6 +214,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print("error: the quick model needs pretrained weights.", file=sys.stderr)
                 return 2
             manifest = trainset.resolve(config.dataset, args.val_fraction, args.seed)
+            if not config.name:  # named as the Train page names it: runs told apart on the Runs page
+                config = replace(config, name=run_name(task, args.model, manifest, data, args.quick))
             run_dir = runs.create_run(config, manifest, Path(args.runs_dir) if args.runs_dir else None)
     except (trainset.DatasetProblem, runs.RunError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -44,7 +44,9 @@ def test_a_run_id_from_runs_list_names_the_run_in_every_command(colours: Path, t
     out = capsys.readouterr().out
     assert "best validation accuracy" in out and " %" in out  # a percentage, as everywhere else
     assert main(["runs", "list", "--json"]) == 0
-    run_id = _json_out(capsys)["runs"][0]["run"]
+    row = _json_out(capsys)["runs"][0]
+    run_id = row["run"]
+    assert row["name"] == "Fine-tune · test_resnet · colours"  # no --name: named as the Train page names runs
     assert main(["evaluate", "--run", run_id, "--no-learning-curve", "--json"]) == 0
     assert _json_out(capsys)["n_images"] == 6
     assert main(["train", "--resume", run_id, "--quiet", "--json"]) == 0
@@ -242,3 +244,17 @@ def test_runs_list_shows_a_frozen_face_model_as_used_as_is(colours: Path, capsys
     assert row["freeze"] == "used as is" and row["epochs"] is None and row["lr"] == ""
     assert main(["runs", "list", "--task", row["task"]]) == 0
     assert "used as is" in capsys.readouterr().out
+
+
+def test_runs_are_named_alike_from_every_page_and_command() -> None:
+    from core.tasks import run_name
+
+    folder = {"source": {"kind": "folder", "path": "/photos/hymenoptera"}}
+    assert run_name("classification", "mobilenetv2_100", folder, "/photos/hymenoptera") == \
+        "Fine-tune · mobilenetv2_100 · hymenoptera"
+    assert run_name("classification", "m", {"source": {"name": "Ants v2"}}, "ab12", quick=True) == \
+        "Quick model · m · Ants v2"
+    assert run_name("segmentation", "m", {}, "sample:segmentation") == "Fine-tune · m · segmentation · Segmentation"
+    assert run_name("faces", "dlib_resnet_face", {"source": {"name": "Team Blue"}}, "x") == \
+        "Face model (frozen) · Team Blue"
+    assert run_name("faces", "m", {"source": {"name": "Team Blue"}}, "x") == "Fine-tune · m · Team Blue"

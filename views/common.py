@@ -328,12 +328,6 @@ def sidebar_status(slot) -> None:
             st.caption(f"Run: **{run_label(run_id)}**" + (f" ({other})" if other else ""))
 
 
-def photos_name(manifest: dict, dataset_id: str) -> str:
-    """The photos' name for a run's name (the set's name, else its folder's): runs told apart at a glance."""
-    source = manifest.get("source") or {}
-    return str(source.get("name") or Path(source.get("path") or dataset_id.split(":")[-1]).name)[:40]
-
-
 def _default_face_model() -> str:
     """The model the Faces Train page starts with (the frozen face model), named before that page is visited."""
     from core.tasks import get_task

@@ -14,12 +14,12 @@ from core.config import DEFAULT_BACKBONE, RunConfig
 from core.plots import batch_loss_figure, epoch_curves
 from core.progress import read_run
 from core.settings import runs_root
-from core.tasks import get_task
+from core.tasks import get_task, run_name
 from core.tasks.faces.embed import DLIB_MODEL, FACE_MODELS, is_face_model
 from core.tasks.faces.gallery import KINDS
 from core.tasks.faces.threshold import TARGET_FARS, all_unknown_hint
 from core.trainset import DatasetProblem
-from views.common import dataset_label, draft, draft_freeze, esc, photos_name, set_draft, step_page
+from views.common import dataset_label, draft, draft_freeze, esc, set_draft, step_page
 
 
 def far_words(far: float) -> str:
@@ -116,9 +116,8 @@ def _start() -> None:
         st.error(f"The people cannot be used: {err}")
         return
     manifest["faces"] = choices
-    name = ("Face model (frozen)" if model == DLIB_MODEL else f"Fine-tune · {model}") + \
-        f" · {photos_name(manifest, dataset_id)}"  # the people's set: runs on other people told apart
-    config = RunConfig(model, dataset_id, freeze, train, task="faces", name=name)
+    config = RunConfig(model, dataset_id, freeze, train, task="faces",
+                       name=run_name("faces", model, manifest, dataset_id))  # runs on other people told apart
     run_dir = runs.create_run(config, manifest)
     jobs.start(run_dir)
     set_draft("run_id", run_dir.name)

@@ -16,7 +16,7 @@ from core.pipeline import FITS
 from core.plots import batch_loss_figure, epoch_curves, extra_metrics_figure, lr_find_figure
 from core.progress import read_run
 from core.settings import runs_root
-from core.tasks import get_task, train_defaults
+from core.tasks import get_task, run_name, train_defaults
 from views.common import (
     KEPT_STORE,
     KEPT_WIDGETS,
@@ -31,7 +31,6 @@ from views.common import (
     esc,
     freeze_words,
     need_backbone,
-    photos_name,
     set_draft,
     step_page,
     train_images,
@@ -321,10 +320,8 @@ def _start(quick: bool, train: TrainConfig) -> None:
     except Exception as err:  # a store error: say it plainly
         st.error(f"The dataset cannot be used: {err}")
         return
-    photos = photos_name(manifest, dataset_id)  # the photos' name in the run's name: runs told apart at a glance
     config = RunConfig(backbone, dataset_id, freeze, train, quick=quick, task=TASK.name,
-                       name=("Quick model" if quick else "Fine-tune") + f" · {backbone} · {photos}"
-                       + ("" if TASK.name == "classification" else f" · {TASK.title}"))
+                       name=run_name(TASK.name, backbone, manifest, dataset_id, quick))  # told apart at a glance
     run_dir = runs.create_run(config, manifest)
     jobs.start(run_dir)
     set_draft("run_id", run_dir.name)

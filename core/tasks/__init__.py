@@ -48,6 +48,22 @@ TITLES = {"classification": "Image classification", "detection": "Object detecti
 USED_AS_IS = frozenset({"dlib_resnet_face"})
 
 
+def photos_name(manifest: dict, dataset: str) -> str:
+    """The photos' name for a run's name (the set's name, else its folder's): runs told apart at a glance."""
+    source = manifest.get("source") or {}
+    return str(source.get("name") or Path(source.get("path") or dataset.split(":")[-1]).name)[:40]
+
+
+def run_name(task: str, model: str, manifest: dict, dataset: str, quick: bool = False) -> str:
+    """A new run's name, the same from the Train pages and the command line: "Fine-tune · mobilenetv2_100 ·
+    hymenoptera", "Quick model · …", "… · Segmentation", "Face model (frozen) · Team Blue"."""
+    photos = photos_name(manifest, dataset)
+    if task == "faces":
+        return ("Face model (frozen)" if model in USED_AS_IS else f"Fine-tune · {model}") + f" · {photos}"
+    return (f"{'Quick model' if quick else 'Fine-tune'} · {model} · {photos}"
+            + ("" if task == "classification" else f" · {TITLES.get(task, task)}"))
+
+
 class Task(Protocol):
     """What every task provides."""
 

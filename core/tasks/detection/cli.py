@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from core.cli_common import error_text, run_command
 from core.cli_common import fail as _fail
 from core.cli_common import print_json as _print_json
+from core.tasks import run_name
 
 
 def _progress(quiet: bool):
@@ -71,9 +73,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             annotations = str(Path(args.annotations).resolve()) if getattr(args, "annotations", None) else None
             freeze = FreezeConfig(args.freeze) if args.freeze else DETECTION.default_freeze()
             config = RunConfig(args.model, data, freeze, train_config(args), task="detection",
-                               name=args.name or f"Detection · {args.model}", pretrained=pretrained)
+                               name=args.name or "", pretrained=pretrained)
             manifest = resolve(data, seed=args.seed, annotations=annotations,
                                val_fraction=getattr(args, "val_fraction", 0.2) or 0.2)
+            if not config.name:  # named as the Train page names it
+                config = replace(config, name=run_name("detection", args.model, manifest, data))
             run_dir = runs.create_run(config, manifest, Path(args.runs_dir) if args.runs_dir else None)
     except (DatasetProblem, runs.RunError, ValueError, KeyError, zoo.ZooError) as err:
         return _fail(error_text(err))

@@ -41,6 +41,7 @@ def new_run(data: str, model: str, args: argparse.Namespace) -> Path:
 
     from core import runs, zoo
     from core.config import FreezeConfig, RunConfig
+    from core.tasks import run_name
     from core.tasks.faces.data import resolve
     from core.tasks.faces.embed import is_face_model
     from core.tasks.faces.gallery import KINDS
@@ -65,7 +66,7 @@ def new_run(data: str, model: str, args: argparse.Namespace) -> Path:
     manifest = resolve(source, args.seed)
     manifest["faces"] = {"gallery": gallery_kind, "target_far": far}
     config = RunConfig(model, source, FreezeConfig(args.freeze or "all"), train, task="faces",
-                       name=args.name or f"Faces · {model}", pretrained=pretrained)
+                       name=args.name or run_name("faces", model, manifest, source), pretrained=pretrained)
     return runs.create_run(config, manifest, Path(args.runs_dir) if args.runs_dir else None)
 
 

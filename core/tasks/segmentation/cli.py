@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from core.cli_common import fail as _fail
 from core.cli_common import pct as _pct
 from core.cli_common import print_json as _print_json
 from core.cli_common import run_command
+from core.tasks import run_name
 
 
 def run(command: str, args: argparse.Namespace) -> int:
@@ -59,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                      val_fraction=args.val_fraction)
         for note in manifest.get("notes", [])[:20]:
             print(f"note: {note}", file=sys.stderr)
+        if not config.name:  # named as the Train page names it
+            config = replace(config, name=run_name("segmentation", model, manifest, data))
         run_dir = runs.create_run(config, manifest, Path(args.runs_dir) if args.runs_dir else None)
     stop = {"asked": False}
 
