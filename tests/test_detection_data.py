@@ -310,3 +310,15 @@ def test_a_zip_without_photos_is_refused_by_its_own_name(home: Path, tmp_path: P
     with pytest.raises(D.AnnotationError) as err:
         S.import_zip(archive, "empty", display_name="holiday boxes.zip")
     assert "holiday boxes.zip" in str(err.value) and ".extract-" not in str(err.value)
+
+
+def test_the_sample_is_named_sample_detection_as_the_other_samples(home: Path) -> None:
+    from core.tasks.detection.dataset import resolve
+    from core.tasks.detection.sample import find_sample
+    from core.trainset import DatasetProblem
+
+    manifest = resolve("sample:detection")  # the command line's `--data sample:detection`
+    assert manifest["classes"] and find_sample() is not None  # imported once into the store
+    assert resolve("sample:detection")["classes"] == manifest["classes"]
+    with pytest.raises(DatasetProblem, match="sample:nonsense: no such sample"):
+        resolve("sample:nonsense")

@@ -296,6 +296,12 @@ def resolve(dataset: str, seed: int = 0, annotations: str | None = None, val_fra
     Raises `core.trainset.DatasetProblem` with a message for people."""
     from core.trainset import DatasetProblem
 
+    if dataset.startswith("sample:"):  # "sample:detection", as "sample:segmentation" and "sample:textures" work
+        from core.tasks.detection.sample import FOLDER, ensure_sample
+
+        if dataset.split(":", 1)[1] not in ("detection", FOLDER):
+            raise DatasetProblem(f"{dataset}: no such sample; the detection sample is sample:detection.")
+        dataset = ensure_sample()
     try:
         if Path(dataset).is_dir() or annotations:
             ds = load_folder(dataset, annotations, seed, val_fraction)
