@@ -1,4 +1,5 @@
-"""Grad-CAM heat maps: which parts of the photo made the model choose a class (pytorch_grad_cam).
+"""Grad-CAM heat maps: which parts of the photo made the model choose a class (the method of pytorch_grad_cam's
+GradCAM, computed here).
 
 The target layer is found for any timm model without a per-architecture table: the module whose output IS the
 tensor `forward_features` returns (the last feature map before pooling: `layer4` of a ResNet, `bn2` of an
@@ -111,35 +112,70 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:
     return result
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target_index: int, layer: TargetLayer | None = None) -> np.ndarray:
-    """The Grad-CAM map (H x W float32 in [0, 1], at the input size) of one prepared image (1,3,H,W) for a class."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+def _scale(maps: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Each map shifted to start at 0 and divided by its maximum (+1e-7), then resized to `size` (width, height)
+    bilinearly: `pytorch_grad_cam.utils.image.scale_cam_image` for 2-D maps."""
+    import cv2
 
-    layer = layer or find_target_layer(model, x)
+    out = []
+    for m in maps:
+        m = m - np.min(m)
+        m = m / (1e-7 + np.max(m))
+        out.append(cv2.resize(np.float32(m), size) if size is not None else m)
+    return np.float32(out)
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target_index: int, layer: TargetLayer | None = None) -> np.ndarray:
+    """The Grad-CAM map (H x W float32 in [0, 1], at the input size) of one prepared image (1,3,H,W) for a class.
+
+    The same numbers as `pytorch_grad_cam.GradCAM` (channel weights = mean gradient of the class score over the
+    layer's map, weighted sum, ReLU, min-max scaling, bilinear resize), without importing that package (2–7 s on a
+    first heat-map: it pulls in scikit-learn and scipy) and with the backward pass stopped at the target layer
+    instead of running through the whole network into every weight's `.grad`."""
+    return _cam(model, x, layer or find_target_layer(model, x), lambda _: int(target_index))[0]
+
+
+def _cam(model: nn.Module, x: torch.Tensor, layer: TargetLayer,
+         pick: Callable[[torch.Tensor], int]) -> tuple[np.ndarray, torch.Tensor]:
+    """(Grad-CAM map, the model's outputs for the image) in one forward pass; `pick(outputs)` names the class."""
     was_training = model.training
     model.eval()
+    seen: list[torch.Tensor] = []
+    handle = layer.module.register_forward_hook(lambda mod, inp, out: seen.append(out))
     try:
         # the input asks for gradients, so activations have them even when the backbone's weights are frozen
         inp = x[:1].detach().float().clone().requires_grad_(True)
-        with torch.enable_grad(), GradCAM(model=model, target_layers=[layer.module],
-                                          reshape_transform=layer.reshape) as cam:
-            maps = cam(input_tensor=inp, targets=[ClassifierOutputTarget(int(target_index))])
+        with torch.enable_grad():
+            out = model(inp)
+            act = seen[0]  # the layer's first output in the pass, as pytorch_grad_cam takes it
+            (grad,) = torch.autograd.grad(out[0, pick(out.detach())], act)
     finally:
+        handle.remove()
         model.train(was_training)
+    act, grad = act.detach(), grad.detach()
+    if layer.reshape is not None:
+        act, grad = layer.reshape(act), layer.reshape(grad)
+    acts, grads = act.cpu().numpy(), grad.cpu().numpy()
+    weights = np.mean(grads, axis=(2, 3))
+    cam = np.maximum((weights[:, :, None, None] * acts).sum(axis=1), 0)
+    per_layer = _scale(cam, (inp.size(-1), inp.size(-2)))[:, None, :]  # one target layer
+    maps = _scale(np.mean(np.maximum(per_layer, 0), axis=1))
     heat = np.nan_to_num(np.asarray(maps[0], dtype=np.float32))
-    return np.clip(heat, 0.0, 1.0)
+    return np.clip(heat, 0.0, 1.0), out.detach()
 
 
 def overlay_heatmap(image: np.ndarray | Image.Image, heatmap: np.ndarray, image_weight: float = 0.55) -> Image.Image:
-    """The image (uint8 RGB) with the heat map in the JET colours on top."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    """The image (uint8 RGB) with the heat map in the JET colours on top (as
+    `pytorch_grad_cam.utils.image.show_cam_on_image` draws it)."""
+    import cv2
 
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32) / 255.0
     if rgb.shape[:2] != heatmap.shape:
         heatmap = np.asarray(Image.fromarray((heatmap * 255).astype(np.uint8)).resize(
             (rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-    return Image.fromarray(show_cam_on_image(rgb, heatmap, use_rgb=True, image_weight=image_weight))
+    colours = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * heatmap), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    cam = (1 - image_weight) * (np.float32(colours) / 255) + image_weight * rgb
+    return Image.fromarray(np.uint8(255 * (cam / np.max(cam))))
 
 
 def explain(predictor, source: str | os.PathLike | bytes, target: int | str | None = None) -> CamResult:
@@ -149,20 +185,17 @@ def explain(predictor, source: str | os.PathLike | bytes, target: int | str | No
     x = eval_batch(square[None], predictor.prep, channels_last=False).to(predictor.plan.torch_device())
     off = (square.shape[0] - predictor.prep.size) // 2
     view = square[off:off + predictor.prep.size, off:off + predictor.prep.size]
-    with predictor.lock:
-        with torch.inference_mode():
-            probs = torch.softmax(predictor.model(x).float(), 1)[0].cpu()
-        if target is None:
-            index = int(probs.argmax())
-        elif isinstance(target, str):
-            if target not in predictor.classes:
-                raise ValueError(f"Unknown class {target!r}; the model knows {', '.join(predictor.classes)}.")
-            index = predictor.classes.index(target)
-        else:
-            index = int(target)
-            if not 0 <= index < len(predictor.classes):
-                raise ValueError(f"Class index {index} is out of range (0-{len(predictor.classes) - 1}).")
+    if isinstance(target, str):
+        if target not in predictor.classes:
+            raise ValueError(f"Unknown class {target!r}; the model knows {', '.join(predictor.classes)}.")
+        target = predictor.classes.index(target)
+    elif target is not None and not 0 <= int(target) < len(predictor.classes):
+        raise ValueError(f"Class index {int(target)} is out of range (0-{len(predictor.classes) - 1}).")
+    with predictor.lock:  # one forward pass gives the probabilities (the predicted class) and the map
         layer = find_target_layer(predictor.model, x)
-        heat = grad_cam(predictor.model, x, index, layer)
+        heat, out = _cam(predictor.model, x, layer, lambda o: int(torch.softmax(o.float(), 1)[0].argmax())
+                         if target is None else int(target))
+    probs = torch.softmax(out.float(), 1)[0].cpu()
+    index = int(probs.argmax()) if target is None else int(target)
     return CamResult(heat, overlay_heatmap(view, heat), Image.fromarray(np.ascontiguousarray(view)), index,
                      predictor.classes[index], float(probs[index]), layer.name)

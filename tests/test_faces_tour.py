@@ -143,18 +143,23 @@ def test_sidebar_names_the_face_model_before_the_train_page_is_visited(home: Pat
         assert "Model: **dlib_resnet_face** (face model, frozen)" in side and "Layers:" not in side, page
 
 
-@pytest.mark.weights
-def test_a_run_is_named_after_the_people_it_enrols(home: Path, tmp_path: Path) -> None:
-    """Every faces run was called "Face model (frozen) · Faces": runs on other people could not be told apart."""
-    from core import jobs
-
-    team = import_folder(_plain_photos(tmp_path / "team", {"ann": 2, "bob": 2}), "Team Blue").dataset
+def _started_from_the_train_page(tmp_path: Path, people: str) -> tuple[AppTest, Path]:
+    """(the Faces Train page, the run its Start made) for two people stored as the set `people`."""
+    team = import_folder(_plain_photos(tmp_path / "team", {"ann": 2, "bob": 2}), people).dataset
     set_task(team.id, "faces")
     at = _app("views/train.py", dataset_id=team.id)
     at.run()
     at.button(key="faces_train_start").click().run()
     _ok(at)
-    run_dir = runs_root() / at.session_state["draft_run_id"]
+    return at, runs_root() / at.session_state["draft_run_id"]
+
+
+@pytest.mark.weights
+def test_a_run_is_named_after_the_people_it_enrols(home: Path, tmp_path: Path) -> None:
+    """Every faces run was called "Face model (frozen) · Faces": runs on other people could not be told apart."""
+    from core import jobs
+
+    at, run_dir = _started_from_the_train_page(tmp_path, "Team Blue")
     try:
         assert runs.display_name(run_dir) == "Face model (frozen) · Team Blue"
     finally:
@@ -163,13 +168,7 @@ def test_a_run_is_named_after_the_people_it_enrols(home: Path, tmp_path: Path) -
 
 def test_a_second_start_with_the_same_choices_does_not_enrol_twice(home: Path, tmp_path: Path) -> None:
     """Start stayed enabled while the run shown trained, so a double click queued a second, identical run."""
-    team = import_folder(_plain_photos(tmp_path / "team", {"ann": 2, "bob": 2}), "Team Red").dataset
-    set_task(team.id, "faces")
-    at = _app("views/train.py", dataset_id=team.id)
-    at.run()
-    at.button(key="faces_train_start").click().run()
-    _ok(at)
-    first = runs_root() / at.session_state["draft_run_id"]
+    at, first = _started_from_the_train_page(tmp_path, "Team Red")
     hold_training(first)
     try:
         at.button(key="faces_train_start").click().run()  # the second click of a double click

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -15,24 +17,48 @@ from core.data.names import PHOTO_UPLOAD_TYPES
 from core.gradcam import CamResult
 from core.inference import PredictError, Prediction, Predictor, stored_threshold
 from core.settings import runs_root, subdir
-from views.common import draft, esc, memo_put, session_memo, set_draft, step_page
+from views.common import current_task, draft, esc, memo_put, session_memo, set_draft, step_page
 
 st.title("5 · Test your model")
 
 
+def _warm_up(predictor: Predictor) -> None:
+    """Make the model's fast copy and Grad-CAM's first pass (target layer, backward) on a blank image, so the first
+    photo dropped does not wait for them: 1–3 s of one-time work done while the user picks a photo. Answers and
+    heat-maps are the same."""
+    from core.gradcam import find_target_layer, grad_cam
+    from core.pipeline import eval_batch
+
+    try:
+        predictor.warm_up()
+        blank = np.zeros((1, predictor.prep.scale_size, predictor.prep.scale_size, 3), dtype=np.uint8)
+        x = eval_batch(blank, predictor.prep, channels_last=False).to(predictor.plan.torch_device())
+        with predictor.lock:
+            grad_cam(predictor.model, x, 0, find_target_layer(predictor.model, x))
+    except Exception:  # noqa: BLE001 - only a head start: the photo's own call reports any problem
+        pass
+
+
+def _loaded(predictor: Predictor) -> Predictor:
+    """The predictor, warming up in a background thread (once per loaded model: called in the cached loaders)."""
+    threading.Thread(target=_warm_up, args=(predictor,), name="test-warm-up", daemon=True).start()
+    return predictor
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _run_predictor(run_dir: str, stamp: float) -> Predictor:  # noqa: ARG001 - stamp: reload when weights change
-    return Predictor.from_run(run_dir)
+    return _loaded(Predictor.from_run(run_dir))
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _export_predictor(path: str, digest: str, _shown: str) -> Predictor:  # noqa: ARG001 - digest is the cache key
     """The uploaded export stored at `path`; refusals name it `_shown` (the upload's own name, never a path)."""
-    return Predictor.from_export(path, shown_name=_shown)
+    return _loaded(Predictor.from_export(path, shown_name=_shown))
 
 
 def _finished_runs() -> list[Path]:
-    return [p for p in runs.list_runs() if (p / "checkpoints" / "best.safetensors").exists()]
+    """This task's runs with saved weights (a detection or segmentation model cannot answer "which class?")."""
+    return [p for p in runs.list_runs(task=current_task()) if (p / "checkpoints" / "best.safetensors").exists()]
 
 
 def _choose_model() -> Predictor | None:
