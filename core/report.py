@@ -642,6 +642,9 @@ def _training(r: _Run) -> str:
         ("device", _e(f"{started.get('device', '–')} ({started.get('precision', '–')})")),
         ("time", format_duration(r.training_seconds)),
     ]
+    if r.config.get("quick"):  # one fit of a linear head on cached features: no epochs, batches, LR or augmentation
+        settings = [("training", "a linear head fitted on the frozen backbone's features of the training photos "
+                                 "(the quick model: no epochs, batches or augmentation)"), *settings[-3:]]
     if r.config.get("task", "classification") == "classification":
         fit = tc.get("image_fit", "crop")
         settings.insert(6, ("photos made square by", _e({"crop": "cropping the centre",

@@ -35,10 +35,15 @@ def recorded_source(run_dir: Path) -> dict:
 
 def dataset_cell(dataset: str, stored: str | None, source: dict) -> str:
     """The photos a run trained on, as text: the stored dataset's name (`stored`); for one deleted since
-    "(deleted) <the name the run recorded in `source`>"; else the folder's name ("(folder gone) <name>" when it
-    is no longer there)."""
+    "(deleted) <the name the run recorded in `source`>"; a built-in sample ("sample:NAME") by its title; else the
+    folder's name ("(folder gone) <name>" when it is no longer there)."""
     if stored is not None:
         return stored
+    if dataset.startswith("sample:"):  # a built-in sample (read from its folder or its stored copy): never gone
+        from core.data.samples import SAMPLE_TITLES
+
+        sample = dataset.split(":", 1)[1]
+        return str(source.get("name") or SAMPLE_TITLES.get(sample, f"Sample: {sample}"))
     if source.get("kind") in ("store", "stored") or STORE_HASH.fullmatch(dataset):
         return f"(deleted) {source['name']}" if source.get("name") else "(deleted)"
     if dataset and not Path(dataset).exists():  # a folder read directly, moved or deleted since
@@ -49,6 +54,17 @@ def dataset_cell(dataset: str, stored: str | None, source: dict) -> str:
 def _dataset_cell(run_dir: Path, dataset: str) -> str:
     """`dataset_cell` read afresh (the Runs page passes its cached version)."""
     return dataset_cell(dataset, stored_name(dataset), recorded_source(run_dir))
+
+
+def seconds_trained(run_dir: Path, status: dict) -> float:
+    """Seconds spent training (all sessions): the status's total when the run wrote one at its end, else counted
+    from its events (a run training now, cancelled or crashed writes none: it read 0; a resumed one kept the total
+    of its stop)."""
+    if status.get("seconds") is not None and status.get("state") not in runs.ACTIVE_STATES:
+        return float(status["seconds"])
+    from core.progress import training_seconds
+
+    return training_seconds(run_dir)
 
 
 def run_row(run_dir: Path, cell: Callable[[Path, str], str] = _dataset_cell) -> dict:
@@ -72,10 +88,12 @@ def run_row(run_dir: Path, cell: Callable[[Path, str], str] = _dataset_cell) -> 
             # a quick model is one pass over cached features, a frozen face model no training: epochs, batch and lr
             # of the form do not apply
             "epochs": None if quick or as_is else train.get("epochs"),
+            # done, beside the planned epochs: a stopped or cancelled run read as if it had trained them all
+            "epochs_done": None if quick or as_is else status.get("epochs_done"),
             "batch": None if quick or as_is else train.get("batch_size"),
             "lr": "" if quick or as_is else f"{train['lr']:.3g}" if train.get("lr") else "auto",
             "status": jobs.state(run_dir).get("state", status.get("state")),
             # rounded as the Train page writes it (0.8125 → 0.812): a table's printf would show 0.813
             "best_val_accuracy": None if best is None else round(best, 3),
-            "seconds": round(status.get("seconds") or 0, 1), "device": status.get("device", ""),
+            "seconds": round(seconds_trained(run_dir, status), 1), "device": status.get("device", ""),
             "note": meta.get("note", "")}

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -18,9 +19,22 @@ from core.progress import read_run
 from core.run_table import dataset_cell, recorded_source, run_row, stored_name
 from core.settings import PROJECT_ROOT, runs_root
 from core.storage import read_json, write_json_atomic
-from views.common import STORE_ID, download_stem, draft, esc, results_not_computed, set_draft, step_page
+from views.common import (
+    STORE_ID,
+    TASK_DRAFTS,
+    current_task,
+    download_stem,
+    draft,
+    esc,
+    forget_widget_values,
+    results_not_computed,
+    set_draft,
+    step_page,
+)
 from views.results import cli_error
 
+if goto := st.session_state.pop("runs_goto", None):  # a run adopted in the previous run of this page (open_on)
+    st.switch_page(step_page(goto))
 st.title("6 · Runs, results and export")
 
 
@@ -73,10 +87,38 @@ def _is_zoo_backbone(name: str) -> bool:
     return True
 
 
+def open_on(step: str, run_dir: Path) -> None:
+    """Adopt the run (`adopt_run`) and show it on a step's page. Through a rerun: the pages of a task the run brings
+    are only known to the app's navigation from its next run (switching at once raised "Could not find page
+    views/segmentation_test.py")."""
+    adopt_run(run_dir)
+    st.session_state["runs_goto"] = step
+    st.rerun()
+
+
+def adopt_run(run_dir: Path) -> None:
+    """Make a run the session's choice (its task, model, photos and layers, and the run itself), so the Train page
+    opened next shows it instead of "Choose a model first" (or the page of another task)."""
+    cfg = runs.read_json_config(run_dir)
+    task = str(cfg.get("task") or "classification")
+    if task != current_task():  # as the task picker does: the left task keeps its own choices
+        st.session_state.setdefault("task_drafts", {})[current_task()] = {k: draft(k) for k in TASK_DRAFTS}
+        set_draft("task", task)
+        forget_widget_values()
+    if _is_zoo_backbone(str(cfg.get("backbone") or "")):
+        set_draft("backbone", cfg["backbone"])
+    if cfg.get("dataset"):
+        set_draft("dataset_id", str(cfg["dataset"]))
+    if isinstance(cfg.get("freeze"), dict):
+        set_draft("freeze", json.dumps(cfg["freeze"]))
+    set_draft("run_id", run_dir.name)
+
+
 COLUMNS = ["task_title", "date", "status", "best_val_accuracy", "backbone", "dataset", "freeze", "pretrained", "epochs",
-           "batch", "lr", "seconds", "device", "note"]  # the runs table's order, also the compare table's rows
+           "epochs_done", "batch", "lr", "seconds", "device", "note"]  # the runs table's order, also the compare rows
 #: as the runs table heads them
-COLUMN_TITLES = {"best_val_accuracy": "best score", "seconds": "seconds training", "task_title": "task"}
+COLUMN_TITLES = {"best_val_accuracy": "best score", "seconds": "seconds training", "task_title": "task",
+                 "epochs_done": "epochs done"}
 
 
 def _row(run_dir: Path) -> dict:
@@ -108,12 +150,34 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def run_label(name: str, run_id: str) -> str:
+    """A run in a picker or a legend: its name and id (names need not be unique), the id alone for a run never named
+    (it read "20261208-031748-… (20261208-031748-…)")."""
+    return run_id if name == run_id else f"{name} ({run_id})"
+
+
+#: what each task's "best score" measures on the validation photos (the runs table's help says the same)
+SCORE_WORDS = {"classification": "accuracy", "detection": "mAP@0.5", "segmentation": "mIoU", "faces": "named correctly"}
+
+
+def score_text(value: object, task: str) -> str:
+    """A best score for the compare table with what it measures ("0.065 mIoU"): runs of several tasks are compared
+    side by side, and a bare 1.0 read "1" beside "0.948"."""
+    if value is None or value != value:  # None or NaN
+        return ""
+    return f"{float(value):.3f} {SCORE_WORDS.get(task, 'score')}"
+
+
 def _side_by_side(table: pd.DataFrame, chosen: list[str]) -> pd.DataFrame:
     """One column per chosen run, in the order chosen (headed by its name and id: names need not be unique), one
     row per setting named as the runs table names it, as text (each row mixes numbers and words)."""
     rows = table.set_index("run").loc[[r for r in chosen if r in set(table["run"])]].reset_index()
-    labels = [f"{name} ({run})" for name, run in zip(rows["name"], rows["run"], strict=True)]
-    return rows[COLUMNS].set_axis(labels).T.map(_cell).rename(index=COLUMN_TITLES)
+    labels = [run_label(name, run) for name, run in zip(rows["name"], rows["run"], strict=True)]
+    shown = rows[COLUMNS].copy()
+    shown["best_val_accuracy"] = [score_text(v, t) for v, t in zip(rows["best_val_accuracy"], rows["task"],
+                                                                   strict=True)]
+    shown["pretrained"] = ["yes" if p is True else "no" if p is False else "" for p in rows["pretrained"]]
+    return shown.set_axis(labels).T.map(_cell).rename(index=COLUMN_TITLES)
 
 
 if deleted := st.session_state.pop("runs_deleted", None):
@@ -131,6 +195,9 @@ st.dataframe(table, hide_index=True, key="runs_table",
                  "best score", min_value=0, max_value=1, format="%.3f",
                  help="On the validation photos: accuracy (classification), mAP@0.5 (detection), mean IoU "
                       "(segmentation), share named correctly (faces)."),
+                 "epochs": st.column_config.NumberColumn("epochs", help="Planned."),
+                 "epochs_done": st.column_config.NumberColumn("epochs done", help="Fewer than planned: stopped, "
+                                                              "cancelled or crashed (Resume continues it)."),
                  "seconds": st.column_config.NumberColumn("seconds", help="Spent training (all sessions).")})
 
 ids = [p.name for p in all_runs]
@@ -142,35 +209,58 @@ COMPARE_KEY = "runs_compare" + (f"_{st.session_state['runs_renames']}" if st.ses
 if preset := [r for r in st.session_state.pop("runs_compare_next", []) if r in ids]:
     st.session_state[COMPARE_KEY] = preset
 compare = st.multiselect("Compare runs (curves and metrics side by side)", ids, key=COMPARE_KEY,
-                         format_func=lambda r: f"{names[r]} ({r})", max_selections=6)
+                         format_func=lambda r: run_label(names[r], r), max_selections=6)
 if compare:
     fig = go.Figure()
     for rid in compare:
         view = read_run(runs_root() / rid)
         if view.history:
             xs = [h["elapsed"] for h in view.history]  # across stops and resumes, without the time stopped
+            task = str(table.set_index("run").loc[rid, "task"])
             fig.add_trace(go.Scatter(x=xs, y=[h["val_accuracy"] for h in view.history], mode="lines+markers",
-                                     name=f"{names[rid]} ({rid})"))  # names need not be unique
+                                     name=run_label(names[rid], rid),  # names need not be unique
+                                     hovertemplate=f"%{{y:.3f}} {SCORE_WORDS.get(task, 'score')} after "
+                                                   "%{x:.0f} s<extra>%{fullData.name}</extra>"))
+    tasks = {str(t) for t in table.set_index("run").loc[compare, "task"]}
+    title = ("Validation accuracy over time" if tasks == {"classification"} else "Validation score over time ("
+             + ", ".join(SCORE_WORDS.get(t, t) for t in sorted(tasks)) + ")")  # not "accuracy" for mIoU or mAP
     fig.update_layout(height=320, xaxis_title="seconds of training", yaxis_title="validation score",
                       yaxis_autorangeoptions=dict(maxallowed=1.02, minallowed=0),
-                      margin=dict(l=10, r=10, t=30, b=10), title="Validation accuracy over time")
+                      margin=dict(l=10, r=10, t=30, b=10), title=title)
     st.plotly_chart(fig, key="runs_compare_chart")
-    st.dataframe(_side_by_side(table, compare), key="runs_compare_table")
+    st.dataframe(_side_by_side(table, compare), key="runs_compare_table", height="content")  # every row in sight
 
 current = draft("run_id")
 # a rename gives the picker a new key: the browser kept showing the old name in the closed box otherwise (its
-# choice is the draft's run either way)
+# choice is the run open here, kept in runs_opened)
 OPEN_KEY = f"runs_open_{st.session_state.get('runs_renames', 0)}"
-if current in ids and st.session_state.get(OPEN_KEY) not in (None, current):
-    st.session_state[OPEN_KEY] = current  # another run chosen elsewhere meanwhile: the picker kept the old one
-run_id = st.selectbox("Open a run", ids, index=ids.index(current) if current in ids else 0,
-                      format_func=lambda r: f"{names[r]} ({r})", key=OPEN_KEY,
-                      on_change=lambda: set_draft("run_id", st.session_state[OPEN_KEY]))  # before the check above
-set_draft("run_id", run_id)
+opened = st.session_state.get("runs_opened")
+if current in ids and current != st.session_state.get("runs_draft_seen"):  # chosen elsewhere meanwhile: open it
+    opened = current
+    if st.session_state.get(OPEN_KEY) not in (None, current):
+        st.session_state[OPEN_KEY] = current  # the picker kept the old one
+start = opened if opened in ids else current if current in ids else ids[0]
+run_id = st.selectbox("Open a run", ids, index=ids.index(start), format_func=lambda r: run_label(names[r], r),
+                      key=OPEN_KEY)
+st.session_state["runs_opened"] = run_id
+if runs.run_task(runs_root() / run_id) == current_task():
+    # the session's run, as the Train and Test pages show it; a run of another task is only looked at here (it
+    # became the classification pages' run: the Test page offered a detection model to classify photos). The
+    # buttons below make it the session's run, its task included.
+    set_draft("run_id", run_id)
+st.session_state["runs_draft_seen"] = draft("run_id")
 RUN = runs_root() / run_id
 STEM = download_stem(names[run_id], run_id)  # downloads are named after the run
 status = jobs.state(RUN)
 has_weights = (RUN / "checkpoints" / "best.safetensors").exists()
+if status.get("state") in runs.ACTIVE_STATES:  # results and exports would be of weights that still change
+    st.info(f"**{esc(names[run_id])}** is still training ({esc(status.get('state'))}): results and exports below are "
+            "of its best epoch so far.", icon=":material/model_training:")
+go_train, go_test, _ = st.columns(3)  # this run on the other pages, chosen there (its task, model and photos too)
+if go_train.button("Show it on the Train page", key="runs_to_train", icon=":material/model_training:"):
+    open_on("train", RUN)
+if has_weights and go_test.button("Try it on the Test page", key="runs_to_test", icon=":material/science:"):
+    open_on("test", RUN)
 results, export, manage = st.tabs(["Results", "Export and share", "Manage"])
 
 RUN_TASK = runs.read_json_config(RUN).get("task", "classification")
@@ -241,7 +331,9 @@ with export:
                            "and check” again before downloading it.", icon=":material/warning:")
             checked = [name for name, entry in (record.get("formats") or {}).items()
                        if (entry.get("check") or {}).get("ok")]
-            st.download_button("Download the export (.zip)", zip_export(out), file_name=f"{STEM}-model.zip",
+            # the zip is made when the button is clicked, not on every rerun of the page (0.5–1 s for a small
+            # model; more with several formats)
+            st.download_button("Download the export (.zip)", partial(zip_export, out), file_name=f"{STEM}-model.zip",
                                key="runs_download", mime="application/zip")
             st.caption(export_contents(checked))
             example = out / "predict_example.py"
@@ -272,12 +364,14 @@ with export:
 
 with manage:
     meta = _meta(RUN)
-    if st.session_state.get("runs_manage_for") != run_id:  # another run opened: its own name and note, and an
-        for key in ("runs_name", "runs_note", "runs_delete_confirm"):  # unticked delete box (fixed keys keep
-            st.session_state.pop(key, None)  # what was typed or ticked for the run before)
-        st.session_state["runs_manage_for"] = run_id
-    new_name = st.text_input("Name", value=runs.display_name(RUN, fallback=""), key="runs_name", max_chars=120)
-    note = st.text_area("Note", value=meta.get("note", ""), key="runs_note", max_chars=2000)
+    if st.session_state.get("runs_manage_for") != run_id or "runs_name" not in st.session_state:
+        # another run opened (or the fields were forgotten on another page): its own name and note and an unticked
+        # delete box, written into the widgets' state: a new default alone left the browser showing the previous
+        # run's name (Save then renamed this run after it) and a ticked box
+        st.session_state.update(runs_name=runs.display_name(RUN, fallback=""), runs_note=meta.get("note", ""),
+                                runs_delete_confirm=False, runs_manage_for=run_id)
+    new_name = st.text_input("Name", key="runs_name", max_chars=120)
+    note = st.text_area("Note", key="runs_note", max_chars=2000)
     if st.button("Save name and note", key="runs_save_meta"):
         write_json_atomic(RUN / "meta.json", {**meta, "name": new_name.strip(), "note": note})
         st.session_state["runs_meta_saved"] = run_id
@@ -291,7 +385,7 @@ with manage:
     if state in ("stopped", "crashed", "cancelled", "failed") and not cfg.get("quick"):
         if st.button("Resume this run", key="runs_resume", icon=":material/play_arrow:"):
             jobs.start(RUN)
-            st.switch_page(step_page("train"))
+            open_on("train", RUN)
     if cfg.get("pretrained", True) and not cfg.get("quick") and _is_zoo_backbone(cfg.get("backbone", "")):
         st.write("**What does transfer learning buy?** Train the same model with the same settings from random "
                  "weights and compare both runs above.")
@@ -302,14 +396,14 @@ with manage:
             scratch = replace(new_cfg, pretrained=False, name=f"{runs.display_name(RUN)} · from scratch")
             new_dir = runs.create_run(scratch, runs.load_dataset(RUN))
             jobs.start(new_dir)
-            set_draft("run_id", new_dir.name)
             st.session_state["runs_compare_next"] = [run_id, new_dir.name]  # compared when the user comes back
-            st.switch_page(step_page("train"))
+            open_on("train", new_dir)
     st.divider()
     confirm = st.checkbox(f"Yes, delete {esc(names[run_id])} and its files", key="runs_delete_confirm")
     if st.button("Delete this run", key="runs_delete", disabled=not confirm or status.get("state") in
                  runs.ACTIVE_STATES, icon=":material/delete:"):
         shutil.rmtree(RUN, ignore_errors=True)
-        set_draft("run_id", None)
+        if draft("run_id") == run_id:  # (a run of another task open here is not the session's run)
+            set_draft("run_id", None)
         st.session_state["runs_deleted"] = names[run_id]
         st.rerun()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from core import runs
-from core.report import _CSS, _cards, _e, _figure, _table, _warn, line_chart
+from core.report import _CSS, _cards, _date, _e, _figure, _table, _warn, format_duration, line_chart
 from core.storage import read_json, write_bytes_atomic
 from core.tasks.detection.draw import comparison_image
 from core.tasks.detection.metrics import match_image
@@ -101,8 +101,23 @@ def _examples(ev: dict | None, threshold: float = 0.5) -> str:
     return legend + '<div class="gallery">' + "".join(cells) + "</div>"
 
 
+def _facts(run_dir: Path, status: dict, manifest: dict) -> str:
+    """The line under the title, as the classification report has it: the run, when and on which photos it was
+    trained, its state when not completed, and when the report was made (it said only "Run … · completed")."""
+    from core.evaluate import dataset_words
+
+    state = str(status.get("state") or "created")
+    photos = dataset_words(manifest)
+    if photos == "its dataset" and manifest.get("dataset"):  # a folder read directly: its path is kept beside
+        photos = f"the folder {manifest['dataset']}"
+    return (f"Run {_e(run_dir.name)} · trained {_date(status.get('created'))} on {_e(photos)}"
+            + ("" if state == "completed" else f" · training <b>{_e(state)}</b>")
+            + f" · report made {time.strftime('%Y-%m-%d %H:%M')}")
+
+
 def build_report(run_dir: Path, notes: list[str] | None = None) -> str:
     """The report as one HTML document, from the run folder (and its evaluation.json)."""
+    from core.run_table import seconds_trained
     from core.tasks.detection import MODEL_NOTE
     from core.tasks.detection.evaluate import load_evaluation
 
@@ -114,7 +129,7 @@ def build_report(run_dir: Path, notes: list[str] | None = None) -> str:
     name = runs.display_name(run_dir)
     report = manifest.get("report") or {}
     body = [f"<h1>Object detection report: {_e(name)}</h1>",
-            f"<p class=\"mute\">Run {_e(run_dir.name)} · {_e(status.get('state', '?'))}</p>"]
+            f"<p class=\"mute\">{_facts(run_dir, status, manifest)}</p>"]
     body += [_warn(_e(n)) for n in notes or []]
     body.append(f"<p class=\"lead\">Best validation mAP@0.5 {_f(best.get('val_map50'))} and mAP@0.5:0.95 "
                 f"{_f(best.get('val_map'))} (epoch {_e(best.get('epoch', '–'))}), backbone {_e(cfg.get('backbone'))},"
@@ -141,7 +156,8 @@ def build_report(run_dir: Path, notes: list[str] | None = None) -> str:
                     ("epochs", tc.get("epochs")), ("batch size", tc.get("batch_size")),
                     ("optimizer", tc.get("optimizer")), ("learning rate", tc.get("lr") or "default"),
                     ("augmentations", ", ".join(tc.get("augment", [])) or "none"), ("seed", tc.get("seed")),
-                    ("device", status.get("device", "?")), ("time", f"{status.get('seconds', 0) or 0:.0f} s"))]))
+                    ("device", status.get("device", "?")),
+                    ("time", format_duration(seconds_trained(run_dir, status))))]))  # a cancelled run's too
     body.append(_training(run_dir))
     body.append("<h2>Results on the validation images</h2>" + _results(ev))
     body.append("<h2>Example detections</h2>" + _examples(ev))
