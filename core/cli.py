@@ -272,8 +272,7 @@ def _not_resumable(run_dir: Path, as_json: bool) -> int | None:
     status = jobs.state(run_dir)
     if status.get("state") != "completed":
         return None
-    print(f"nothing to resume: run '{name}' has trained all its planned epochs. To train longer, start a new run.",
-          file=sys.stderr)
+    print(f"nothing to resume: run '{name}' has finished. To train longer, start a new run.", file=sys.stderr)
     if as_json:  # the keys of a run that trained, as a script reading them expects
         _print_json({"run_dir": str(run_dir), "state": "completed", "best_val_accuracy":
                      status.get("best_val_accuracy"), "epochs": runs.load_config(run_dir).train.epochs,

@@ -34,7 +34,9 @@ def start(run_dir: Path) -> int:
         raise runs.RunError(f"This run is training in another process (pid {other}, e.g. `transfer-studio train`); "
                             "stop it there first.")
     runs.clear_stop(run_dir)
-    runs.write_status(run_dir, state="queued", message="Starting…", queued_at=time.time())
+    # a command-line process that trained it before is not its trainer now (`_command_line_gone` would read the
+    # queued run, whose worker has no job record yet, as that process's crash)
+    runs.write_status(run_dir, state="queued", message="Starting…", queued_at=time.time(), pid=None, pid_created=None)
     out = subprocess.run([sys.executable, "-m", "core.launch", str(run_dir)], cwd=PROJECT_ROOT, capture_output=True,
                          text=True, timeout=60, check=False)
     if out.returncode != 0 or not out.stdout.strip().isdigit():
@@ -103,11 +105,11 @@ def active_twin(config: RunConfig, extras: Mapping[str, Any] | None = None) -> P
     Start, or a Start pressed again after a reload."""
     wanted = json.loads(json.dumps(config.to_dict()))  # as config.json reads back (tuples become lists)
     extras = json.loads(json.dumps(dict(extras or {})))
-    for run_dir in runs.list_runs(task=config.task):
+    for run_dir in runs.list_runs():  # the status first: most runs have ended, and their config is not read
         if runs.read_status(run_dir).get("state") not in runs.ACTIVE_STATES or \
                 state(run_dir).get("state") not in runs.ACTIVE_STATES:  # a dead worker's run reads as crashed
             continue
-        if not _same_training(runs.read_json_config(run_dir), wanted):
+        if not _same_training(runs.read_json_config(run_dir), wanted):  # the task is part of the config
             continue
         try:
             manifest = runs.load_dataset(run_dir) if extras else {}

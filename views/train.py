@@ -351,6 +351,8 @@ def _time_note(train: TrainConfig) -> str | None:
 
 if (_eta := _time_note(train)) is not None:
     st.caption(_eta)
+
+
 def _twin_note(quick: bool) -> str | None:
     """Why Start would only repeat a run that is queued or training with these very choices, or None."""
     extras = {"model": {"arch": (draft(f"{TASK.name}_options") or {}).get("arch", TASK.default_arch)}} \
